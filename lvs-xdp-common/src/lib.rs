@@ -1,0 +1,232 @@
+//! The kernel/user contract of lvs-xdp: every map's name, key and value, and every constant that
+//! both the XDP program and the loader read. All types are `#[repr(C)]` plain data without padding
+//! holes (the `user` feature derives `bytemuck::Pod`, which refuses any).
+//!
+//! Byte order: addresses and ports are kept exactly as they appear on the wire (network order),
+//! so the data plane never swaps bytes. Userspace converts with the helpers below.
+#![no_std]
+
+/// Map names, as the loader finds them in the object.
+pub mod map {
+    /// `HashMap<ServiceKey, Service>`: virtual services (and per-address fragment markers).
+    pub const SERVICES: &str = "SERVICES";
+    /// `Array<RealServer>`: every real server of every service, indexed by real-server slot.
+    pub const REALS: &str = "REALS";
+    /// `Array<u32>`: scheduling slots; a service owns `[sched_start, sched_start + sched_len)`,
+    /// each holding a real-server slot.
+    pub const SCHED: &str = "SCHED";
+    /// `LruHashMap<FlowKeyV4, Flow>`: the connection table for IPv4.
+    pub const FLOWS_V4: &str = "FLOWS_V4";
+    /// `Array<Iface>`, indexed by ifindex: the interfaces the program serves and their MACs.
+    pub const IFACES: &str = "IFACES";
+    /// `PerCpuArray<u32>`, indexed by service id: round-robin position.
+    pub const RR: &str = "RR";
+    /// `PerCpuArray<Counters>`, indexed by service id.
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    /// `PerCpuArray<Counters>`, indexed by real-server slot.
+    pub const REAL_STATS: &str = "REAL_STATS";
+    /// `PerCpuArray<Counters>`, indexed by [`crate::reason`]: one entry per verdict and reason.
+    pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
+}
+
+/// The XDP program's name in the object.
+pub const PROGRAM: &str = "lvs_xdp";
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Scheduler ids in [`Service::scheduler`].
+pub mod scheduler {
+    /// Round-robin over the service's slots, from a per-CPU position.
+    pub const RR: u16 = 0;
+}
+
+/// Flags in [`Service::flags`].
+pub mod service_flags {
+    /// A marker entry keyed by (VIP, port 0, protocol): the address is a VIP for that protocol.
+    /// Used only to classify IP fragments, which carry no port.
+    pub const ADDRESS_MARKER: u16 = 1;
+}
+
+/// Index into `GLOBAL_STATS`. Every packet the program sees is counted under exactly one
+/// verdict reason (`FORWARDED` .. `DROP_NO_REAL_SERVER`), so those entries add up to the
+/// total; the entries after them count events, not packets' fates.
+pub mod reason {
+    /// XDP_TX to a real server.
+    pub const FORWARDED: u32 = 0;
+    /// XDP_PASS: the frame is not addressed to this interface's MAC (another host's unicast,
+    /// multicast, broadcast).
+    pub const PASS_NOT_LOCAL: u32 = 1;
+    /// XDP_PASS: the interface is not configured in `IFACES`.
+    pub const PASS_UNKNOWN_IFACE: u32 = 2;
+    /// XDP_PASS: not IPv4 (ARP, LLDP, a second VLAN tag, ...).
+    pub const PASS_NOT_IP: u32 = 3;
+    /// XDP_PASS: IPv6 (not load-balanced by this version).
+    pub const PASS_IPV6: u32 = 4;
+    /// XDP_PASS: IPv4 but neither TCP nor UDP (ICMP, ...).
+    pub const PASS_OTHER_PROTO: u32 = 5;
+    /// XDP_PASS: TCP/UDP not addressed to a virtual service.
+    pub const PASS_NO_SERVICE: u32 = 6;
+    /// XDP_PASS: an IP fragment not addressed to a VIP.
+    pub const PASS_FRAGMENT: u32 = 7;
+    /// XDP_DROP: truncated or invalid header (Ethernet, VLAN, IPv4, TCP, UDP).
+    pub const DROP_MALFORMED: u32 = 8;
+    /// XDP_DROP: an IP fragment addressed to a VIP (its ports cannot be known).
+    pub const DROP_FRAGMENT: u32 = 9;
+    /// XDP_DROP: the service has no real server to send a new connection to.
+    pub const DROP_NO_REAL_SERVER: u32 = 10;
+    /// Number of verdict reasons (they partition all packets).
+    pub const VERDICTS: u32 = 11;
+
+    /// Event: a remembered flow pointed at a real server that was removed or replaced; the flow
+    /// was scheduled again.
+    pub const EVENT_FLOW_RESCHEDULED: u32 = 11;
+    /// Event: two CPUs scheduled the same new flow at once; the first choice was kept.
+    pub const EVENT_FLOW_RACE: u32 = 12;
+    /// Event: inserting into the flow table failed; the packet was still forwarded.
+    pub const EVENT_FLOW_INSERT_FAILED: u32 = 13;
+    /// Number of `GLOBAL_STATS` entries.
+    pub const COUNT: u32 = 14;
+
+    /// Short names, index-aligned with the constants above.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "forwarded",
+        "pass_not_local",
+        "pass_unknown_iface",
+        "pass_not_ip",
+        "pass_ipv6",
+        "pass_other_proto",
+        "pass_no_service",
+        "pass_fragment",
+        "drop_malformed",
+        "drop_fragment",
+        "drop_no_real_server",
+        "flow_rescheduled",
+        "flow_race",
+        "flow_insert_failed",
+    ];
+}
+
+/// Key of `SERVICES`. IPv4 addresses occupy the first 4 bytes of `addr`, the rest zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ServiceKey {
+    pub addr: [u8; 16],
+    /// Network byte order (as on the wire).
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Value of `SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Service {
+    /// Index into `SERVICE_STATS` and `RR`.
+    pub id: u32,
+    /// First slot in `SCHED`.
+    pub sched_start: u32,
+    /// Number of slots in `SCHED`; 0: no real server, new connections are dropped.
+    pub sched_len: u32,
+    pub scheduler: u16,
+    pub flags: u16,
+}
+
+/// Value of `REALS`: one real server of one service ("destination" in IPVS).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct RealServer {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The owning service's id (for its counters).
+    pub service: u32,
+    /// Non-zero while the slot is in use; changes whenever the slot is given to another real
+    /// server, so a flow remembering an older generation is scheduled again.
+    pub generation: u32,
+}
+
+/// Key of `FLOWS_V4`: the 5-tuple, as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowKeyV4 {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the flow tables.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Flow {
+    /// Slot in `REALS`.
+    pub real: u32,
+    /// `RealServer::generation` when the flow was scheduled.
+    pub generation: u32,
+}
+
+/// Value of `IFACES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Iface {
+    pub mac: [u8; 6],
+    /// 1 when the program serves this interface.
+    pub enabled: u8,
+    pub _pad: u8,
+}
+
+/// Per-CPU counters of a service, a real server, or a global reason.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Counters {
+    /// Packets (frames) seen.
+    pub packets: u64,
+    /// Bytes of those frames, from the Ethernet header on.
+    pub bytes: u64,
+    /// New connections scheduled.
+    pub conns: u64,
+    /// Packets dropped because no real server was available (services only).
+    pub drops: u64,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all are #[repr(C)], Copy and 'static, and bytemuck::Pod proves there are no
+    // padding bytes, so every bit pattern the kernel hands back is a valid value.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::Service {}
+    unsafe impl aya::Pod for super::RealServer {}
+    unsafe impl aya::Pod for super::FlowKeyV4 {}
+    unsafe impl aya::Pod for super::Flow {}
+    unsafe impl aya::Pod for super::Iface {}
+    unsafe impl aya::Pod for super::Counters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_are_stable() {
+        assert_eq!(size_of::<ServiceKey>(), 20);
+        assert_eq!(size_of::<Service>(), 16);
+        assert_eq!(size_of::<RealServer>(), 16);
+        assert_eq!(size_of::<FlowKeyV4>(), 16);
+        assert_eq!(size_of::<Flow>(), 8);
+        assert_eq!(size_of::<Iface>(), 8);
+        assert_eq!(size_of::<Counters>(), 32);
+        assert_eq!(reason::NAMES.len(), reason::COUNT as usize);
+    }
+}

@@ -1,0 +1,185 @@
+//! lvs-xdp: an XDP direct-routing (LVS-DR) load balancer.
+//!
+//! Per packet: check the frame is addressed to this interface, parse up to the ports, look the
+//! flow up (one hash lookup on the hit path), schedule and remember new flows, rewrite the
+//! Ethernet addresses and XDP_TX. Every packet ends in exactly one verdict counter.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod parse;
+mod sched;
+mod stats;
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST, xdp_action},
+    macros::xdp,
+    programs::XdpContext,
+};
+use aya_log_ebpf::warn;
+use lvs_xdp_common::{
+    FAMILY_V4, Flow, FlowKeyV4, Iface, RealServer, ServiceKey, reason, service_flags,
+};
+
+use crate::{
+    maps::{FLOWS_V4, IFACES, REAL_STATS, REALS, SERVICE_STATS, SERVICES},
+    parse::{EthHdr, Parsed},
+};
+
+const EEXIST: i32 = 17;
+
+#[xdp]
+pub fn lvs_xdp(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let (action, why) = match process(&ctx, bytes) {
+        Ok(verdict) => verdict,
+        Err(why) => (xdp_action::XDP_DROP, why),
+    };
+    stats::global(why, bytes);
+    action
+}
+
+/// `Ok((action, reason))` for passes and forwards; `Err(reason)` drops.
+#[inline(always)]
+fn process(ctx: &XdpContext, bytes: u64) -> Result<(u32, u32), u32> {
+    let iface = match IFACES.get(ctx.ingress_ifindex() as u32) {
+        Some(iface) if iface.enabled != 0 => iface,
+        _ => return Ok(pass(reason::PASS_UNKNOWN_IFACE)),
+    };
+    let (eth, key) = match parse::parse(ctx, &iface.mac)? {
+        (_, Parsed::Pass(why)) => return Ok(pass(why)),
+        (_, Parsed::FragmentV4 { daddr, proto }) => return fragment(daddr, proto),
+        (eth, Parsed::V4(key)) => (eth, key),
+    };
+
+    // Fast path: a known flow whose real server is still the one it was scheduled to.
+    let mut stale = false;
+    if let Some(flow) = FLOWS_V4.get_ptr(&key) {
+        // SAFETY: a pointer into the LRU map's value, valid for this program run.
+        let flow = unsafe { *flow };
+        if let Some(real) = REALS.get(flow.real) {
+            if real.generation == flow.generation && real.generation != 0 {
+                stats::count(&SERVICE_STATS, real.service, bytes, false);
+                stats::count(&REAL_STATS, flow.real, bytes, false);
+                return Ok(forward(eth, iface, real));
+            }
+        }
+        stale = true;
+    }
+
+    new_flow(ctx, eth, iface, &key, stale, bytes)
+}
+
+/// Slow path: find the service, schedule a real server, remember the flow.
+#[inline(always)]
+fn new_flow(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    iface: &Iface,
+    key: &FlowKeyV4,
+    stale: bool,
+    bytes: u64,
+) -> Result<(u32, u32), u32> {
+    let svc = match SERVICES.get_ptr(service_key(key.daddr, key.dport, key.proto)) {
+        // SAFETY: a pointer into the map's value, valid for this program run (RCU).
+        Some(svc) => unsafe { *svc },
+        None => return Ok(pass(reason::PASS_NO_SERVICE)),
+    };
+    if svc.flags & service_flags::ADDRESS_MARKER != 0 {
+        // Destination port 0: not a service, only the address marker.
+        return Ok(pass(reason::PASS_NO_SERVICE));
+    }
+    let Some((mut slot, mut real)) = sched::pick(&svc) else {
+        stats::count_drop(&SERVICE_STATS, svc.id, bytes);
+        return Err(reason::DROP_NO_REAL_SERVER);
+    };
+    let flow = Flow {
+        real: slot,
+        generation: real.generation,
+    };
+    let flags = if stale { BPF_ANY } else { BPF_NOEXIST } as u64;
+    match FLOWS_V4.insert(key, flow, flags) {
+        Ok(()) => {
+            if stale {
+                stats::global(reason::EVENT_FLOW_RESCHEDULED, 0);
+            }
+        }
+        Err(err) if err == -EEXIST => {
+            // Another CPU scheduled this flow between our lookup and insert: follow its choice.
+            stats::global(reason::EVENT_FLOW_RACE, 0);
+            if let Some((s, r)) = existing(key) {
+                slot = s;
+                real = r;
+            }
+        }
+        Err(err) => {
+            stats::global(reason::EVENT_FLOW_INSERT_FAILED, 0);
+            warn!(ctx, "flow table insert failed: {}", err);
+        }
+    }
+    let new_conn = slot == flow.real;
+    stats::count(&SERVICE_STATS, svc.id, bytes, new_conn);
+    stats::count(&REAL_STATS, slot, bytes, new_conn);
+    Ok(forward(eth, iface, &real))
+}
+
+/// The valid entry another CPU just inserted for `key`, if any.
+#[inline(always)]
+fn existing(key: &FlowKeyV4) -> Option<(u32, RealServer)> {
+    // SAFETY: as in `process`.
+    let flow = unsafe { *FLOWS_V4.get_ptr(key)? };
+    let real = REALS.get(flow.real)?;
+    (real.generation == flow.generation && real.generation != 0).then_some((flow.real, *real))
+}
+
+/// A fragment carries no ports. Fragments for a VIP are dropped (they could not be sent to the
+/// same real server as their first fragment); others are the host's business.
+#[inline(always)]
+fn fragment(daddr: [u8; 4], proto: u8) -> Result<(u32, u32), u32> {
+    if SERVICES
+        .get_ptr(service_key(daddr, [0, 0], proto))
+        .is_some()
+    {
+        Err(reason::DROP_FRAGMENT)
+    } else {
+        Ok(pass(reason::PASS_FRAGMENT))
+    }
+}
+
+#[inline(always)]
+fn service_key(daddr: [u8; 4], port: [u8; 2], proto: u8) -> ServiceKey {
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&daddr);
+    ServiceKey {
+        addr,
+        port,
+        proto,
+        family: FAMILY_V4,
+    }
+}
+
+/// Direct routing: only the Ethernet addresses change. Nothing else in the frame is touched.
+#[inline(always)]
+fn forward(eth: *mut EthHdr, iface: &Iface, real: &RealServer) -> (u32, u32) {
+    // SAFETY: `eth` was bounds-checked by the parser for the whole Ethernet header.
+    unsafe {
+        (*eth).dst = real.mac;
+        (*eth).src = iface.mac;
+    }
+    (xdp_action::XDP_TX, reason::FORWARDED)
+}
+
+#[inline(always)]
+fn pass(why: u32) -> (u32, u32) {
+    (xdp_action::XDP_PASS, why)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

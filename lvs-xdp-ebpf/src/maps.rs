@@ -1,0 +1,38 @@
+//! Every map of the program. The sizes here are placeholders: the loader sets each
+//! `max_entries` from the configuration before the maps are created. Names, keys and values are
+//! the contract in `lvs-xdp-common`.
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lvs_xdp_common::{Counters, Flow, FlowKeyV4, Iface, RealServer, Service, ServiceKey, reason};
+
+/// Not preallocated, so that a value replaced by userspace is freed only after readers are done
+/// (RCU): a packet never sees half of an old service and half of a new one.
+#[map]
+pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static REALS: Array<RealServer> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static SCHED: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static FLOWS_V4: LruHashMap<FlowKeyV4, Flow> = LruHashMap::with_max_entries(1, 0);
+
+#[map]
+pub static IFACES: Array<Iface> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static RR: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static GLOBAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(reason::COUNT, 0);

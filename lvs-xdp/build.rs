@@ -1,0 +1,17 @@
+//! Builds the XDP object (lvs-xdp-ebpf) with the nightly toolchain and bpf-linker; the library
+//! embeds it from OUT_DIR. `cargo xtask setup` installs what this needs.
+use std::path::Path;
+
+fn main() -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lvs-xdp-ebpf");
+    let root = root.canonicalize()?;
+    let root = root.to_str().expect("workspace path is UTF-8");
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "lvs-xdp-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::default(),
+    )
+}

@@ -1,0 +1,271 @@
+//! The loaded program and its maps: sizing, filling, attaching, detaching, reading counters.
+use std::{fmt, str::FromStr};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+};
+use lvs_xdp_common::{self as common, Counters, map, reason};
+
+use crate::{config::Config, iface::Interface, layout::Layout, stats::Snapshot};
+
+/// The XDP object built from lvs-xdp-ebpf, embedded at build time.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lvs-xdp-ebpf"));
+
+/// How to attach to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AttachMode {
+    /// Native if the driver supports it, generic otherwise (the kernel chooses).
+    #[default]
+    Auto,
+    /// In the driver (fastest); refused by drivers without XDP support.
+    Native,
+    /// In the kernel's generic receive path; works on any interface.
+    Generic,
+}
+
+impl AttachMode {
+    fn xdp_mode(self) -> XdpMode {
+        match self {
+            AttachMode::Auto => XdpMode::Default,
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Generic => XdpMode::Skb,
+        }
+    }
+}
+
+impl FromStr for AttachMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(AttachMode::Auto),
+            "native" => Ok(AttachMode::Native),
+            "generic" => Ok(AttachMode::Generic),
+            _ => bail!("unknown mode {s:?} (expected auto, native or generic)"),
+        }
+    }
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        })
+    }
+}
+
+/// The program loaded with its maps filled for one configuration, attached to zero or more
+/// interfaces. Dropping it detaches everything and frees the maps.
+pub struct Balancer {
+    // Field order matters on drop: links (inside `ebpf`) go before the logger's ring buffer.
+    ebpf: Ebpf,
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+    config: Config,
+    layout: Layout,
+    interfaces: Vec<Interface>,
+    attached: Vec<(Interface, XdpLinkId)>,
+}
+
+impl Balancer {
+    /// Loads the program with maps sized for `config` and fills them with `layout`, serving
+    /// `interfaces` (their MACs are the program's own addresses). Nothing is attached yet.
+    pub fn load(config: &Config, layout: Layout, interfaces: &[Interface]) -> Result<Balancer> {
+        let max_ifindex = interfaces.iter().map(|i| i.index).max().unwrap_or(0);
+        let n_services = config.services.len().max(1) as u32;
+        let n_reals = layout.reals.len().max(1) as u32;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map::SERVICES, layout.services.len().max(1) as u32)
+            .map_max_entries(map::REALS, n_reals)
+            .map_max_entries(map::SCHED, layout.sched.len().max(1) as u32)
+            .map_max_entries(map::FLOWS_V4, config.flow_table_size)
+            .map_max_entries(map::IFACES, max_ifindex + 1)
+            .map_max_entries(map::RR, n_services)
+            .map_max_entries(map::SERVICE_STATS, n_services)
+            .map_max_entries(map::REAL_STATS, n_reals)
+            .load(EBPF_OBJECT)
+            .context("cannot create the BPF maps (is this root, on a kernel with BPF?)")?;
+        let logger = aya_log::EbpfLogger::init(&mut ebpf).context("cannot open the BPF log")?;
+        let program: &mut Xdp = program_mut(&mut ebpf)?;
+        program
+            .load()
+            .map_err(|e| anyhow!("the kernel refused the XDP program: {e:#}"))?;
+        fill(&mut ebpf, &layout, interfaces)?;
+        Ok(Balancer {
+            ebpf,
+            logger,
+            config: config.clone(),
+            layout,
+            interfaces: interfaces.to_vec(),
+            attached: Vec::new(),
+        })
+    }
+
+    fn map<'a, T>(&'a self, name: &str) -> Result<T>
+    where
+        T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let m = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+        T::try_from(m).with_context(|| format!("map {name} has an unexpected type"))
+    }
+
+    /// Attaches to every interface given to `load`. All or nothing: if one attach is refused,
+    /// those already made are undone and the error names the interface.
+    pub fn attach(&mut self, mode: AttachMode) -> Result<()> {
+        let interfaces = self.interfaces.clone();
+        for iface in interfaces {
+            let program: &mut Xdp = program_mut(&mut self.ebpf)?;
+            match program.attach_to_if_index(iface.index, mode.xdp_mode()) {
+                Ok(link) => self.attached.push((iface, link)),
+                Err(e) => {
+                    let err = anyhow!("attach to {} ({mode} mode) refused: {e:#}", iface.name);
+                    if let Err(undo) = self.detach() {
+                        return Err(err.context(format!("and undoing failed: {undo:#}")));
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches from every interface. Idempotent.
+    pub fn detach(&mut self) -> Result<()> {
+        let program: &mut Xdp = program_mut(&mut self.ebpf)?;
+        let mut first_err = None;
+        for (iface, link) in self.attached.drain(..) {
+            if let Err(e) = program.detach(link) {
+                first_err.get_or_insert(anyhow!("detach from {}: {e:#}", iface.name));
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    pub fn attached(&self) -> impl Iterator<Item = &Interface> {
+        self.attached.iter().map(|(i, _)| i)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Forwards the program's log records (rare events only) to the `log` crate.
+    pub fn flush_log(&mut self) {
+        self.logger.flush();
+    }
+
+    /// Sums every counter over the CPUs.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let sum = |name: &str, len: usize| -> Result<Vec<Counters>> {
+            let m: PerCpuArray<&MapData, Counters> = self.map(name)?;
+            (0..len as u32)
+                .map(|i| {
+                    let per_cpu = m
+                        .get(&i, 0)
+                        .with_context(|| format!("reading {name}[{i}]"))?;
+                    Ok(per_cpu.iter().fold(Counters::default(), |a, c| add(a, *c)))
+                })
+                .collect()
+        };
+        Ok(Snapshot {
+            at: std::time::Instant::now(),
+            global: sum(map::GLOBAL_STATS, reason::COUNT as usize)?,
+            services: sum(map::SERVICE_STATS, self.config.services.len())?,
+            reals: sum(map::REAL_STATS, self.layout.reals.len())?,
+        })
+    }
+
+    /// Entries of the IPv4 flow table (diagnostics and tests).
+    pub fn flows_v4(&self) -> Result<Vec<(common::FlowKeyV4, common::Flow)>> {
+        let m: HashMap<&MapData, common::FlowKeyV4, common::Flow> = self.map(map::FLOWS_V4)?;
+        m.iter().map(|r| r.context("reading FLOWS_V4")).collect()
+    }
+
+    /// Runs the program once on `frame` with BPF_PROG_TEST_RUN, as received on the loopback
+    /// interface (ifindex 1) of the caller's network namespace. Returns the XDP action and the
+    /// frame as the program left it.
+    pub fn test_run(&self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let program: &Xdp = self
+            .ebpf
+            .program(common::PROGRAM)
+            .ok_or_else(|| anyhow!("program {} missing", common::PROGRAM))?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+}
+
+/// Writes every map. Real servers and scheduling slots come first, services last: a service is
+/// visible only once everything it points to is in place.
+fn fill(ebpf: &mut Ebpf, layout: &Layout, interfaces: &[Interface]) -> Result<()> {
+    let mut reals: Array<&mut MapData, common::RealServer> = map_mut(ebpf, map::REALS)?;
+    for (slot, real) in layout.reals.iter().enumerate() {
+        reals.set(slot as u32, real, 0).context("writing REALS")?;
+    }
+    let mut sched: Array<&mut MapData, u32> = map_mut(ebpf, map::SCHED)?;
+    for (i, slot) in layout.sched.iter().enumerate() {
+        sched.set(i as u32, slot, 0).context("writing SCHED")?;
+    }
+    let mut ifaces: Array<&mut MapData, common::Iface> = map_mut(ebpf, map::IFACES)?;
+    for iface in interfaces {
+        let value = common::Iface {
+            mac: iface.mac.0,
+            enabled: 1,
+            _pad: 0,
+        };
+        ifaces
+            .set(iface.index, value, 0)
+            .context("writing IFACES")?;
+    }
+    let mut services: HashMap<&mut MapData, common::ServiceKey, common::Service> =
+        map_mut(ebpf, map::SERVICES)?;
+    for (key, value) in &layout.services {
+        services.insert(key, value, 0).context("writing SERVICES")?;
+    }
+    Ok(())
+}
+
+fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let m = ebpf
+        .map_mut(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+    T::try_from(m).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    ebpf.program_mut(common::PROGRAM)
+        .ok_or_else(|| anyhow!("program {} missing from the object", common::PROGRAM))?
+        .try_into()
+        .context("program has an unexpected type")
+}
+
+fn add(a: Counters, b: Counters) -> Counters {
+    Counters {
+        packets: a.packets + b.packets,
+        bytes: a.bytes + b.bytes,
+        conns: a.conns + b.conns,
+        drops: a.drops + b.drops,
+    }
+}

@@ -1,0 +1,261 @@
+use super::*;
+
+const ISSUE_EXAMPLE: &str = r#"
+[[service]]
+vip = "10.99.0.10"
+port = 80
+protocol = "tcp"
+scheduler = "rr"
+real_servers = [ { address = "10.99.0.3" }, { address = "10.99.0.4" } ]
+"#;
+
+/// The error of `from_toml`, as the one line the user sees.
+fn refused(text: &str) -> String {
+    let err = Config::from_toml(text).expect_err("config should be refused");
+    let line = format!("{err:#}");
+    assert!(!line.contains('\n'), "error spans lines: {line:?}");
+    line
+}
+
+fn service(extra: &str) -> String {
+    format!("[[service]]\nvip = \"10.0.0.1\"\nport = 80\n{extra}\n")
+}
+
+#[test]
+fn issue_example_parses_exactly() {
+    let config = Config::from_toml(ISSUE_EXAMPLE).unwrap();
+    assert_eq!(config.flow_table_size, DEFAULT_FLOW_TABLE_SIZE);
+    assert_eq!(
+        config.services,
+        vec![Service {
+            vip: Ipv4Addr::new(10, 99, 0, 10),
+            port: 80,
+            protocol: Protocol::Tcp,
+            scheduler: Scheduler::RoundRobin,
+            real_servers: vec![
+                RealServer {
+                    address: Ipv4Addr::new(10, 99, 0, 3),
+                    mac: None,
+                    weight: 1
+                },
+                RealServer {
+                    address: Ipv4Addr::new(10, 99, 0, 4),
+                    mac: None,
+                    weight: 1
+                },
+            ],
+        }]
+    );
+}
+
+#[test]
+fn optional_fields_and_defaults() {
+    let text = r#"
+flow_table_size = 4096
+[[service]]
+vip = "192.168.0.10"
+port = 53
+protocol = "UDP"
+[[service.real_servers]]
+address = "192.168.0.3"
+mac = "02:00:00:00:00:0A"
+weight = 0
+[[service]]
+vip = "192.168.0.10"
+port = 53
+"#;
+    let config = Config::from_toml(text).unwrap();
+    assert_eq!(config.flow_table_size, 4096);
+    assert_eq!(config.services.len(), 2);
+    assert_eq!(config.services[0].protocol, Protocol::Udp);
+    assert_eq!(config.services[1].protocol, Protocol::Tcp);
+    assert_eq!(config.services[1].scheduler, Scheduler::RoundRobin);
+    assert!(config.services[1].real_servers.is_empty());
+    let real = &config.services[0].real_servers[0];
+    assert_eq!(real.mac, Some(Mac([2, 0, 0, 0, 0, 0x0a])));
+    assert_eq!(real.weight, 0);
+}
+
+#[test]
+fn empty_file_is_an_empty_config() {
+    assert_eq!(Config::from_toml("").unwrap(), Config::default());
+}
+
+#[test]
+fn refuses_malformed_toml_with_position() {
+    let err = refused("[[service]]\nvip = \"10.0.0.1\nport = 80\n");
+    assert!(err.starts_with("2:"), "{err}");
+}
+
+#[test]
+fn refuses_unknown_fields() {
+    let err = refused(&service("colour = \"red\""));
+    assert!(err.contains("unknown field `colour`"), "{err}");
+    let err = refused("[global]\nx = 1\n");
+    assert!(err.contains("unknown field `global`"), "{err}");
+    let err = refused(&service(
+        "real_servers = [ { address = \"10.0.0.3\", prio = 1 } ]",
+    ));
+    assert!(err.contains("unknown field `prio`"), "{err}");
+}
+
+#[test]
+fn refuses_missing_fields() {
+    let err = refused("[[service]]\nport = 80\n");
+    assert!(err.contains("missing field `vip`"), "{err}");
+    let err = refused("[[service]]\nvip = \"10.0.0.1\"\n");
+    assert!(err.contains("missing field `port`"), "{err}");
+}
+
+#[test]
+fn refuses_bad_addresses() {
+    for bad in [
+        "10.0.0",
+        "10.0.0.256",
+        "",
+        "eth0",
+        "0.0.0.0",
+        "255.255.255.255",
+        "224.0.0.1",
+    ] {
+        let text = format!("[[service]]\nvip = \"{bad}\"\nport = 80\n");
+        let err = refused(&text);
+        assert!(err.contains("bad vip"), "{bad}: {err}");
+    }
+    let err = refused("[[service]]\nvip = \"2001:db8::1\"\nport = 80\n");
+    assert!(err.contains("IPv6 is not supported yet"), "{err}");
+    let err = refused(&service("real_servers = [ { address = \"10.0.0.300\" } ]"));
+    assert_eq!(
+        err,
+        "service 1: real server 1: bad address \"10.0.0.300\": not an IPv4 address"
+    );
+    let err = refused("[[service]]\nvip = 10\nport = 80\n");
+    assert!(err.contains("invalid type"), "{err}");
+}
+
+#[test]
+fn refuses_ports_out_of_range() {
+    for bad in ["0", "-1", "65536", "100000"] {
+        let err = refused(&format!("[[service]]\nvip = \"10.0.0.1\"\nport = {bad}\n"));
+        assert_eq!(
+            err,
+            format!("service 1: port {bad} out of range (1..=65535)")
+        );
+    }
+    let err = refused("[[service]]\nvip = \"10.0.0.1\"\nport = \"80\"\n");
+    assert!(err.contains("invalid type"), "{err}");
+    assert!(Config::from_toml("[[service]]\nvip = \"10.0.0.1\"\nport = 65535\n").is_ok());
+}
+
+#[test]
+fn refuses_unknown_protocol_and_scheduler() {
+    let err = refused(&service("protocol = \"sctp\""));
+    assert!(err.contains("unknown protocol \"sctp\""), "{err}");
+    let err = refused(&service("scheduler = \"wlc\""));
+    assert!(err.contains("unknown scheduler \"wlc\""), "{err}");
+}
+
+#[test]
+fn refuses_bad_macs() {
+    for bad in [
+        "02:00:00:00:00",
+        "02:00:00:00:00:00:00",
+        "02:00:00:00:00:zz",
+        "0200.0000.0001",
+        "02:00:00:00:00:001",
+        "00:00:00:00:00:00",
+        "ff:ff:ff:ff:ff:ff",
+        "01:00:5e:00:00:01",
+    ] {
+        let text = service(&format!(
+            "real_servers = [ {{ address = \"10.0.0.3\", mac = \"{bad}\" }} ]"
+        ));
+        let err = refused(&text);
+        assert!(err.contains(&format!("bad MAC \"{bad}\"")), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn refuses_bad_weights() {
+    for bad in ["-1", "65536"] {
+        let text = service(&format!(
+            "real_servers = [ {{ address = \"10.0.0.3\", weight = {bad} }} ]"
+        ));
+        let err = refused(&text);
+        assert!(err.contains(&format!("weight {bad} out of range")), "{err}");
+    }
+}
+
+#[test]
+fn refuses_duplicates() {
+    let text = format!("{}{}", service(""), service("protocol = \"tcp\""));
+    assert_eq!(refused(&text), "duplicate service TCP 10.0.0.1:80");
+    // Same address and port but another protocol is another service.
+    let text = format!("{}{}", service(""), service("protocol = \"udp\""));
+    assert_eq!(Config::from_toml(&text).unwrap().services.len(), 2);
+    let err = refused(&service(
+        "real_servers = [ { address = \"10.0.0.3\" }, { address = \"10.0.0.3\" } ]",
+    ));
+    assert_eq!(
+        err,
+        "service 1: duplicate real server 10.0.0.3 in service TCP 10.0.0.1:80"
+    );
+}
+
+#[test]
+fn refuses_flow_table_size_out_of_range() {
+    let err = refused("flow_table_size = 0\n");
+    assert!(err.contains("flow_table_size 0 out of range"), "{err}");
+    let err = refused("flow_table_size = 99999999999\n");
+    assert!(err.contains("out of range"), "{err}");
+}
+
+#[test]
+fn cli_services() {
+    let mut config = Config::default();
+    config
+        .add_cli_services(&[
+            (
+                "10.0.0.1:80".into(),
+                vec!["10.0.0.3".into(), "10.0.0.4".into()],
+            ),
+            ("10.0.0.1:53/udp".into(), vec![]),
+        ])
+        .unwrap();
+    assert_eq!(config.services.len(), 2);
+    assert_eq!(config.services[0].protocol, Protocol::Tcp);
+    assert_eq!(config.services[0].real_servers.len(), 2);
+    assert_eq!(config.services[1].protocol, Protocol::Udp);
+    assert_eq!(config.services[1].port, 53);
+}
+
+#[test]
+fn cli_refusals() {
+    let cases = [
+        ("10.0.0.1", vec![], "expected VIP:PORT"),
+        ("10.0.0.1:http", vec![], "bad port \"http\""),
+        ("10.0.0.1:0", vec![], "port 0 out of range"),
+        ("10.0.0.1:80/icmp", vec![], "unknown protocol \"icmp\""),
+        ("10.0.0:80", vec![], "bad vip"),
+        ("10.0.0.1:80", vec!["10.0.0.x"], "bad --real \"10.0.0.x\""),
+        (
+            "10.0.0.1:80",
+            vec!["10.0.0.3", "10.0.0.3"],
+            "duplicate real server",
+        ),
+    ];
+    for (spec, reals, want) in cases {
+        let reals: Vec<String> = reals.into_iter().map(String::from).collect();
+        let err = Config::default()
+            .add_cli_services(&[(spec.to_string(), reals)])
+            .expect_err(spec);
+        let line = format!("{err:#}");
+        assert!(line.starts_with(&format!("--service {spec}: ")), "{line}");
+        assert!(line.contains(want), "{spec}: {line}");
+    }
+    let mut config = Config::from_toml(&service("")).unwrap();
+    let err = config
+        .add_cli_services(&[("10.0.0.1:80/tcp".into(), vec![])])
+        .unwrap_err();
+    assert_eq!(format!("{err:#}"), "duplicate service TCP 10.0.0.1:80");
+}

@@ -1,0 +1,72 @@
+//! Network interfaces: index and Ethernet address, read in the caller's network namespace.
+use std::{ffi::CString, io, mem};
+
+use anyhow::{Result, bail};
+
+use crate::config::Mac;
+
+const ARPHRD_ETHER: u16 = 1;
+
+/// An interface the program is attached to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+    pub mac: Mac,
+}
+
+impl Interface {
+    /// Looks the interface up; refuses a missing or non-Ethernet one.
+    pub fn lookup(name: &str) -> Result<Interface> {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', '\0', ' ']) {
+            bail!("bad interface name {name:?}");
+        }
+        let c_name = CString::new(name)?;
+        // SAFETY: c_name is a valid NUL-terminated string.
+        let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+        if index == 0 {
+            bail!("interface {name} not found");
+        }
+        let (family, mac) = hardware_address(name)
+            .map_err(|e| anyhow::anyhow!("interface {name}: cannot read its MAC: {e}"))?;
+        if family != ARPHRD_ETHER {
+            bail!(
+                "interface {name} is not Ethernet (ARPHRD type {family}): direct routing rewrites MAC addresses"
+            );
+        }
+        Ok(Interface {
+            name: name.to_string(),
+            index,
+            mac: Mac(mac),
+        })
+    }
+}
+
+/// SIOCGIFHWADDR: the link-layer type and the first six bytes of the address.
+fn hardware_address(name: &str) -> io::Result<(u16, [u8; 6])> {
+    // SAFETY: plain socket(2); the fd is closed below on every path.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: ifreq is plain data; zero is a valid value.
+    let mut req: libc::ifreq = unsafe { mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: fd is a socket and req a properly sized ifreq with a NUL-terminated name.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    let err = io::Error::last_os_error();
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(err);
+    }
+    // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
+    let addr = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (dst, src) in mac.iter_mut().zip(addr.sa_data.iter()) {
+        *dst = *src as u8;
+    }
+    Ok((addr.sa_family, mac))
+}

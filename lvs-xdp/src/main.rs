@@ -1,0 +1,169 @@
+//! The `lvs-xdp` command: a thin layer of flags over the library.
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, Result};
+use clap::{ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use lvs_xdp::{
+    Config, logger,
+    run::{self, RunOptions},
+};
+
+/// XDP direct-routing (LVS-DR) load balancer.
+#[derive(Parser)]
+#[command(name = "lvs-xdp", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load, attach, fill the maps, print stats; detach on SIGINT/SIGTERM.
+    Run {
+        /// Interface to attach to (repeatable); real servers are resolved on the first.
+        #[arg(long = "iface", value_name = "IFACE", required = true)]
+        ifaces: Vec<String>,
+        /// Attach mode.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "native", "generic"])]
+        mode: String,
+        /// Seconds between stats tables (0: only at exit).
+        #[arg(long, default_value_t = 5, value_name = "SECS")]
+        interval: u64,
+        /// Seconds to wait for ARP to resolve the real servers.
+        #[arg(long, default_value_t = 3.0, value_name = "SECS")]
+        resolve_timeout: f64,
+        #[command(flatten)]
+        services: ServiceArgs,
+    },
+    /// Validate the configuration and print it as ipvsadm -L -n would; touches no kernel state.
+    Check {
+        #[command(flatten)]
+        services: ServiceArgs,
+    },
+}
+
+#[derive(Args)]
+struct ServiceArgs {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Virtual service (repeatable), followed by its --real flags.
+    #[arg(long = "service", value_name = "VIP:PORT[/tcp|/udp]")]
+    service: Vec<String>,
+    /// Real server of the preceding --service (repeatable).
+    #[arg(long = "real", value_name = "RIP")]
+    real: Vec<String>,
+    /// Flow-table entries (connections remembered at once).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    flow_table_size: Option<i64>,
+}
+
+fn main() -> ExitCode {
+    logger::init();
+    let matches = Cli::command().get_matches();
+    match dispatch(&matches) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lvs-xdp: error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(matches: &ArgMatches) -> Result<()> {
+    let cli = Cli::from_arg_matches(matches)?;
+    let (_, sub) = matches.subcommand().expect("a subcommand is required");
+    match cli.command {
+        Command::Run {
+            ifaces,
+            mode,
+            interval,
+            resolve_timeout,
+            services,
+        } => {
+            let config = build_config(&services, sub)?;
+            if !(0.0..=600.0).contains(&resolve_timeout) {
+                anyhow::bail!("--resolve-timeout {resolve_timeout} out of range (0..=600)");
+            }
+            let opts = RunOptions {
+                interfaces: ifaces,
+                mode: mode.parse()?,
+                resolve_timeout: Duration::from_secs_f64(resolve_timeout),
+                interval: Duration::from_secs(interval),
+            };
+            let mut balancer = run::start(&config, &opts)?;
+            let names: Vec<String> = balancer.attached().map(|i| i.name.clone()).collect();
+            println!(
+                "lvs-xdp: attached to {} ({} mode): {} service(s), {} real server(s), flow table {}; SIGINT/SIGTERM to stop",
+                names.join(", "),
+                opts.mode,
+                config.services.len(),
+                config.real_server_count(),
+                config.flow_table_size,
+            );
+            run::serve(&mut balancer, opts.interval)?;
+            println!("lvs-xdp: detached from {}", names.join(", "));
+            Ok(())
+        }
+        Command::Check { services } => {
+            let config = build_config(&services, sub)?;
+            print!("{}", describe(&config));
+            Ok(())
+        }
+    }
+}
+
+/// The config file's services, then the command line's, each `--real` going to the closest
+/// `--service` before it.
+fn build_config(args: &ServiceArgs, matches: &ArgMatches) -> Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    let service_at: Vec<usize> = matches
+        .indices_of("service")
+        .into_iter()
+        .flatten()
+        .collect();
+    let real_at: Vec<usize> = matches.indices_of("real").into_iter().flatten().collect();
+    let mut groups: Vec<(String, Vec<String>)> = args
+        .service
+        .iter()
+        .map(|s| (s.clone(), Vec::new()))
+        .collect();
+    for (real, at) in args.real.iter().zip(real_at) {
+        let owner = service_at
+            .iter()
+            .rposition(|&s| s < at)
+            .with_context(|| format!("--real {real} must follow the --service it belongs to"))?;
+        groups[owner].1.push(real.clone());
+    }
+    config.add_cli_services(&groups)?;
+    if let Some(size) = args.flow_table_size {
+        config.set_flow_table_size(size)?;
+    }
+    if config.services.is_empty() {
+        anyhow::bail!("no service configured (use --config FILE or --service VIP:PORT --real RIP)");
+    }
+    Ok(config)
+}
+
+fn describe(config: &Config) -> String {
+    let mut out = String::from(
+        "Prot LocalAddress:Port Scheduler\n  -> RemoteAddress:Port Forward Weight Mac\n",
+    );
+    for svc in &config.services {
+        out += &format!("{} {}\n", svc.name(), svc.scheduler);
+        for real in &svc.real_servers {
+            let mac = real
+                .mac
+                .map_or("(neighbour table)".to_string(), |m| m.to_string());
+            out += &format!(
+                "  -> {}:{} Route {} {}\n",
+                real.address, svc.port, real.weight, mac
+            );
+        }
+    }
+    out += &format!("flow table: {} entries\n", config.flow_table_size);
+    out
+}

@@ -1,0 +1,131 @@
+//! Counter snapshots and the stats table, in ipvsadm's words (`ipvsadm -L -n --stats --rate`).
+use std::{fmt::Write as _, time::Instant};
+
+use lvs_xdp_common::{Counters, reason};
+
+use crate::{config::Config, layout::Layout};
+
+/// Every counter, summed over CPUs, at one instant.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub at: Instant,
+    /// Indexed by `lvs_xdp_common::reason`.
+    pub global: Vec<Counters>,
+    /// Indexed by service id (position in the configuration).
+    pub services: Vec<Counters>,
+    /// Indexed by real-server slot.
+    pub reals: Vec<Counters>,
+}
+
+impl Snapshot {
+    /// Packets over all verdicts: every packet the program saw, exactly once.
+    pub fn total_packets(&self) -> u64 {
+        self.global[..reason::VERDICTS as usize]
+            .iter()
+            .map(|c| c.packets)
+            .sum()
+    }
+
+    pub fn reason(&self, r: u32) -> Counters {
+        self.global[r as usize]
+    }
+}
+
+/// Human-readable byte count: 512, 1.5K, 20.0M, ...
+pub fn bytes(n: f64) -> String {
+    const UNITS: [&str; 5] = ["", "K", "M", "G", "T"];
+    let mut v = n;
+    let mut unit = 0;
+    while v >= 1000.0 && unit + 1 < UNITS.len() {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{}", v.round() as u64)
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
+    }
+}
+
+fn rate(now: u64, before: Option<u64>, secs: f64) -> f64 {
+    match before {
+        Some(b) if secs > 0.0 => now.saturating_sub(b) as f64 / secs,
+        _ => 0.0,
+    }
+}
+
+/// The stats table: one line per service, one per real server, then the non-zero verdicts.
+/// Rates are over the interval since `prev`.
+pub fn render(config: &Config, layout: &Layout, now: &Snapshot, prev: Option<&Snapshot>) -> String {
+    let secs = prev.map_or(0.0, |p| now.at.duration_since(p.at).as_secs_f64());
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<34} {:>8} {:>10} {:>9} {:>7} {:>8} {:>9} {:>7}",
+        "Prot LocalAddress:Port Scheduler",
+        "Conns",
+        "InPkts",
+        "InBytes",
+        "CPS",
+        "InPPS",
+        "InBPS",
+        "Drops"
+    );
+    let _ = writeln!(out, "  -> RemoteAddress:Port Weight");
+    let line = |out: &mut String, name: String, c: &Counters, p: Option<&Counters>| {
+        let _ = writeln!(
+            out,
+            "{:<34} {:>8} {:>10} {:>9} {:>7.0} {:>8.0} {:>9} {:>7}",
+            name,
+            c.conns,
+            c.packets,
+            bytes(c.bytes as f64),
+            rate(c.conns, p.map(|p| p.conns), secs),
+            rate(c.packets, p.map(|p| p.packets), secs),
+            bytes(rate(c.bytes, p.map(|p| p.bytes), secs)),
+            c.drops,
+        );
+    };
+    for (id, svc) in config.services.iter().enumerate() {
+        let c = &now.services[id];
+        let p = prev.map(|p| &p.services[id]);
+        line(&mut out, format!("{} {}", svc.name(), svc.scheduler), c, p);
+        for (real, slot) in svc.real_servers.iter().zip(&layout.real_slots[id]) {
+            let c = &now.reals[*slot as usize];
+            let p = prev.map(|p| &p.reals[*slot as usize]);
+            let name = format!("  -> {}:{} {}", real.address, svc.port, real.weight);
+            line(&mut out, name, c, p);
+        }
+    }
+    let mut verdicts = Vec::new();
+    for (i, name) in reason::NAMES.iter().enumerate() {
+        let c = now.global[i];
+        if c.packets > 0 {
+            verdicts.push(format!("{name}={}", c.packets));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "packets {}: {}",
+        now.total_packets(),
+        if verdicts.is_empty() {
+            "-".to_string()
+        } else {
+            verdicts.join(" ")
+        }
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_units() {
+        assert_eq!(bytes(0.0), "0");
+        assert_eq!(bytes(999.0), "999");
+        assert_eq!(bytes(1500.0), "1.5K");
+        assert_eq!(bytes(20_971_520.0), "21.0M");
+    }
+}
