@@ -1,1 +1,9 @@
-
+//! Test support for lvs-xdp, usable without building the XDP object (xtask's lab uses it too):
+//! network namespaces that remove themselves, the LVS-DR lab topology with real nginx, a packet
+//! builder and a header-by-header frame comparison.
+pub mod bins;
+pub mod lab;
+pub mod netns;
+pub mod packet;
+pub mod signals;
+pub mod xdp_pass;

@@ -1,1 +1,115 @@
-fn main() {}
+//! Developer workflows: `cargo xtask setup | build | run | test | lab`.
+mod lab;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  setup            install what building and testing needs (idempotent)
+  build            setup, then build lvs-xdp (release)
+  run -- ARGS      setup, build, then run `lvs-xdp ARGS` (e.g. run -- run --iface eth0 --config lb.toml)
+  test             setup, build, then run every test (needs root)
+  lab              setup, build, then run the LVS-DR lab: client, LB and two nginx real servers
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup::setup(),
+        Some("build") => build_release().map(drop),
+        Some("run") => run(&args[1..]),
+        Some("test") => test(&args[1..]),
+        Some("lab") => build_release().and_then(|bin| lab::lab(&bin)),
+        Some("-h" | "--help" | "help") => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        _ => {
+            eprint!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args).current_dir(root_dir());
+    eprintln!("xtask: running cargo {}", args.join(" "));
+    let status = cmd.status().context("cannot run cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Builds the release binary and returns its path.
+fn build_release() -> Result<PathBuf> {
+    setup::setup()?;
+    cargo(&["build", "--release", "--package", "lvs-xdp", "--bins"])?;
+    Ok(root_dir().join("target/release/lvs-xdp"))
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let args = match args.first().map(String::as_str) {
+        Some("--") => &args[1..],
+        _ => args,
+    };
+    let bin = build_release()?;
+    let status = Command::new(&bin).args(args).status()?;
+    if !status.success() {
+        bail!("lvs-xdp exited with {status}");
+    }
+    Ok(())
+}
+
+fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("{what} needs root (BPF, XDP and network namespaces)");
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Every test: unit tests, packet fixtures through BPF_PROG_TEST_RUN, CLI refusals and the
+/// netns lab with nginx. One test at a time: they share the kernel.
+fn test(extra: &[String]) -> Result<()> {
+    require_root("cargo xtask test")?;
+    setup::setup()?;
+    cargo(&["build", "--package", "lvs-xdp", "--bins"])?;
+    let mut args = vec![
+        "test",
+        "--workspace",
+        "--exclude",
+        "lvs-xdp-ebpf",
+        "--",
+        "--test-threads=1",
+    ];
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)
+}

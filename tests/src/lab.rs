@@ -1,0 +1,339 @@
+//! The classic LVS-DR experiment in network namespaces: a client, the load balancer and two real
+//! servers on one bridge (in a namespace of its own, so the host's namespace is never touched).
+//!
+//! ```text
+//!   client 192.168.0.100 ─┐
+//!   lb     192.168.0.1 + VIP 192.168.0.10 on eth0 ─┤ br0 (namespace "sw")
+//!   rs1    192.168.0.3 + VIP on lo ─┤
+//!   rs2    192.168.0.4 + VIP on lo ─┘
+//! ```
+//! Everything is removed on drop, on every exit path.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    netns::{self, Netns},
+    xdp_pass::{self, XdpPass},
+};
+
+pub const VIP: &str = "192.168.0.10";
+pub const LB_IP: &str = "192.168.0.1";
+pub const CLIENT_IP: &str = "192.168.0.100";
+pub const LB_MAC: &str = "02:00:00:00:00:01";
+pub const CLIENT_MAC: &str = "02:00:00:00:00:64";
+/// (name, address, MAC) of each real server.
+pub const REAL_SERVERS: [(&str, &str, &str); 2] = [
+    ("rs1", "192.168.0.3", "02:00:00:00:00:03"),
+    ("rs2", "192.168.0.4", "02:00:00:00:00:04"),
+];
+
+/// The lvs-xdp configuration of the lab, as an operator would write it.
+pub fn lvs_config() -> String {
+    format!(
+        r#"# The LVS-DR recipe: ipvsadm -A -t {VIP}:80 -s rr; ipvsadm -a -t {VIP}:80 -r RIP -g
+[[service]]
+vip = "{VIP}"
+port = 80
+protocol = "tcp"
+scheduler = "rr"
+real_servers = [ {{ address = "{}" }}, {{ address = "{}" }} ]
+"#,
+        REAL_SERVERS[0].1, REAL_SERVERS[1].1
+    )
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Result<TempDir> {
+        let path =
+            std::env::temp_dir().join(format!("{}-{}-{tag}", netns::PREFIX, std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path)?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The lab. Field order is drop order: the load balancer stops first, the files go last.
+pub struct Lab {
+    pub lb: Netns,
+    pub real_servers: Vec<Netns>,
+    pub client: Netns,
+    pub switch: Netns,
+    lb_process: Option<Child>,
+    bridge_port_xdp: Option<XdpPass>,
+    pub dir: TempDir,
+}
+
+impl Lab {
+    /// Builds the topology (no nginx, no load balancer yet).
+    pub fn new(tag: &str) -> Result<Lab> {
+        netns::remove_stale();
+        let dir = TempDir::new(tag)?;
+        let switch = Netns::new("sw")?;
+        switch.ip(&["link", "add", "br0", "type", "bridge"])?;
+        switch.ip(&["link", "set", "br0", "up"])?;
+        let mut lab = Lab {
+            lb: Netns::new("lb")?,
+            real_servers: vec![Netns::new("rs1")?, Netns::new("rs2")?],
+            client: Netns::new("client")?,
+            switch,
+            lb_process: None,
+            bridge_port_xdp: None,
+            dir,
+        };
+        lab.plug(
+            &lab.client,
+            "p-client",
+            CLIENT_MAC,
+            &format!("{CLIENT_IP}/24"),
+        )?;
+        lab.plug(&lab.lb, "p-lb", LB_MAC, &format!("{LB_IP}/24"))?;
+        for (ns, (name, ip, mac)) in lab.real_servers.iter().zip(REAL_SERVERS) {
+            lab.plug(ns, &format!("p-{name}"), mac, &format!("{ip}/24"))?;
+        }
+
+        // The load balancer holds the VIP on its interface and answers ARP for it.
+        lab.lb
+            .ip(&["addr", "add", &format!("{VIP}/32"), "dev", "eth0"])?;
+        // Frames the LB sends with XDP_TX reach the bridge only if the bridge's end of the veth
+        // pair runs XDP too (a veth fact, not a product one): a pass program there.
+        lab.bridge_port_xdp = Some(xdp_pass::attach(&lab.switch.name, "p-lb")?);
+        // The client's veth would leave TCP checksums to an offload that an XDP_TX'd frame no
+        // longer carries: compute them in software (real NICs do it before the wire).
+        lab.client.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+
+        // Real servers: the VIP on lo, and never answer or announce ARP for it.
+        for ns in &lab.real_servers {
+            ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+            for conf in ["all", "lo", "eth0"] {
+                ns.sysctl(&format!("net.ipv4.conf.{conf}.arp_ignore"), "1")?;
+                ns.sysctl(&format!("net.ipv4.conf.{conf}.arp_announce"), "2")?;
+            }
+        }
+        Ok(lab)
+    }
+
+    /// A veth pair: `eth0` in `ns`, `port` on the bridge.
+    fn plug(&self, ns: &Netns, port: &str, mac: &str, addr: &str) -> Result<()> {
+        self.switch.ip(&[
+            "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ])?;
+        self.switch
+            .ip(&["link", "set", port, "master", "br0", "up"])?;
+        ns.ip(&["link", "set", "eth0", "address", mac])?;
+        ns.ip(&["addr", "add", addr, "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        Ok(())
+    }
+
+    /// Starts nginx on every real server, serving `index.html` naming the server and, when
+    /// given, `big.bin` with these bytes. Returns once all listen on port 80.
+    pub fn start_nginx(&mut self, big_file: Option<&[u8]>) -> Result<()> {
+        let base = self.dir.0.clone();
+        for (i, ns) in self.real_servers.iter_mut().enumerate() {
+            let (name, ip, _) = REAL_SERVERS[i];
+            let dir = base.join(name);
+            let www = dir.join("www");
+            fs::create_dir_all(&www)?;
+            fs::create_dir_all(dir.join("tmp"))?;
+            fs::write(www.join("index.html"), format!("{name} {ip}\n"))?;
+            if let Some(bytes) = big_file {
+                fs::write(www.join("big.bin"), bytes)?;
+            }
+            make_world_readable(&base)?;
+            let conf = dir.join("nginx.conf");
+            fs::write(&conf, nginx_conf(&dir))?;
+            let mut cmd = ns.command("nginx");
+            cmd.arg("-c")
+                .arg(&conf)
+                .arg("-e")
+                .arg(dir.join("error.log"));
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            ns.spawn("nginx", cmd)?;
+        }
+        for ns in &self.real_servers {
+            ns.wait_for(
+                "nginx to listen on port 80",
+                Duration::from_secs(10),
+                || {
+                    ns.stdout("ss", &["-Hnlt", "sport = 80"])
+                        .map(|s| !s.trim().is_empty())
+                        .unwrap_or(false)
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Writes the lab's lvs-xdp configuration and returns its path.
+    pub fn write_lvs_config(&self) -> Result<PathBuf> {
+        let path = self.dir.0.join("lvs-xdp.toml");
+        fs::write(&path, lvs_config())?;
+        Ok(path)
+    }
+
+    /// Starts `lvs-xdp run` on the LB's eth0 with `args` after `run --iface eth0`, its stdout and
+    /// stderr in `lvs-xdp.log`; returns once the program is attached.
+    pub fn start_lb(&mut self, bin: &Path, args: &[&str]) -> Result<()> {
+        let log = fs::File::create(self.lb_log())?;
+        let mut cmd = self.lb.command(bin.to_str().context("binary path")?);
+        cmd.args(["run", "--iface", "eth0"]).args(args);
+        cmd.stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().context("cannot start lvs-xdp")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.xdp_attached()? {
+                break;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "lvs-xdp exited ({status}) before attaching: {}",
+                    self.lb_output().trim()
+                );
+            }
+            if Instant::now() >= deadline {
+                netns::stop(&mut child, Duration::from_secs(3));
+                bail!(
+                    "lvs-xdp did not attach within 20 s: {}",
+                    self.lb_output().trim()
+                );
+            }
+            if let Err(e) = crate::signals::check() {
+                netns::stop(&mut child, Duration::from_secs(3));
+                return Err(e);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        self.lb_process = Some(child);
+        Ok(())
+    }
+
+    /// Stops lvs-xdp with SIGTERM and returns its exit status.
+    pub fn stop_lb(&mut self) -> Result<ExitStatus> {
+        let mut child = self.lb_process.take().context("lvs-xdp is not running")?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                netns::stop(&mut child, Duration::from_millis(100));
+                bail!("lvs-xdp did not exit within 10 s of SIGTERM");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn lb_log(&self) -> PathBuf {
+        self.dir.0.join("lvs-xdp.log")
+    }
+
+    /// What lvs-xdp printed so far.
+    pub fn lb_output(&self) -> String {
+        fs::read_to_string(self.lb_log()).unwrap_or_default()
+    }
+
+    /// Whether an XDP program is attached to the LB's eth0 (`ip link` shows `prog/xdp`).
+    pub fn xdp_attached(&self) -> Result<bool> {
+        let out = self.lb.ip(&["-d", "link", "show", "dev", "eth0"])?;
+        Ok(String::from_utf8_lossy(&out.stdout).contains("prog/xdp"))
+    }
+
+    /// `curl http://VIP{path}` from the client, pinned to CPU 0 (see `get`). Returns the body.
+    pub fn get(&self, path: &str) -> Result<String> {
+        let url = format!("http://{VIP}{path}");
+        let out = self.client.exec(
+            "taskset",
+            &["-c", "0", "curl", "-sS", "--fail", "--max-time", "10", &url],
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Downloads `http://VIP{path}` on the client into `dest`.
+    pub fn download(&self, path: &str, dest: &Path) -> Result<()> {
+        let url = format!("http://{VIP}{path}");
+        let dest = dest.to_str().context("path")?;
+        self.client.exec(
+            "curl",
+            &["-sS", "--fail", "--max-time", "60", "-o", dest, &url],
+        )?;
+        Ok(())
+    }
+
+    /// (rx_bytes, tx_bytes) of eth0 in `ns`.
+    pub fn eth0_bytes(ns: &Netns) -> Result<(u64, u64)> {
+        let read = |what: &str| -> Result<u64> {
+            let v = ns.stdout("cat", &[&format!("/sys/class/net/eth0/statistics/{what}")])?;
+            v.trim()
+                .parse()
+                .with_context(|| format!("parsing {what}: {v:?}"))
+        };
+        Ok((read("rx_bytes")?, read("tx_bytes")?))
+    }
+}
+
+fn nginx_conf(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"daemon off;
+master_process on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    default_type application/octet-stream;
+    server {{
+        listen 80;
+        root {d}/www;
+        location = /index.html {{ default_type text/plain; }}
+    }}
+}}
+"#
+    )
+}
+
+/// nginx workers run as nobody: the web root and the path to it must be readable.
+fn make_world_readable(base: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut p = Some(base);
+    while let Some(dir) = p {
+        if dir == Path::new("/") || dir == std::env::temp_dir() {
+            break;
+        }
+        let mut perms = fs::metadata(dir)?.permissions();
+        perms.set_mode(perms.mode() | 0o755);
+        fs::set_permissions(dir, perms)?;
+        p = dir.parent();
+    }
+    Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(base)
+        .status()?;
+    Ok(())
+}

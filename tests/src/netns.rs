@@ -1,0 +1,167 @@
+//! Network namespaces that are deleted on drop, with the processes started in them.
+use std::{
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+/// Every namespace this library makes is named `PREFIX-<pid>-<n>-<tag>`.
+pub const PREFIX: &str = "lvsx";
+
+/// Runs a command, failing with its stderr when it exits non-zero.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
+/// Deletes namespaces of earlier runs whose process is gone (a run killed with SIGKILL cannot
+/// clean up after itself).
+pub fn remove_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let mut parts = name.splitn(3, '-');
+        if parts.next() != Some(PREFIX) {
+            continue;
+        }
+        let Some(pid) = parts.next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks for existence.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        if !alive {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
+
+/// A network namespace, deleted (with every process it started) on drop.
+pub struct Netns {
+    pub name: String,
+    children: Vec<(String, Child)>,
+}
+
+impl Netns {
+    /// Creates `lvsx-<pid>-<n>-<tag>` with its loopback up.
+    pub fn new(tag: &str) -> Result<Netns> {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let name = format!("{PREFIX}-{}-{n}-{tag}", std::process::id());
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Netns {
+            name,
+            children: Vec::new(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// A command to run inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// Runs `program args` inside; fails on a non-zero exit.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
+        run(self.command(program).args(args))
+    }
+
+    /// Like `exec`, returning stdout as text.
+    pub fn stdout(&self, program: &str, args: &[&str]) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.exec(program, args)?.stdout).into_owned())
+    }
+
+    /// `ip -n NAME args`.
+    pub fn ip(&self, args: &[&str]) -> Result<Output> {
+        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.exec("sysctl", &["-qw", &format!("{key}={value}")])?;
+        Ok(())
+    }
+
+    /// Starts a long-running process inside; it is stopped when the namespace is dropped.
+    pub fn spawn(&mut self, label: &str, mut cmd: Command) -> Result<()> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {label}"))?;
+        self.children.push((label.to_string(), child));
+        Ok(())
+    }
+
+    /// Takes a started process back (to signal it and check its exit).
+    pub fn take_child(&mut self, label: &str) -> Option<Child> {
+        let i = self.children.iter().position(|(l, _)| l == label)?;
+        Some(self.children.remove(i).1)
+    }
+
+    /// Polls `probe` every 20 ms until it returns true or `timeout` passes.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut probe: impl FnMut() -> bool,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !probe() {
+            if Instant::now() >= deadline {
+                bail!(
+                    "timed out after {timeout:?} waiting for {what} in {}",
+                    self.name
+                );
+            }
+            crate::signals::check()?;
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+/// SIGTERM, then SIGKILL if it has not exited within `grace`.
+pub fn stop(child: &mut Child, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for (_, child) in self.children.iter_mut().rev() {
+            stop(child, Duration::from_secs(3));
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
