@@ -98,6 +98,7 @@ fn new_flow(
         generation: real.generation,
     };
     let flags = if stale { BPF_ANY } else { BPF_NOEXIST } as u64;
+    let mut new_conn = true;
     match FLOWS_V4.insert(key, flow, flags) {
         Ok(()) => {
             if stale {
@@ -110,6 +111,7 @@ fn new_flow(
             if let Some((s, r)) = existing(key) {
                 slot = s;
                 real = r;
+                new_conn = false;
             }
         }
         Err(err) => {
@@ -117,7 +119,6 @@ fn new_flow(
             warn!(ctx, "flow table insert failed: {}", err);
         }
     }
-    let new_conn = slot == flow.real;
     stats::count(&SERVICE_STATS, svc.id, bytes, new_conn);
     stats::count(&REAL_STATS, slot, bytes, new_conn);
     Ok(forward(eth, iface, &real))

@@ -227,17 +227,22 @@ impl Lab {
 
     /// Stops lvs-xdp with SIGTERM and returns its exit status.
     pub fn stop_lb(&mut self) -> Result<ExitStatus> {
+        self.stop_lb_with(libc::SIGTERM, Duration::from_secs(10))
+    }
+
+    /// Sends `signal` to lvs-xdp and waits up to `timeout` for it to exit.
+    pub fn stop_lb_with(&mut self, signal: i32, timeout: Duration) -> Result<ExitStatus> {
         let mut child = self.lb_process.take().context("lvs-xdp is not running")?;
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait()? {
                 return Ok(status);
             }
             if Instant::now() >= deadline {
                 netns::stop(&mut child, Duration::from_millis(100));
-                bail!("lvs-xdp did not exit within 10 s of SIGTERM");
+                bail!("lvs-xdp did not exit within {timeout:?} of signal {signal}");
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -288,6 +293,15 @@ impl Lab {
                 .with_context(|| format!("parsing {what}: {v:?}"))
         };
         Ok((read("rx_bytes")?, read("tx_bytes")?))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // lvs-xdp first (it detaches on SIGTERM); the namespaces and their nginx go after.
+        if let Some(mut child) = self.lb_process.take() {
+            netns::stop(&mut child, Duration::from_secs(5));
+        }
     }
 }
 

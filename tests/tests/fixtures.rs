@@ -1,0 +1,528 @@
+//! Packet fixtures: each case is an input frame built field by field, the expected XDP action,
+//! the expected output frame (compared header by header) and the verdict counter it must bump.
+//! The program runs through BPF_PROG_TEST_RUN, attached nowhere. Needs root.
+use std::collections::HashMap;
+
+use lvs_xdp::{Balancer, Config, config::Mac, iface::Interface, layout::Layout};
+use lvs_xdp_common::reason;
+use lvs_xdp_tests::packet::{self, ETH_P_8021AD, ETH_P_8021Q, Frame};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+/// The MAC the program believes is its own (BPF_PROG_TEST_RUN frames arrive on ifindex 1).
+const LB: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const RS1: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+const RS2: [u8; 6] = [0x02, 0, 0, 0, 0, 0x04];
+const RS3: [u8; 6] = [0x02, 0, 0, 0, 0, 0x05];
+const RS4: [u8; 6] = [0x02, 0, 0, 0, 0, 0x06];
+const VIP: &str = "10.0.0.10";
+const CLIENT: &str = "10.0.0.100";
+
+const CONFIG: &str = r#"
+flow_table_size = 4096
+[[service]]
+vip = "10.0.0.10"
+port = 80
+real_servers = [
+  { address = "10.0.0.3", mac = "02:00:00:00:00:03" },
+  { address = "10.0.0.4", mac = "02:00:00:00:00:04" },
+  { address = "10.0.0.6", mac = "02:00:00:00:00:06", weight = 0 },
+]
+[[service]]
+vip = "10.0.0.10"
+port = 53
+protocol = "udp"
+real_servers = [ { address = "10.0.0.5", mac = "02:00:00:00:00:05" } ]
+[[service]]
+vip = "10.0.0.20"
+port = 80
+"#;
+
+fn balancer() -> Balancer {
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "the packet fixtures need root (BPF); run them with cargo xtask test as root"
+    );
+    let config = Config::from_toml(CONFIG).unwrap();
+    let layout = Layout::build(&config, &HashMap::new()).unwrap();
+    let lo = Interface {
+        name: "lo".into(),
+        index: 1,
+        mac: Mac(LB),
+    };
+    Balancer::load(&config, layout, &[lo]).expect("load the XDP program")
+}
+
+/// `input` with the Ethernet addresses a forward to `real` must produce.
+fn forwarded(input: &[u8], real: [u8; 6]) -> Vec<u8> {
+    let mut out = input.to_vec();
+    out[0..6].copy_from_slice(&real);
+    out[6..12].copy_from_slice(&LB);
+    out
+}
+
+/// Runs one case: action, output header by header, and exactly one verdict counted, `why`.
+fn check(b: &Balancer, name: &str, input: &[u8], action: u32, output: &[u8], why: u32) {
+    let before = b.snapshot().unwrap();
+    let (got_action, got) = b.test_run(input).unwrap();
+    let after = b.snapshot().unwrap();
+    assert_eq!(
+        got_action,
+        action,
+        "{name}: action (1 drop, 2 pass, 3 tx); verdicts now {:?}",
+        verdict_deltas(&before, &after)
+    );
+    let d = packet::diff(output, &got);
+    assert!(
+        d.is_empty(),
+        "{name}: output differs:\n  {}",
+        d.join("\n  ")
+    );
+    assert_eq!(
+        after.total_packets() - before.total_packets(),
+        1,
+        "{name}: one verdict per packet"
+    );
+    assert_eq!(
+        after.reason(why).packets - before.reason(why).packets,
+        1,
+        "{name}: expected verdict {}; got {:?}",
+        reason::NAMES[why as usize],
+        verdict_deltas(&before, &after)
+    );
+    assert_eq!(
+        after.reason(why).bytes - before.reason(why).bytes,
+        input.len() as u64,
+        "{name}: verdict bytes"
+    );
+}
+
+fn verdict_deltas(a: &lvs_xdp::stats::Snapshot, b: &lvs_xdp::stats::Snapshot) -> Vec<String> {
+    (0..reason::COUNT as usize)
+        .filter(|&i| b.global[i].packets != a.global[i].packets)
+        .map(|i| {
+            format!(
+                "{}+{}",
+                reason::NAMES[i],
+                b.global[i].packets - a.global[i].packets
+            )
+        })
+        .collect()
+}
+
+fn tx(b: &Balancer, name: &str, frame: &[u8], real: [u8; 6]) {
+    check(
+        b,
+        name,
+        frame,
+        XDP_TX,
+        &forwarded(frame, real),
+        reason::FORWARDED,
+    );
+}
+
+fn pass(b: &Balancer, name: &str, frame: &[u8], why: u32) {
+    check(b, name, frame, XDP_PASS, frame, why);
+}
+
+fn drop(b: &Balancer, name: &str, frame: &[u8], why: u32) {
+    check(b, name, frame, XDP_DROP, frame, why);
+}
+
+/// Pins the test thread to CPU 0: round-robin positions are per CPU.
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+#[test]
+fn tcp_and_udp_to_a_vip_are_forwarded_changing_only_the_macs() {
+    pin_to_cpu0();
+    let b = balancer();
+    let syn = Frame::tcp(LB, CLIENT, 40000, VIP, 80).build();
+    tx(&b, "TCP SYN to VIP:80", &syn, RS1);
+    let dns = Frame::udp(LB, CLIENT, 40000, VIP, 53)
+        .with_payload(&[0xab; 40])
+        .build();
+    tx(&b, "UDP to VIP:53", &dns, RS3);
+    // A minimum-size frame carries Ethernet padding after the IP datagram: still forwarded.
+    let mut padded = Frame::tcp(LB, CLIENT, 40001, VIP, 80)
+        .with_payload(&[])
+        .build();
+    padded.resize(60, 0);
+    tx(&b, "padded 60-byte frame", &padded, RS2);
+    // DF set is not a fragment.
+    let df = Frame::tcp(LB, CLIENT, 40002, VIP, 80)
+        .with_ip(|ip| ip.frag = 0x4000)
+        .build();
+    tx(&b, "DF set", &df, RS1);
+}
+
+#[test]
+fn traffic_not_for_a_service_passes_untouched() {
+    let b = balancer();
+    pass(
+        &b,
+        "other port",
+        &Frame::tcp(LB, CLIENT, 40000, VIP, 81).build(),
+        reason::PASS_NO_SERVICE,
+    );
+    pass(
+        &b,
+        "other address",
+        &Frame::tcp(LB, CLIENT, 40000, "10.0.0.11", 80).build(),
+        reason::PASS_NO_SERVICE,
+    );
+    pass(
+        &b,
+        "UDP to a TCP-only port",
+        &Frame::udp(LB, CLIENT, 40000, VIP, 80).build(),
+        reason::PASS_NO_SERVICE,
+    );
+    pass(
+        &b,
+        "TCP to a UDP-only port",
+        &Frame::tcp(LB, CLIENT, 40000, VIP, 53).build(),
+        reason::PASS_NO_SERVICE,
+    );
+    pass(
+        &b,
+        "destination port 0",
+        &Frame::tcp(LB, CLIENT, 40000, VIP, 0).build(),
+        reason::PASS_NO_SERVICE,
+    );
+    pass(
+        &b,
+        "ICMP to the VIP",
+        &Frame::icmp(LB, CLIENT, VIP).build(),
+        reason::PASS_OTHER_PROTO,
+    );
+    pass(
+        &b,
+        "ARP request for the VIP",
+        &Frame::arp(CLIENT, VIP).build(),
+        reason::PASS_NOT_LOCAL,
+    );
+    let mut arp_reply = Frame::arp(CLIENT, VIP);
+    arp_reply.dst = LB;
+    pass(
+        &b,
+        "ARP to our MAC",
+        &arp_reply.build(),
+        reason::PASS_NOT_IP,
+    );
+    pass(&b, "IPv6", &Frame::ipv6(LB).build(), reason::PASS_IPV6);
+}
+
+#[test]
+fn frames_for_other_macs_pass_untouched() {
+    let b = balancer();
+    for (name, mac) in [
+        ("another host's unicast", [0x02, 0, 0, 0, 0, 0x99]),
+        ("broadcast", [0xff; 6]),
+        ("multicast", [0x01, 0x00, 0x5e, 0, 0, 1]),
+        ("differs in the last byte", [0x02, 0, 0, 0, 0, 0x02]),
+        ("differs in the first byte", [0x06, 0, 0, 0, 0, 0x01]),
+    ] {
+        let f = Frame::tcp(mac, CLIENT, 40000, VIP, 80).build();
+        pass(&b, name, &f, reason::PASS_NOT_LOCAL);
+    }
+}
+
+#[test]
+fn ipv4_options_of_every_length_are_honoured() {
+    let b = balancer();
+    for words in 1..=10usize {
+        let f = Frame::tcp(LB, CLIENT, 41000 + words as u16, VIP, 80)
+            .with_ip(|ip| ip.options = vec![0x01; words * 4]) // NOP options
+            .build();
+        let real = if words % 2 == 1 { RS1 } else { RS2 };
+        tx(&b, &format!("IHL {}", 5 + words), &f, real);
+    }
+    // With options, the ports are found after them: port 81 is no service even though the
+    // bytes where a 20-byte header would end hold port 80.
+    let mut opts = vec![0x01; 4];
+    opts[2..4].copy_from_slice(&80u16.to_be_bytes());
+    let f = Frame::tcp(LB, CLIENT, 80, VIP, 81)
+        .with_ip(|ip| ip.options = opts)
+        .build();
+    pass(&b, "ports after options", &f, reason::PASS_NO_SERVICE);
+}
+
+#[test]
+fn vlan_tagged_frames_keep_their_tag() {
+    pin_to_cpu0();
+    let b = balancer();
+    let q = Frame::tcp(LB, CLIENT, 42000, VIP, 80)
+        .with_vlan(ETH_P_8021Q, 100)
+        .build();
+    tx(&b, "802.1Q", &q, RS1);
+    let ad = Frame::udp(LB, CLIENT, 42000, VIP, 53)
+        .with_vlan(ETH_P_8021AD, 7)
+        .build();
+    tx(&b, "802.1ad", &ad, RS3);
+    // A second tag is not parsed: passed as not IP.
+    let mut qinq = Frame::tcp(LB, CLIENT, 42001, VIP, 80)
+        .with_vlan(ETH_P_8021AD, 7)
+        .build();
+    qinq.splice(16..16, [0x81, 0x00, 0x00, 0x64]);
+    pass(&b, "two tags", &qinq, reason::PASS_NOT_IP);
+    pass(
+        &b,
+        "tagged ARP",
+        &Frame::arp(CLIENT, VIP).with_vlan(ETH_P_8021Q, 100).build(),
+        reason::PASS_NOT_LOCAL,
+    );
+}
+
+#[test]
+fn truncated_frames_are_dropped_at_every_length() {
+    let b = balancer();
+    let frames = [
+        ("TCP", Frame::tcp(LB, CLIENT, 43000, VIP, 80).build()),
+        ("UDP", Frame::udp(LB, CLIENT, 43000, VIP, 53).build()),
+        (
+            "VLAN TCP",
+            Frame::tcp(LB, CLIENT, 43000, VIP, 80)
+                .with_vlan(ETH_P_8021Q, 5)
+                .build(),
+        ),
+        (
+            "TCP with options",
+            Frame::tcp(LB, CLIENT, 43000, VIP, 80)
+                .with_ip(|ip| ip.options = vec![1; 40])
+                .build(),
+        ),
+        ("ICMP", Frame::icmp(LB, CLIENT, VIP).build()),
+        (
+            "TCP to no service",
+            Frame::tcp(LB, CLIENT, 43000, VIP, 99).build(),
+        ),
+    ];
+    // BPF_PROG_TEST_RUN refuses frames under 14 bytes, so cuts start after the Ethernet header
+    // (ethertype IPv4, nothing after it) and go to one byte short of the whole frame: inside
+    // the VLAN tag, the IPv4 header, its options, the ports, the TCP/UDP header, the payload.
+    for (name, full) in frames {
+        for len in 14..full.len() {
+            let cut = &full[..len];
+            drop(
+                &b,
+                &format!("{name} cut at {len} of {}", full.len()),
+                cut,
+                reason::DROP_MALFORMED,
+            );
+        }
+    }
+}
+
+#[test]
+fn invalid_ipv4_headers_are_dropped() {
+    let b = balancer();
+    let base = Frame::tcp(LB, CLIENT, 44000, VIP, 80);
+    let cases = [
+        (
+            "version 6 under ethertype IPv4",
+            base.clone().with_ip(|ip| ip.version_ihl = Some(0x65)),
+        ),
+        (
+            "IHL 4",
+            base.clone().with_ip(|ip| ip.version_ihl = Some(0x44)),
+        ),
+        (
+            "IHL 0",
+            base.clone().with_ip(|ip| ip.version_ihl = Some(0x40)),
+        ),
+        (
+            "IHL past the datagram",
+            base.clone().with_ip(|ip| ip.version_ihl = Some(0x4f)),
+        ),
+        (
+            "total length below IHL",
+            base.clone().with_ip(|ip| ip.total_len = Some(19)),
+        ),
+        (
+            "total length leaves no TCP header",
+            base.clone().with_ip(|ip| ip.total_len = Some(30)),
+        ),
+        (
+            "total length past the frame",
+            base.clone().with_ip(|ip| ip.total_len = Some(1000)),
+        ),
+    ];
+    for (name, f) in cases {
+        drop(&b, name, &f.build(), reason::DROP_MALFORMED);
+    }
+}
+
+#[test]
+fn fragments_for_a_vip_are_dropped_and_others_passed() {
+    let b = balancer();
+    let frag = |dst: &str, frag: u16| {
+        Frame::tcp(LB, CLIENT, 45000, dst, 80)
+            .with_ip(|ip| ip.frag = frag)
+            .build()
+    };
+    drop(
+        &b,
+        "non-first fragment to the VIP",
+        &frag(VIP, 0x00b9),
+        reason::DROP_FRAGMENT,
+    );
+    drop(
+        &b,
+        "last fragment to the VIP",
+        &frag(VIP, 0x0010),
+        reason::DROP_FRAGMENT,
+    );
+    drop(
+        &b,
+        "first fragment (MF) to the VIP",
+        &frag(VIP, 0x2000),
+        reason::DROP_FRAGMENT,
+    );
+    drop(
+        &b,
+        "fragment to a VIP without real servers",
+        &frag("10.0.0.20", 0x0001),
+        reason::DROP_FRAGMENT,
+    );
+    pass(
+        &b,
+        "fragment to another address",
+        &frag("10.0.0.11", 0x2000),
+        reason::PASS_FRAGMENT,
+    );
+    let udp_frag = Frame::udp(LB, CLIENT, 45000, "10.0.0.20", 53)
+        .with_ip(|ip| ip.frag = 0x0020)
+        .build();
+    pass(
+        &b,
+        "UDP fragment to a TCP-only VIP",
+        &udp_frag,
+        reason::PASS_FRAGMENT,
+    );
+}
+
+#[test]
+fn a_service_without_real_servers_drops_and_counts() {
+    let b = balancer();
+    let f = Frame::tcp(LB, CLIENT, 46000, "10.0.0.20", 80).build();
+    drop(&b, "no real server", &f, reason::DROP_NO_REAL_SERVER);
+    drop(&b, "no real server again", &f, reason::DROP_NO_REAL_SERVER);
+    let s = b.snapshot().unwrap();
+    assert_eq!(s.services[2].drops, 2);
+    assert_eq!(s.services[2].packets, 2);
+    assert_eq!(s.services[2].conns, 0);
+    assert!(
+        b.flows_v4().unwrap().is_empty(),
+        "a dropped flow is not remembered"
+    );
+}
+
+#[test]
+fn new_flows_are_spread_round_robin_and_weight_zero_gets_none() {
+    pin_to_cpu0();
+    let b = balancer();
+    let mut seen = Vec::new();
+    for i in 0..100u16 {
+        let f = Frame::tcp(LB, CLIENT, 10000 + i, VIP, 80).build();
+        let (action, out) = b.test_run(&f).unwrap();
+        assert_eq!(action, XDP_TX, "flow {i}");
+        seen.push(<[u8; 6]>::try_from(&out[0..6]).unwrap());
+    }
+    for (i, mac) in seen.iter().enumerate() {
+        let want = if i % 2 == 0 { RS1 } else { RS2 };
+        assert_eq!(*mac, want, "flow {i} of a strict rotation on one CPU");
+    }
+    assert!(!seen.contains(&RS4), "weight 0 takes no new connection");
+    let s = b.snapshot().unwrap();
+    let slots = &b.layout().real_slots[0];
+    let conns: Vec<u64> = slots.iter().map(|&r| s.reals[r as usize].conns).collect();
+    assert_eq!(conns, vec![50, 50, 0]);
+    assert_eq!(s.services[0].conns, 100);
+    assert_eq!(b.flows_v4().unwrap().len(), 100);
+}
+
+#[test]
+fn packets_of_one_flow_always_reach_the_same_real_server() {
+    pin_to_cpu0();
+    let b = balancer();
+    let flow = Frame::tcp(LB, CLIENT, 50000, VIP, 80).build();
+    let (_, first) = b.test_run(&flow).unwrap();
+    let chosen = <[u8; 6]>::try_from(&first[0..6]).unwrap();
+    for i in 0..20u16 {
+        // Other new flows move the round-robin position between this flow's packets.
+        b.test_run(&Frame::tcp(LB, CLIENT, 51000 + i, VIP, 80).build())
+            .unwrap();
+        let mut ack = Frame::tcp(LB, CLIENT, 50000, VIP, 80);
+        if let Some(packet::L4::Tcp { flags, seq, .. }) = &mut ack.l4 {
+            *flags = 0x10;
+            *seq = 2 + u32::from(i);
+        }
+        tx(&b, &format!("packet {i} of the flow"), &ack.build(), chosen);
+    }
+    let s = b.snapshot().unwrap();
+    assert_eq!(
+        s.services[0].conns, 21,
+        "one connection per flow, not per packet"
+    );
+    assert_eq!(s.services[0].packets, 41);
+}
+
+#[test]
+fn counters_add_up() {
+    pin_to_cpu0();
+    let b = balancer();
+    let frames = [
+        Frame::tcp(LB, CLIENT, 1, VIP, 80).build(),
+        Frame::tcp(LB, CLIENT, 2, VIP, 80)
+            .with_payload(&[0; 500])
+            .build(),
+        Frame::tcp(LB, CLIENT, 1, VIP, 80)
+            .with_payload(&[0; 100])
+            .build(),
+        Frame::udp(LB, CLIENT, 1, VIP, 53).build(),
+        Frame::tcp(LB, CLIENT, 1, VIP, 81).build(),
+        Frame::arp(CLIENT, VIP).build(),
+        Frame::tcp(LB, CLIENT, 1, "10.0.0.20", 80).build(),
+    ];
+    for f in &frames {
+        b.test_run(f).unwrap();
+    }
+    let s = b.snapshot().unwrap();
+    assert_eq!(s.total_packets(), frames.len() as u64);
+    let verdict_bytes: u64 = s.global[..reason::VERDICTS as usize]
+        .iter()
+        .map(|c| c.bytes)
+        .sum();
+    assert_eq!(
+        verdict_bytes,
+        frames.iter().map(|f| f.len() as u64).sum::<u64>()
+    );
+    // Service and real-server counters cover exactly the forwarded packets.
+    let fwd = s.reason(reason::FORWARDED);
+    assert_eq!(fwd.packets, 4);
+    let svc_packets: u64 = s.services.iter().map(|c| c.packets - c.drops).sum();
+    let real_packets: u64 = s.reals.iter().map(|c| c.packets).sum();
+    let real_bytes: u64 = s.reals.iter().map(|c| c.bytes).sum();
+    assert_eq!(svc_packets, fwd.packets);
+    assert_eq!(real_packets, fwd.packets);
+    assert_eq!(real_bytes, fwd.bytes);
+    let l = b.layout();
+    assert_eq!(
+        s.reals[l.real_slots[0][0] as usize].bytes,
+        (frames[0].len() + frames[2].len()) as u64
+    );
+    assert_eq!(s.reals[l.real_slots[0][0] as usize].conns, 1);
+    assert_eq!(s.reals[l.real_slots[0][0] as usize].packets, 2);
+    assert_eq!(s.services[2].drops, 1);
+}
