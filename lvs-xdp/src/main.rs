@@ -143,7 +143,15 @@ fn build_config(args: &ServiceArgs, matches: &ArgMatches) -> Result<Config> {
         config.set_flow_table_size(size)?;
     }
     if config.services.is_empty() {
-        anyhow::bail!("no service configured (use --config FILE or --service VIP:PORT --real RIP)");
+        match &args.config {
+            Some(path) => anyhow::bail!(
+                "{}: no service configured (add [[service]] or --service VIP:PORT --real RIP)",
+                path.display()
+            ),
+            None => anyhow::bail!(
+                "no service configured (use --config FILE or --service VIP:PORT --real RIP)"
+            ),
+        }
     }
     Ok(config)
 }

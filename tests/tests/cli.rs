@@ -1,0 +1,274 @@
+//! The `lvs-xdp` command's refusals: bad input is refused whole, before anything is attached,
+//! with one line naming the problem and a non-zero exit. Needs root for the namespaces.
+use std::process::Command;
+
+use lvs_xdp_tests::{bins, lab::TempDir, netns::Netns};
+
+struct Outcome {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn lvs_xdp(ns: Option<&Netns>, args: &[&str]) -> Outcome {
+    let bin = bins::lvs_xdp();
+    let mut cmd = match ns {
+        Some(ns) => ns.command(bin.to_str().unwrap()),
+        None => Command::new(&bin),
+    };
+    let out = cmd.args(args).output().expect("run lvs-xdp");
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Asserts a refusal: exit 1, nothing on stdout, exactly one stderr line containing `want`.
+fn refused(o: &Outcome, want: &str) {
+    assert_eq!(o.code, 1, "exit code; stderr: {}", o.stderr);
+    let lines: Vec<&str> = o.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line of error, got: {:?}", o.stderr);
+    assert!(lines[0].starts_with("lvs-xdp: error: "), "{}", lines[0]);
+    assert!(
+        lines[0].contains(want),
+        "expected {want:?} in {:?}",
+        lines[0]
+    );
+    assert!(o.stdout.is_empty(), "stdout: {}", o.stdout);
+}
+
+fn root() {
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "these tests need root (netns, XDP)"
+    );
+}
+
+const GOOD: &str = "[[service]]\nvip = \"10.9.0.10\"\nport = 80\nreal_servers = [ { address = \"10.9.0.3\", mac = \"02:00:00:00:00:03\" } ]\n";
+
+#[test]
+fn config_refusals_name_the_problem() {
+    let dir = TempDir::new("cli-config").unwrap();
+    let cases = [
+        ("malformed TOML", "[[service]\nvip = 1\n", "1:"),
+        (
+            "unknown field",
+            "[[service]]\nvip = \"10.9.0.10\"\nport = 80\nweigth = 2\n",
+            "unknown field `weigth`",
+        ),
+        (
+            "bad address",
+            "[[service]]\nvip = \"10.9.0.1O\"\nport = 80\n",
+            "bad vip \"10.9.0.1O\"",
+        ),
+        (
+            "port out of range",
+            "[[service]]\nvip = \"10.9.0.10\"\nport = 70000\n",
+            "port 70000 out of range",
+        ),
+        (
+            "unknown protocol",
+            "[[service]]\nvip = \"10.9.0.10\"\nport = 80\nprotocol = \"sctp\"\n",
+            "unknown protocol \"sctp\"",
+        ),
+        (
+            "unknown scheduler",
+            "[[service]]\nvip = \"10.9.0.10\"\nport = 80\nscheduler = \"lc\"\n",
+            "unknown scheduler \"lc\"",
+        ),
+        (
+            "bad MAC",
+            "[[service]]\nvip = \"10.9.0.10\"\nport = 80\nreal_servers = [ { address = \"10.9.0.3\", mac = \"02:00:00:00:00\" } ]\n",
+            "bad MAC \"02:00:00:00:00\"",
+        ),
+        (
+            "duplicate service",
+            &format!("{GOOD}{GOOD}"),
+            "duplicate service TCP 10.9.0.10:80",
+        ),
+        (
+            "duplicate real server",
+            "[[service]]\nvip = \"10.9.0.10\"\nport = 80\nreal_servers = [ { address = \"10.9.0.3\" }, { address = \"10.9.0.3\" } ]\n",
+            "duplicate real server 10.9.0.3",
+        ),
+        ("no service", "", "no service configured"),
+    ];
+    for (name, text, want) in cases {
+        let path = dir.0.join(format!("{}.toml", name.replace(' ', "-")));
+        std::fs::write(&path, text).unwrap();
+        let path = path.to_str().unwrap();
+        // `run` refuses before looking at the interface (which does not exist here either).
+        let o = lvs_xdp(None, &["run", "--iface", "lvsx-none0", "--config", path]);
+        refused(&o, want);
+        assert!(
+            o.stderr.contains(path),
+            "{name}: the message names the file: {}",
+            o.stderr
+        );
+        refused(&lvs_xdp(None, &["check", "--config", path]), want);
+    }
+    let o = lvs_xdp(None, &["check", "--config", "/nonexistent/lvs.toml"]);
+    refused(&o, "cannot read config /nonexistent/lvs.toml");
+}
+
+#[test]
+fn command_line_refusals() {
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--service", "10.9.0.10:80/icmp"],
+            "unknown protocol \"icmp\"",
+        ),
+        (&["--service", "10.9.0.10"], "expected VIP:PORT"),
+        (
+            &["--real", "10.9.0.3", "--service", "10.9.0.10:80"],
+            "--real 10.9.0.3 must follow the --service",
+        ),
+        (
+            &[
+                "--service",
+                "10.9.0.10:80",
+                "--real",
+                "10.9.0.3",
+                "--real",
+                "10.9.0.3",
+            ],
+            "duplicate real server 10.9.0.3",
+        ),
+        (
+            &["--service", "10.9.0.10:80", "--flow-table-size", "-5"],
+            "flow_table_size -5 out of range",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut all = vec!["check"];
+        all.extend_from_slice(args);
+        refused(&lvs_xdp(None, &all), want);
+    }
+    // clap's own usage errors exit 2.
+    let o = lvs_xdp(
+        None,
+        &[
+            "run",
+            "--iface",
+            "x",
+            "--service",
+            "10.9.0.10:80",
+            "--mode",
+            "turbo",
+        ],
+    );
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    let o = lvs_xdp(None, &["run", "--service", "10.9.0.10:80"]);
+    assert_eq!(o.code, 2, "--iface is required: {}", o.stderr);
+}
+
+#[test]
+fn check_prints_the_services() {
+    let o = lvs_xdp(
+        None,
+        &[
+            "check",
+            "--service",
+            "10.9.0.10:80",
+            "--real",
+            "10.9.0.3",
+            "--real",
+            "10.9.0.4",
+            "--service",
+            "10.9.0.10:53/udp",
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("TCP 10.9.0.10:80 rr"), "{}", o.stdout);
+    assert!(
+        o.stdout.contains("  -> 10.9.0.4:80 Route 1"),
+        "{}",
+        o.stdout
+    );
+    assert!(o.stdout.contains("UDP 10.9.0.10:53 rr"), "{}", o.stdout);
+}
+
+#[test]
+fn missing_and_non_ethernet_interfaces_are_refused() {
+    root();
+    let ns = Netns::new("cli-iface").unwrap();
+    let svc = ["--service", "10.9.0.10:80", "--real", "10.9.0.3"];
+    let mut args = vec!["run", "--iface", "nope0"];
+    args.extend_from_slice(&svc);
+    refused(&lvs_xdp(Some(&ns), &args), "interface nope0 not found");
+    let mut args = vec!["run", "--iface", "lo"];
+    args.extend_from_slice(&svc);
+    refused(&lvs_xdp(Some(&ns), &args), "interface lo is not Ethernet");
+}
+
+#[test]
+fn an_unresolvable_real_server_is_named() {
+    root();
+    let ns = Netns::new("cli-neigh").unwrap();
+    ns.ip(&[
+        "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+    ])
+    .unwrap();
+    ns.ip(&["addr", "add", "10.9.0.1/24", "dev", "veth0"])
+        .unwrap();
+    ns.ip(&["link", "set", "veth0", "up"]).unwrap();
+    ns.ip(&["link", "set", "veth1", "up"]).unwrap();
+    let o = lvs_xdp(
+        Some(&ns),
+        &[
+            "run",
+            "--iface",
+            "veth0",
+            "--service",
+            "10.9.0.10:80",
+            "--real",
+            "10.9.0.77",
+            "--resolve-timeout",
+            "0.5",
+        ],
+    );
+    refused(
+        &o,
+        "real server 10.9.0.77 did not resolve to a MAC on veth0 within 0.5s",
+    );
+    let link = ns.stdout("ip", &["link", "show", "veth0"]).unwrap();
+    assert!(!link.contains("xdp"), "nothing attached: {link}");
+}
+
+#[test]
+fn attach_refused_is_all_or_nothing() {
+    root();
+    let ns = Netns::new("cli-attach").unwrap();
+    ns.ip(&[
+        "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+    ])
+    .unwrap();
+    ns.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
+    for dev in ["veth0", "veth1", "br0"] {
+        ns.ip(&["link", "set", dev, "up"]).unwrap();
+    }
+    let config = TempDir::new("cli-attach").unwrap();
+    let path = config.0.join("lb.toml");
+    std::fs::write(&path, GOOD).unwrap();
+    let path = path.to_str().unwrap();
+    // A bridge has no native XDP: refused. veth0 had been attached first and must be undone.
+    let o = lvs_xdp(
+        Some(&ns),
+        &[
+            "run", "--iface", "veth0", "--iface", "br0", "--mode", "native", "--config", path,
+        ],
+    );
+    refused(&o, "attach to br0 (native mode) refused");
+    for dev in ["veth0", "br0"] {
+        let link = ns.stdout("ip", &["link", "show", dev]).unwrap();
+        assert!(!link.contains("xdp"), "{dev} left with a program: {link}");
+    }
+    let o = lvs_xdp(
+        Some(&ns),
+        &[
+            "run", "--iface", "veth0", "--iface", "veth0", "--config", path,
+        ],
+    );
+    refused(&o, "interface veth0 given twice");
+}
