@@ -54,15 +54,16 @@ fn process(ctx: &XdpContext, bytes: u64) -> Result<(u32, u32), u32> {
 
     // Fast path: a known flow whose real server is still the one it was scheduled to.
     let mut stale = false;
-    if let Some(flow) = FLOWS_V4.get_ptr(&key) {
+    if let Some(flow) = FLOWS_V4.get_ptr(key) {
         // SAFETY: a pointer into the LRU map's value, valid for this program run.
         let flow = unsafe { *flow };
-        if let Some(real) = REALS.get(flow.real) {
-            if real.generation == flow.generation && real.generation != 0 {
-                stats::count(&SERVICE_STATS, real.service, bytes, false);
-                stats::count(&REAL_STATS, flow.real, bytes, false);
-                return Ok(forward(eth, iface, real));
-            }
+        if let Some(real) = REALS.get(flow.real)
+            && real.generation == flow.generation
+            && real.generation != 0
+        {
+            stats::count(&SERVICE_STATS, real.service, bytes, false);
+            stats::count(&REAL_STATS, flow.real, bytes, false);
+            return Ok(forward(eth, iface, real));
         }
         stale = true;
     }

@@ -291,10 +291,11 @@ pub fn resolve(
     let mut last_trigger: Option<Instant> = None;
     loop {
         for n in nl.dump()? {
-            if n.ifindex == ifindex && addresses.contains(&n.address) {
-                if let Some(mac) = n.usable_mac() {
-                    found.insert(n.address, mac);
-                }
+            if n.ifindex == ifindex
+                && addresses.contains(&n.address)
+                && let Some(mac) = n.usable_mac()
+            {
+                found.insert(n.address, mac);
             }
         }
         let missing: Vec<Ipv4Addr> = addresses

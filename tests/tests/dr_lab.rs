@@ -111,8 +111,7 @@ fn dr_lab_with_nginx_end_to_end() {
         assert!(out.contains("detached from eth0"), "{out}");
         let last_service_line = out
             .lines()
-            .filter(|l| l.starts_with("TCP 192.168.0.10:80 rr"))
-            .last()
+            .rfind(|l| l.starts_with("TCP 192.168.0.10:80 rr"))
             .unwrap_or_else(|| panic!("no stats table in:\n{out}"));
         let conns: u64 = last_service_line
             .split_whitespace()
