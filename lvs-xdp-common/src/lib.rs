@@ -109,14 +109,15 @@ pub mod reason {
     ];
 }
 
-/// Key of `SERVICES`. IPv4 addresses occupy the first 4 bytes of `addr`, the rest zero.
+/// Key of `SERVICES`. The address's bytes as on the wire, in 32-bit words (an IPv4 address is
+/// `addr[0]`, the rest zero); the port as on the wire (`u16::from_ne_bytes(port.to_be_bytes())`).
+/// Words rather than byte arrays: the data plane then loads and compares whole words.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct ServiceKey {
-    pub addr: [u8; 16],
-    /// Network byte order (as on the wire).
-    pub port: [u8; 2],
+    pub addr: [u32; 4],
+    pub port: u16,
     pub proto: u8,
     pub family: u8,
 }
@@ -150,15 +151,15 @@ pub struct RealServer {
     pub generation: u32,
 }
 
-/// Key of `FLOWS_V4`: the 5-tuple, as on the wire.
+/// Key of `FLOWS_V4`: the 5-tuple, each field holding its bytes as on the wire.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FlowKeyV4 {
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
     pub proto: u8,
     pub _pad: [u8; 3],
 }
@@ -229,4 +230,54 @@ mod tests {
         assert_eq!(size_of::<Counters>(), 32);
         assert_eq!(reason::NAMES.len(), reason::COUNT as usize);
     }
+}
+
+/// The benchmark programs' contract (object `lvs-xdp-bench`): a traffic generator run with
+/// BPF_PROG_TEST_RUN live frames, a counting sink, a bare XDP_TX bounce and a pass program.
+pub mod bench {
+    pub const GENERATOR: &str = "bench_gen";
+    pub const SINK: &str = "bench_sink";
+    pub const BOUNCE: &str = "bench_bounce";
+    pub const PASS: &str = "bench_pass";
+    /// `Array<GenConfig>`, one entry.
+    pub const GEN_CONFIG: &str = "GEN_CONFIG";
+    /// `PerCpuArray<u32>`, one entry: the next flow index.
+    pub const GEN_STATE: &str = "GEN_STATE";
+    /// `PerCpuArray<u64>`, 256 entries: frames received, by the last byte of the destination MAC.
+    pub const SINK_COUNTS: &str = "SINK_COUNTS";
+    /// Source ports per source address: flow `i` uses port `sport_base + i % PORTS_PER_ADDR`
+    /// from address `saddr + i / PORTS_PER_ADDR`.
+    pub const PORTS_PER_ADDR: u32 = 16384;
+
+    /// What the generator sends. The frame itself is the template given to BPF_PROG_TEST_RUN
+    /// (flow 0, with its checksums); live-frame pages start as a copy of it and are recycled
+    /// without being reset, so on every run the generator rewrites everything that varies or
+    /// that the program under test may have changed: both MACs, the source address's last 32
+    /// bits, the source port and the checksums (updated incrementally from the template's).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+    pub struct GenConfig {
+        pub dst_mac: [u8; 6],
+        pub src_mac: [u8; 6],
+        /// Number of distinct flows (cycled through in order); at least 1.
+        pub flows: u32,
+        /// Offset of the source address's last 32 bits in the frame.
+        pub saddr_off: u16,
+        /// Offset of the L4 header.
+        pub l4_off: u16,
+        /// Offset of the L4 checksum.
+        pub l4_csum_off: u16,
+        /// Offset of the IPv4 header checksum; 0 for IPv6.
+        pub ip_csum_off: u16,
+        /// The template's source address (last 32 bits), port and checksums, host order.
+        pub saddr_low: u32,
+        pub sport: u16,
+        pub l4_csum: u16,
+        pub ip_csum: u16,
+        pub _pad: [u8; 2],
+    }
+    #[cfg(feature = "user")]
+    // SAFETY: as for the other map types: repr(C), Copy, no padding (bytemuck::Pod).
+    unsafe impl aya::Pod for GenConfig {}
 }

@@ -1,137 +1,118 @@
-//! Header parsing. Every read goes through `ptr_at`, which checks the bounds once; anything short
-//! or invalid is `Err(DROP_MALFORMED)`. Integers are read as bytes and compared as bytes: nothing
-//! is ever read from the packet as an enum.
-use core::mem::size_of;
-
-use aya_ebpf::programs::XdpContext;
+//! Header parsing. Every read is bounds-checked against `data_end` first; anything short or
+//! invalid is `Err(DROP_MALFORMED)`. Fields are read as integers at fixed offsets and compared as
+//! integers: nothing is ever read from the packet as an enum.
+//!
+//! Loads are word-sized (`load::<u32>`, `load::<u16>`), not byte arrays: LLVM's BPF backend
+//! splits a load of unknown alignment into single bytes, while the JITs (x86-64, arm64) take
+//! unaligned word loads from packet memory as they are. Values stay in network byte order
+//! except where a field is compared with a number.
 use lvs_xdp_common::{FlowKeyV4, PROTO_TCP, PROTO_UDP, reason};
 
-pub const ETH_P_IPV4: [u8; 2] = [0x08, 0x00];
-pub const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
-pub const ETH_P_8021Q: [u8; 2] = [0x81, 0x00];
-pub const ETH_P_8021AD: [u8; 2] = [0x88, 0xa8];
-
-#[repr(C)]
-pub struct EthHdr {
-    pub dst: [u8; 6],
-    pub src: [u8; 6],
-    pub ethertype: [u8; 2],
-}
-
-#[repr(C)]
-pub struct VlanHdr {
-    pub tci: [u8; 2],
-    pub ethertype: [u8; 2],
-}
-
-#[repr(C)]
-pub struct Ipv4Hdr {
-    pub version_ihl: u8,
-    pub tos: u8,
-    pub tot_len: [u8; 2],
-    pub id: [u8; 2],
-    pub frag_off: [u8; 2],
-    pub ttl: u8,
-    pub proto: u8,
-    pub check: [u8; 2],
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
-}
-
-/// The first four bytes of TCP and UDP alike.
-#[repr(C)]
-pub struct Ports {
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
-}
-
+/// Ethertypes and VLAN TPIDs as they read from the wire into a native u16.
+const ETH_P_IPV4: u16 = u16::from_ne_bytes([0x08, 0x00]);
+const ETH_P_IPV6: u16 = u16::from_ne_bytes([0x86, 0xdd]);
+const ETH_P_8021Q: u16 = u16::from_ne_bytes([0x81, 0x00]);
+const ETH_P_8021AD: u16 = u16::from_ne_bytes([0x88, 0xa8]);
+const ETH_LEN: usize = 14;
+const VLAN_LEN: usize = 4;
+const IPV4_MIN_LEN: usize = 20;
 const TCP_MIN_LEN: usize = 20;
 const UDP_LEN: usize = 8;
-/// More-fragments flag and fragment offset; DF (0x4000) is not part of it.
+/// More-fragments flag and fragment offset (host order); DF (0x4000) is not part of it.
 const IP_FRAGMENT_MASK: u16 = 0x3fff;
+
+/// Reads a `T` at `addr`. Callers have checked `addr + size_of::<T>() <= data_end`.
+///
+/// # Safety
+/// `addr` must be inside the packet (or a map value) for `size_of::<T>()` bytes.
+#[inline(always)]
+pub unsafe fn load<T: Copy>(addr: usize) -> T {
+    // SAFETY: per the caller; BPF JITs allow unaligned loads (see the module comment).
+    unsafe { *(addr as *const T) }
+}
+
+/// Writes a `T` at `addr`, under the same rules as `load`.
+///
+/// # Safety
+/// As for `load`.
+#[inline(always)]
+pub unsafe fn store<T>(addr: usize, value: T) {
+    // SAFETY: per the caller.
+    unsafe { *(addr as *mut T) = value }
+}
 
 /// What the parser found.
 pub enum Parsed {
     /// Not for the load balancer: pass to the host with this reason.
     Pass(u32),
     /// An IPv4 fragment: no ports to match on.
-    FragmentV4 { daddr: [u8; 4], proto: u8 },
+    FragmentV4 { daddr: u32, proto: u8 },
     /// A complete IPv4 TCP/UDP header, as a flow key.
     V4(FlowKeyV4),
 }
 
+/// Parses the frame at `data..end`. `own_mac` points at the receiving interface's MAC (six
+/// bytes in a map value): frames for any other destination are passed untouched, so a frame
+/// flooded to this port is never forwarded twice.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, u32> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    // The verifier needs this exact shape: pointer + constant-bounded offset + size <= data_end.
-    if start + offset + size_of::<T>() > end {
+pub fn parse(data: usize, end: usize, own_mac: usize) -> Result<Parsed, u32> {
+    if data + ETH_LEN > end {
         return Err(reason::DROP_MALFORMED);
     }
-    Ok((start + offset) as *mut T)
-}
-
-#[inline(always)]
-fn mac_eq(a: &[u8; 6], b: &[u8; 6]) -> bool {
-    // Compared as two integers rather than six bytes.
-    let a0 = u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
-    let b0 = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
-    let a1 = u16::from_ne_bytes([a[4], a[5]]);
-    let b1 = u16::from_ne_bytes([b[4], b[5]]);
-    (a0 ^ b0) | (a1 ^ b1) as u32 == 0
-}
-
-/// Parses the frame. `own_mac` is the receiving interface's MAC: frames for any other destination
-/// are passed untouched, so a frame flooded to this port is never forwarded twice.
-#[inline(always)]
-pub fn parse(ctx: &XdpContext, own_mac: &[u8; 6]) -> Result<(*mut EthHdr, Parsed), u32> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: ptr_at checked that the whole header is inside the frame.
-    let (dst, mut ethertype) = unsafe { ((*eth).dst, (*eth).ethertype) };
-    if !mac_eq(&dst, own_mac) {
-        return Ok((eth, Parsed::Pass(reason::PASS_NOT_LOCAL)));
+    // SAFETY: the Ethernet header is inside the frame; own_mac is a 6-byte map value field.
+    let (local, mut ethertype) = unsafe {
+        let hi = load::<u32>(data) ^ load::<u32>(own_mac);
+        let lo = load::<u16>(data + 4) ^ load::<u16>(own_mac + 4);
+        (hi | lo as u32 == 0, load::<u16>(data + 12))
+    };
+    if !local {
+        return Ok(Parsed::Pass(reason::PASS_NOT_LOCAL));
     }
-    let mut l3 = size_of::<EthHdr>();
+    let mut l3 = data + ETH_LEN;
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        let vlan: *const VlanHdr = ptr_at(ctx, l3)?;
-        // SAFETY: bounds checked by ptr_at.
-        ethertype = unsafe { (*vlan).ethertype };
-        l3 += size_of::<VlanHdr>();
-    }
-    if ethertype == ETH_P_IPV6 {
-        return Ok((eth, Parsed::Pass(reason::PASS_IPV6)));
+        if l3 + VLAN_LEN > end {
+            return Err(reason::DROP_MALFORMED);
+        }
+        // SAFETY: bounds checked just above.
+        ethertype = unsafe { load::<u16>(l3 + 2) };
+        l3 += VLAN_LEN;
     }
     if ethertype != ETH_P_IPV4 {
-        return Ok((eth, Parsed::Pass(reason::PASS_NOT_IP)));
+        let why = if ethertype == ETH_P_IPV6 {
+            reason::PASS_IPV6
+        } else {
+            reason::PASS_NOT_IP
+        };
+        return Ok(Parsed::Pass(why));
     }
-    let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;
-    // SAFETY: bounds checked by ptr_at.
-    let (version_ihl, tot_len, frag_off, proto, saddr, daddr) = unsafe {
+    if l3 + IPV4_MIN_LEN > end {
+        return Err(reason::DROP_MALFORMED);
+    }
+    // SAFETY: the 20-byte fixed IPv4 header is inside the frame.
+    let (version_ihl, tot_len, frag, proto, saddr, daddr) = unsafe {
         (
-            (*ip).version_ihl,
-            (*ip).tot_len,
-            (*ip).frag_off,
-            (*ip).proto,
-            (*ip).saddr,
-            (*ip).daddr,
+            load::<u8>(l3),
+            u16::from_be(load::<u16>(l3 + 2)) as usize,
+            u16::from_be(load::<u16>(l3 + 6)),
+            load::<u8>(l3 + 9),
+            load::<u32>(l3 + 12),
+            load::<u32>(l3 + 16),
         )
     };
     if version_ihl >> 4 != 4 {
         return Err(reason::DROP_MALFORMED);
     }
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
-    let tot_len = u16::from_be_bytes(tot_len) as usize;
-    let frame_len = ctx.data_end() - ctx.data();
     // Options are allowed (IHL up to 15 words); the datagram must fit in the frame (padding after
     // it is fine: short frames are padded to 60 bytes).
-    if ihl < size_of::<Ipv4Hdr>() || tot_len < ihl || l3 + tot_len > frame_len {
+    if ihl < IPV4_MIN_LEN || tot_len < ihl || l3 + tot_len > end {
         return Err(reason::DROP_MALFORMED);
     }
     if proto != PROTO_TCP && proto != PROTO_UDP {
-        return Ok((eth, Parsed::Pass(reason::PASS_OTHER_PROTO)));
+        return Ok(Parsed::Pass(reason::PASS_OTHER_PROTO));
     }
-    if u16::from_be_bytes(frag_off) & IP_FRAGMENT_MASK != 0 {
-        return Ok((eth, Parsed::FragmentV4 { daddr, proto }));
+    if frag & IP_FRAGMENT_MASK != 0 {
+        return Ok(Parsed::FragmentV4 { daddr, proto });
     }
     let l4_min = if proto == PROTO_TCP {
         TCP_MIN_LEN
@@ -141,18 +122,20 @@ pub fn parse(ctx: &XdpContext, own_mac: &[u8; 6]) -> Result<(*mut EthHdr, Parsed
     if tot_len < ihl + l4_min {
         return Err(reason::DROP_MALFORMED);
     }
-    let ports: *const Ports = ptr_at(ctx, l3 + ihl)?;
-    // SAFETY: bounds checked by ptr_at.
-    let (sport, dport) = unsafe { ((*ports).sport, (*ports).dport) };
-    Ok((
-        eth,
-        Parsed::V4(FlowKeyV4 {
-            saddr,
-            daddr,
-            sport,
-            dport,
-            proto,
-            _pad: [0; 3],
-        }),
-    ))
+    let l4 = l3 + ihl;
+    // The verifier needs this check on the variable-offset pointer itself (tot_len <= frame
+    // already implies it, but the verifier does not follow that).
+    if l4 + 4 > end {
+        return Err(reason::DROP_MALFORMED);
+    }
+    // SAFETY: bounds checked just above.
+    let (sport, dport) = unsafe { (load::<u16>(l4), load::<u16>(l4 + 2)) };
+    Ok(Parsed::V4(FlowKeyV4 {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto,
+        _pad: [0; 3],
+    }))
 }

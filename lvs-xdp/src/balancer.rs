@@ -186,6 +186,18 @@ impl Balancer {
         })
     }
 
+    /// (total run time, run count) of the XDP program from the kernel's BPF statistics (they
+    /// count only while `kernel.bpf_stats_enabled` or an `aya::sys::enable_stats` fd is on).
+    pub fn run_stats(&self) -> Result<(std::time::Duration, u64)> {
+        let program: &Xdp = self
+            .ebpf
+            .program(common::PROGRAM)
+            .ok_or_else(|| anyhow!("program {} missing", common::PROGRAM))?
+            .try_into()?;
+        let info = program.info()?;
+        Ok((info.run_time(), info.run_count()))
+    }
+
     /// Entries of the IPv4 flow table (diagnostics and tests).
     pub fn flows_v4(&self) -> Result<Vec<(common::FlowKeyV4, common::Flow)>> {
         let m: HashMap<&MapData, common::FlowKeyV4, common::Flow> = self.map(map::FLOWS_V4)?;

@@ -25,11 +25,9 @@ pub struct Layout {
 pub const FIRST_GENERATION: u32 = 1;
 
 pub fn service_key(vip: Ipv4Addr, port: u16, proto: u8) -> common::ServiceKey {
-    let mut addr = [0u8; 16];
-    addr[..4].copy_from_slice(&vip.octets());
     common::ServiceKey {
-        addr,
-        port: port.to_be_bytes(),
+        addr: [u32::from_ne_bytes(vip.octets()), 0, 0, 0],
+        port: u16::from_ne_bytes(port.to_be_bytes()),
         proto,
         family: common::FAMILY_V4,
     }
@@ -141,10 +139,10 @@ protocol = "udp"
         assert_eq!((svcs[2].id, svcs[2].sched_len), (2, 0));
         // One marker per (VIP, protocol): 10.0.0.1/tcp and 10.0.0.2/udp.
         assert_eq!(l.services.len(), 5);
-        assert_eq!(l.services[1].0.port, 443u16.to_be_bytes());
+        assert_eq!(l.services[1].0.port.to_ne_bytes(), 443u16.to_be_bytes());
         let markers: Vec<_> = l.services[3..]
             .iter()
-            .map(|(k, _)| (k.addr[3], k.proto))
+            .map(|(k, _)| (k.addr[0].to_ne_bytes()[3], k.proto))
             .collect();
         assert_eq!(markers, vec![(1, 6), (2, 17)]);
     }

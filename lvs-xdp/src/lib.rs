@@ -6,6 +6,7 @@
 //! [`balancer::Balancer::load`] → [`balancer::Balancer::attach`] → [`balancer::Balancer::snapshot`]
 //! for counters → drop (or `detach`).
 pub mod balancer;
+pub mod bench;
 pub mod config;
 pub mod iface;
 pub mod layout;

@@ -51,6 +51,43 @@ pub fn remove_stale() {
     }
 }
 
+/// Moves the calling thread into network namespace `name` (other threads stay where they are).
+pub fn enter(name: &str) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let ns = std::fs::File::open(format!("/run/netns/{name}"))
+        .with_context(|| format!("open netns {name}"))?;
+    // SAFETY: ns is an open namespace file; CLONE_NEWNET moves only this thread.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("setns {name}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs `f` on a thread inside network namespace `name`, for calls that take interface names
+/// or indexes (XDP attach, BPF_PROG_TEST_RUN with an ingress interface).
+pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(name)?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// The index of interface `ifname` in namespace `ns`.
+pub fn ifindex(ns: &str, ifname: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(ifname)?;
+    in_netns(ns, || {
+        // SAFETY: valid C string.
+        match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+            0 => bail!("interface {ifname} not found in {ns}"),
+            i => Ok(i),
+        }
+    })
+}
+
 /// A network namespace, deleted (with every process it started) on drop.
 pub struct Netns {
     pub name: String,

@@ -6,7 +6,6 @@
 //! which detaches when the guard (its file descriptor) is dropped.
 use std::{
     ffi::CString,
-    fs::File,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
@@ -41,21 +40,10 @@ fn put(attr: &mut [u8; 128], at: usize, bytes: &[u8]) {
 
 /// Attaches the pass program (native mode) to `ifname` inside network namespace `netns`.
 pub fn attach(netns: &str, ifname: &str) -> Result<XdpPass> {
-    let netns = netns.to_string();
-    let ifname = ifname.to_string();
-    // setns affects only the calling thread: do it on a thread of its own.
-    std::thread::spawn(move || attach_here(&netns, &ifname))
-        .join()
-        .map_err(|_| anyhow::anyhow!("xdp_pass thread panicked"))?
+    crate::netns::in_netns(netns, || attach_here(netns, ifname))
 }
 
 fn attach_here(netns: &str, ifname: &str) -> Result<XdpPass> {
-    let ns =
-        File::open(format!("/run/netns/{netns}")).with_context(|| format!("open netns {netns}"))?;
-    // SAFETY: ns is an open namespace file; CLONE_NEWNET moves only this thread.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!("setns {netns}: {}", io::Error::last_os_error());
-    }
     let c_name = CString::new(ifname)?;
     // SAFETY: valid C string.
     let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };

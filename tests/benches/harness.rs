@@ -1,0 +1,524 @@
+//! The veth benchmark: one veth pair between a generator namespace and a load-balancer namespace.
+//!
+//! ```text
+//!   gen ns: g0 [sink XDP] ──veth── l0 [program under test] :lb ns
+//!   generator: BPF_PROG_TEST_RUN live frames, XDP_TX out of g0
+//! ```
+//! The generator's frames reach l0, where the program under test (a bare XDP_TX bounce, lvs-xdp,
+//! or an nftables netdev rule behind a pass program) sends them back; the sink on g0 counts
+//! them per destination MAC and drops them. Generator, program and sink share one CPU.
+use std::{
+    fmt::Write as _,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use lvs_xdp::{
+    AttachMode, Balancer, Config, bench::BenchPrograms, config::Mac, iface::Interface,
+    layout::Layout,
+};
+use lvs_xdp_common::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, bench as contract};
+use lvs_xdp_tests::netns::{Netns, in_netns};
+
+pub const GEN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x0b];
+pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x0a];
+pub const RS_MACS: [[u8; 6]; 2] = [[0x02, 0, 0, 0, 0x02, 0x01], [0x02, 0, 0, 0, 0x02, 0x02]];
+const VIP4: [u8; 4] = [10, 0, 0, 10];
+const SRC4: [u8; 4] = [10, 1, 0, 1];
+const VIP6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+const SRC6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+const PORT: u16 = 80;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    Bounce,
+    LvsXdp,
+    Nftables,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 3] = [Variant::Bounce, Variant::LvsXdp, Variant::Nftables];
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Bounce => "XDP_TX bounce",
+            Variant::LvsXdp => "lvs-xdp",
+            Variant::Nftables => "nftables fwd",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub flows: Vec<u32>,
+    pub runs: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    /// IPv4 or IPv6 (`FAMILY_V4`/`FAMILY_V6`).
+    pub family: u8,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+    /// Frames per BPF_PROG_TEST_RUN call.
+    pub chunk: u32,
+    pub flow_table_size: u32,
+    /// Also measure each program's own cost per packet (kernel BPF run statistics).
+    pub cost_pass: bool,
+}
+
+impl Options {
+    /// The full benchmark of `cargo xtask bench`.
+    pub fn full() -> Options {
+        Options {
+            flows: vec![1_000, 10_000, 1_000_000],
+            runs: 3,
+            duration: Duration::from_secs(2),
+            warmup: Duration::from_millis(700),
+            family: FAMILY_V4,
+            proto: PROTO_TCP,
+            chunk: 1 << 16,
+            flow_table_size: lvs_xdp::config::DEFAULT_FLOW_TABLE_SIZE,
+            cost_pass: true,
+        }
+    }
+}
+
+/// One measurement.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub variant: Variant,
+    pub flows: u32,
+    pub sent: u64,
+    /// Frames back at the sink, per real server (RS_MACS order), and in all.
+    pub per_real: [u64; 2],
+    pub received: u64,
+    pub secs: f64,
+}
+
+impl Sample {
+    pub fn mpps(&self) -> f64 {
+        self.received as f64 / self.secs / 1e6
+    }
+}
+
+/// The namespaces, the sink on g0 and the loaded programs.
+pub struct Bench {
+    pub gen_ns: Netns,
+    pub lb_ns: Netns,
+    gen_if: u32,
+    lb_if: u32,
+    programs: BenchPrograms,
+    balancer: Balancer,
+    opts: Options,
+}
+
+fn mac(m: [u8; 6]) -> String {
+    Mac(m).to_string()
+}
+
+impl Bench {
+    pub fn new(opts: Options) -> Result<Bench> {
+        let gen_ns = Netns::new("bgen")?;
+        let lb_ns = Netns::new("blb")?;
+        gen_ns.ip(&[
+            "link",
+            "add",
+            "g0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "l0",
+            "netns",
+            &lb_ns.name,
+        ])?;
+        gen_ns.ip(&["link", "set", "g0", "address", &mac(GEN_MAC), "up"])?;
+        lb_ns.ip(&["link", "set", "l0", "address", &mac(LB_MAC), "up"])?;
+        let gen_if = lvs_xdp_tests::netns::ifindex(&gen_ns.name, "g0")?;
+        let lb_if = lvs_xdp_tests::netns::ifindex(&lb_ns.name, "l0")?;
+        let mut programs = BenchPrograms::load()?;
+        in_netns(&gen_ns.name, || {
+            programs.attach(contract::SINK, gen_if, AttachMode::Native)
+        })?;
+
+        let config = Config::from_toml(&format!(
+            "flow_table_size = {}\n[[service]]\nvip = \"{}\"\nport = {PORT}\nprotocol = \"{}\"\nreal_servers = [ {{ address = \"10.0.0.3\", mac = \"{}\" }}, {{ address = \"10.0.0.4\", mac = \"{}\" }} ]\n",
+            opts.flow_table_size,
+            std::net::Ipv4Addr::from(VIP4),
+            if opts.proto == PROTO_UDP {
+                "udp"
+            } else {
+                "tcp"
+            },
+            mac(RS_MACS[0]),
+            mac(RS_MACS[1]),
+        ))?;
+        let layout = Layout::build(&config, &Default::default())?;
+        let balancer = in_netns(&lb_ns.name, || {
+            let iface = Interface::lookup("l0")?;
+            Balancer::load(&config, layout, &[iface])
+        })?;
+        Ok(Bench {
+            gen_ns,
+            lb_ns,
+            gen_if,
+            lb_if,
+            programs,
+            balancer,
+            opts,
+        })
+    }
+
+    fn traffic(&self, flows: u32) -> lvs_xdp::bench::Traffic {
+        let (saddr, daddr) = if self.opts.family == FAMILY_V6 {
+            (IpAddr::from(SRC6), IpAddr::from(VIP6))
+        } else {
+            (IpAddr::from(SRC4), IpAddr::from(VIP4))
+        };
+        lvs_xdp::bench::Traffic {
+            dst_mac: LB_MAC,
+            src_mac: GEN_MAC,
+            saddr,
+            daddr,
+            proto: self.opts.proto,
+            sport: 1024,
+            dport: PORT,
+            flows,
+        }
+    }
+
+    /// Puts `variant` on l0; returns what `remove` needs.
+    fn install(&mut self, variant: Variant) -> Result<Option<aya::programs::xdp::XdpLinkId>> {
+        let lb = self.lb_ns.name.clone();
+        let lb_if = self.lb_if;
+        match variant {
+            Variant::Bounce => {
+                let programs = &mut self.programs;
+                Ok(Some(in_netns(&lb, || {
+                    programs.attach(contract::BOUNCE, lb_if, AttachMode::Native)
+                })?))
+            }
+            Variant::LvsXdp => {
+                let balancer = &mut self.balancer;
+                in_netns(&lb, || balancer.attach(AttachMode::Native))?;
+                Ok(None)
+            }
+            Variant::Nftables => {
+                let programs = &mut self.programs;
+                let link = in_netns(&lb, || {
+                    programs.attach(contract::PASS, lb_if, AttachMode::Native)
+                })?;
+                let family = if self.opts.family == FAMILY_V6 {
+                    "ip6 daddr fd00::10"
+                } else {
+                    "ip daddr 10.0.0.10"
+                };
+                let proto = if self.opts.proto == PROTO_UDP {
+                    "udp"
+                } else {
+                    "tcp"
+                };
+                let rules = format!(
+                    "table netdev lvsbench {{\n  chain ingress {{\n    type filter hook ingress device \"l0\" priority 0;\n    {family} {proto} dport {PORT} ether daddr set numgen inc mod 2 map {{ 0 : {}, 1 : {} }} fwd to \"l0\"\n  }}\n}}\n",
+                    mac(RS_MACS[0]),
+                    mac(RS_MACS[1])
+                );
+                let path =
+                    std::env::temp_dir().join(format!("lvsx-bench-{}.nft", std::process::id()));
+                std::fs::write(&path, rules)?;
+                let res = self.lb_ns.exec("nft", &["-f", path.to_str().unwrap()]);
+                let _ = std::fs::remove_file(&path);
+                res.context("load the nftables rule")?;
+                Ok(Some(link))
+            }
+        }
+    }
+
+    fn remove(
+        &mut self,
+        variant: Variant,
+        link: Option<aya::programs::xdp::XdpLinkId>,
+    ) -> Result<()> {
+        match variant {
+            Variant::Bounce => self
+                .programs
+                .detach(contract::BOUNCE, link.context("link")?),
+            Variant::LvsXdp => self.balancer.detach(),
+            Variant::Nftables => {
+                self.lb_ns
+                    .exec("nft", &["delete", "table", "netdev", "lvsbench"])?;
+                self.programs.detach(contract::PASS, link.context("link")?)
+            }
+        }
+    }
+
+    /// Generates for `duration` from one thread pinned to CPU 0 in the generator namespace.
+    fn generate(&mut self, flows: u32, duration: Duration) -> Result<(u64, Duration)> {
+        let traffic = self.traffic(flows);
+        self.programs.configure(&traffic)?;
+        let (programs, gen_if, chunk) = (&self.programs, self.gen_if, self.opts.chunk);
+        in_netns(&self.gen_ns.name, || {
+            pin_to_cpu(0)?;
+            programs.generate(gen_if, duration, chunk)
+        })
+    }
+
+    /// Measures `variant` at `flows` flows: warm up, then count what comes back to the sink.
+    pub fn measure(&mut self, variant: Variant, flows: u32) -> Result<Sample> {
+        let link = self.install(variant)?;
+        let result = (|| {
+            self.generate(flows, self.opts.warmup)?;
+            thread_settle();
+            let before = self.programs.sink_counts()?;
+            let (sent, took) = self.generate(flows, self.opts.duration)?;
+            thread_settle();
+            let after = self.programs.sink_counts()?;
+            let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+            let per_real = [delta[RS_MACS[0][5] as usize], delta[RS_MACS[1][5] as usize]];
+            Ok(Sample {
+                variant,
+                flows,
+                sent,
+                per_real,
+                received: delta.iter().sum(),
+                secs: took.as_secs_f64(),
+            })
+        })();
+        self.remove(variant, link)?;
+        result
+    }
+
+    /// Mean cost per packet (ns) of the bounce and of lvs-xdp at `flows`, from the kernel's BPF
+    /// run statistics, in a pass of its own (the statistics slow every program down).
+    pub fn cost(&mut self, flows: u32) -> Result<(f64, f64)> {
+        let _stats =
+            aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enable BPF stats")?;
+        let mut out = [0.0; 2];
+        for (i, variant) in [Variant::Bounce, Variant::LvsXdp].into_iter().enumerate() {
+            let link = self.install(variant)?;
+            let r = (|| {
+                self.generate(flows, self.opts.warmup)?;
+                let read = |b: &Bench| match variant {
+                    Variant::Bounce => b.programs.run_stats(contract::BOUNCE),
+                    _ => b.balancer.run_stats(),
+                };
+                let (t0, n0) = read(self)?;
+                self.generate(flows, self.opts.duration)?;
+                thread_settle();
+                let (t1, n1) = read(self)?;
+                if n1 == n0 {
+                    bail!("{} never ran", variant.name());
+                }
+                Ok((t1 - t0).as_nanos() as f64 / (n1 - n0) as f64)
+            })();
+            self.remove(variant, link)?;
+            out[i] = r?;
+        }
+        Ok((out[0], out[1]))
+    }
+
+    /// The generator program's own mean cost per frame so far (while statistics are on).
+    pub fn generator_cost(&self) -> Result<f64> {
+        let (t, n) = self.programs.run_stats(contract::GENERATOR)?;
+        Ok(t.as_nanos() as f64 / n.max(1) as f64)
+    }
+
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+}
+
+fn thread_settle() {
+    std::thread::sleep(Duration::from_millis(20));
+}
+
+fn pin_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Runs the interleaved measurements: for each run, each flow count, each variant.
+pub fn run(
+    bench: &mut Bench,
+    opts: &Options,
+    mut progress: impl FnMut(&Sample),
+) -> Result<Vec<Sample>> {
+    let mut samples = Vec::new();
+    for _ in 0..opts.runs {
+        for &flows in &opts.flows {
+            for variant in Variant::ALL {
+                let s = bench.measure(variant, flows)?;
+                progress(&s);
+                samples.push(s);
+            }
+        }
+    }
+    Ok(samples)
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Median Mpps and real-server split per (flows, variant).
+pub struct Row {
+    pub flows: u32,
+    pub mpps: [f64; 3],
+    /// lvs-xdp's share to the first real server.
+    pub lvs_split: f64,
+}
+
+pub fn rows(samples: &[Sample], flows: &[u32]) -> Vec<Row> {
+    flows
+        .iter()
+        .map(|&f| {
+            let of = |v: Variant| {
+                samples
+                    .iter()
+                    .filter(move |s| s.flows == f && s.variant == v)
+            };
+            let mpps = Variant::ALL.map(|v| median(of(v).map(Sample::mpps).collect()));
+            let (a, b) = of(Variant::LvsXdp)
+                .fold((0, 0), |(a, b), s| (a + s.per_real[0], b + s.per_real[1]));
+            Row {
+                flows: f,
+                mpps,
+                lvs_split: a as f64 / (a + b).max(1) as f64,
+            }
+        })
+        .collect()
+}
+
+pub fn table(rows: &[Row], costs: &[(u32, f64, f64)]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| flows | XDP_TX bounce (ceiling) | lvs-xdp | nftables fwd | lvs-xdp / ceiling | lvs-xdp / nftables | lvs-xdp split RS1:RS2 |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {:.2} | {:.1}x | {:.0}:{:.0} |",
+            r.flows,
+            r.mpps[0],
+            r.mpps[1],
+            r.mpps[2],
+            r.mpps[1] / r.mpps[0],
+            r.mpps[1] / r.mpps[2],
+            r.lvs_split * 100.0,
+            (1.0 - r.lvs_split) * 100.0
+        );
+    }
+    if !costs.is_empty() {
+        let _ = writeln!(out, "\n| flows | bounce ns/packet | lvs-xdp ns/packet |");
+        let _ = writeln!(out, "|---:|---:|---:|");
+        for (f, b, l) in costs {
+            let _ = writeln!(out, "| {f} | {b:.1} | {l:.1} |");
+        }
+    }
+    out
+}
+
+/// A grouped bar chart of the median rates.
+pub fn svg(rows: &[Row], title: &str) -> String {
+    let (w, h, left, bottom, top) = (720.0, 380.0, 60.0, 50.0, 40.0);
+    let max = rows.iter().flat_map(|r| r.mpps).fold(0.1f64, f64::max) * 1.15;
+    let colors = ["#9e9e9e", "#1565c0", "#ef6c00"];
+    let group_w = (w - left - 20.0) / rows.len().max(1) as f64;
+    let bar_w = group_w / 4.0;
+    let y = |v: f64| top + (h - top - bottom) * (1.0 - v / max);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">{title}</text>\n",
+        w / 2.0
+    );
+    let ticks = 5;
+    for i in 0..=ticks {
+        let v = max * i as f64 / ticks as f64;
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#e0e0e0\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.1}</text>",
+            w - 20.0,
+            y(v),
+            y(v),
+            left - 6.0,
+            y(v) + 4.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">Mpps (median)</text>",
+        h / 2.0,
+        h / 2.0
+    );
+    for (g, r) in rows.iter().enumerate() {
+        let x0 = left + g as f64 * group_w + bar_w / 2.0;
+        for (i, v) in r.mpps.iter().enumerate() {
+            let x = x0 + i as f64 * bar_w;
+            let _ = writeln!(
+                s,
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{v:.2}</text>",
+                y(*v),
+                bar_w - 4.0,
+                (h - bottom) - y(*v),
+                colors[i],
+                x + (bar_w - 4.0) / 2.0,
+                y(*v) - 4.0
+            );
+        }
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{} flows</text>",
+            x0 + 1.5 * bar_w,
+            h - bottom + 18.0,
+            r.flows
+        );
+    }
+    for (i, v) in Variant::ALL.iter().enumerate() {
+        let x = left + 10.0 + i as f64 * 170.0;
+        let _ = writeln!(
+            s,
+            "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text>",
+            h - 22.0,
+            colors[i],
+            x + 16.0,
+            h - 12.0,
+            v.name()
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The machine, for the README: CPU model, cores, kernel.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
+}
+
+pub fn elapsed_since(t: Instant) -> String {
+    format!("{:.0}s", t.elapsed().as_secs_f64())
+}

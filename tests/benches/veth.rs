@@ -1,0 +1,143 @@
+//! `cargo xtask bench`: lvs-xdp against a bare XDP_TX bounce (the ceiling) and an nftables
+//! netdev forwarder, over a veth pair, at 1 000, 10 000 and 1 000 000 flows; medians of
+//! interleaved runs; a Markdown table and an SVG chart. Needs root.
+//!
+//! Options: --quick (short runs), --runs N, --secs S, --flows A,B,C, --udp, --ipv6,
+//! --out DIR (writes bench.md and bench.svg there).
+#[path = "harness.rs"]
+mod harness;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use harness::{Bench, Options};
+use lvs_xdp_common::{FAMILY_V6, PROTO_UDP};
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("bench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    lvs_xdp_tests::signals::trap();
+    let mut opts = Options::full();
+    let mut out: Option<PathBuf> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--bench" => {}
+            "--quick" => {
+                opts.runs = 1;
+                opts.duration = Duration::from_millis(500);
+                opts.warmup = Duration::from_millis(200);
+            }
+            "--runs" => opts.runs = args.next().context("--runs N")?.parse()?,
+            "--secs" => {
+                opts.duration = Duration::from_secs_f64(args.next().context("--secs S")?.parse()?)
+            }
+            "--flows" => {
+                opts.flows = args
+                    .next()
+                    .context("--flows A,B")?
+                    .split(',')
+                    .map(|f| f.trim().replace('_', "").parse().context("flow count"))
+                    .collect::<Result<_>>()?
+            }
+            "--udp" => opts.proto = PROTO_UDP,
+            "--ipv6" => opts.family = FAMILY_V6,
+            "--no-cost" => opts.cost_pass = false,
+            "--out" => out = Some(PathBuf::from(args.next().context("--out DIR")?)),
+            other => bail!("unknown option {other}"),
+        }
+    }
+    let machine = harness::machine();
+    let t0 = Instant::now();
+    println!("lvs-xdp veth benchmark on {machine}");
+    println!(
+        "{} {}, frames of {} bytes, flows {:?}, {} interleaved run(s) of {:.1}s each (after {:.1}s warm-up)",
+        if opts.family == FAMILY_V6 {
+            "IPv6"
+        } else {
+            "IPv4"
+        },
+        if opts.proto == PROTO_UDP {
+            "UDP"
+        } else {
+            "TCP"
+        },
+        lvs_xdp::bench::FRAME_LEN,
+        opts.flows,
+        opts.runs,
+        opts.duration.as_secs_f64(),
+        opts.warmup.as_secs_f64()
+    );
+    let mut bench = Bench::new(opts.clone())?;
+    let samples = harness::run(&mut bench, &opts, |s| {
+        println!(
+            "  {:>8} flows  {:<14} {:>6.2} Mpps  (sent {:.2} Mpps, to RS1/RS2 {}/{})",
+            s.flows,
+            s.variant.name(),
+            s.mpps(),
+            s.sent as f64 / s.secs / 1e6,
+            s.per_real[0],
+            s.per_real[1]
+        );
+    })?;
+    let mut costs = Vec::new();
+    if opts.cost_pass {
+        println!("BPF run statistics pass (kernel.bpf_stats_enabled):");
+        for &flows in &opts.flows {
+            let (bounce, lvs) = bench.cost(flows)?;
+            if std::env::var_os("LVSX_GEN_COST").is_some() {
+                println!("  generator: {:?}", bench.generator_cost());
+            }
+            println!(
+                "  {flows:>8} flows  bounce {bounce:.1} ns/packet, lvs-xdp {lvs:.1} ns/packet"
+            );
+            costs.push((flows, bounce, lvs));
+        }
+    }
+    let snap = bench.balancer().snapshot()?;
+    let rows = harness::rows(&samples, &opts.flows);
+    let table = harness::table(&rows, &costs);
+    println!("\nMedians on {machine}:\n\n{table}");
+    println!(
+        "lvs-xdp verdicts over the whole run: {}",
+        lvs_xdp_common::reason::NAMES
+            .iter()
+            .zip(&snap.global)
+            .filter(|(_, c)| c.packets > 0)
+            .map(|(n, c)| format!("{n}={}", c.packets))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("took {}", harness::elapsed_since(t0));
+    if let Some(dir) = out {
+        std::fs::create_dir_all(&dir)?;
+        let title = format!(
+            "lvs-xdp over veth, {} ({})",
+            if opts.proto == PROTO_UDP {
+                "UDP"
+            } else {
+                "TCP"
+            },
+            machine
+        );
+        std::fs::write(dir.join("bench.svg"), harness::svg(&rows, &title))?;
+        std::fs::write(
+            dir.join("bench.md"),
+            format!("Measured on {machine}.\n\n{table}"),
+        )?;
+        println!(
+            "wrote {} and {}",
+            dir.join("bench.md").display(),
+            dir.join("bench.svg").display()
+        );
+    }
+    Ok(())
+}
