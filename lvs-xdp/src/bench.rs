@@ -78,7 +78,7 @@ pub fn template(t: &Traffic) -> Result<(Vec<u8>, GenConfig)> {
             f.extend_from_slice(&d.octets());
             let csum = fold(sum16(&f[14..34]));
             f[24..26].copy_from_slice(&csum.to_be_bytes());
-            (sum16(&f[26..34]), 24, 30)
+            (sum16(&f[26..34]), 24, 26)
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
@@ -86,7 +86,7 @@ pub fn template(t: &Traffic) -> Result<(Vec<u8>, GenConfig)> {
             f.extend_from_slice(&[t.proto, 64]);
             f.extend_from_slice(&s.octets());
             f.extend_from_slice(&d.octets());
-            (sum16(&f[22..54]), 0, 50)
+            (sum16(&f[22..54]), 0, 34)
         }
         _ => anyhow::bail!("source and destination must be of one family"),
     };
@@ -225,6 +225,27 @@ impl BenchPrograms {
                 return Ok((sent, start.elapsed()));
             }
         }
+    }
+
+    /// Runs the generator once without live frames and returns the frame it wrote (the next
+    /// flow of its cycle), to check what it sends.
+    pub fn generate_one(&self) -> Result<Vec<u8>> {
+        let program: &Xdp = self
+            .ebpf
+            .program(contract::GENERATOR)
+            .context("generator")?
+            .try_into()?;
+        let mut out = vec![0u8; FRAME_LEN + 64];
+        let r = program.test_run(TestRunOptions {
+            data_in: Some(&self.frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })?;
+        if r.return_value != 3 {
+            anyhow::bail!("generator returned {} instead of XDP_TX", r.return_value);
+        }
+        out.truncate(r.data_size_out as usize);
+        Ok(out)
     }
 
     /// Frames the sink received, by the last byte of their destination MAC, summed over CPUs.

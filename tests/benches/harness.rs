@@ -88,8 +88,11 @@ pub struct Sample {
     pub variant: Variant,
     pub flows: u32,
     pub sent: u64,
-    /// Frames back at the sink, per real server (RS_MACS order), and in all.
+    /// Frames back at the sink, per real server (RS_MACS order).
     pub per_real: [u64; 2],
+    /// Frames back at the sink with the destination the variant gives them (the real servers'
+    /// MACs; the LB's own for the bounce). Anything else the sink sees (the kernel's own IPv6
+    /// neighbour discovery, say) is left out.
     pub received: u64,
     pub secs: f64,
 }
@@ -274,12 +277,16 @@ impl Bench {
             let after = self.programs.sink_counts()?;
             let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
             let per_real = [delta[RS_MACS[0][5] as usize], delta[RS_MACS[1][5] as usize]];
+            let received = match variant {
+                Variant::Bounce => delta[LB_MAC[5] as usize],
+                Variant::LvsXdp | Variant::Nftables => per_real[0] + per_real[1],
+            };
             Ok(Sample {
                 variant,
                 flows,
                 sent,
                 per_real,
-                received: delta.iter().sum(),
+                received,
                 secs: took.as_secs_f64(),
             })
         })();

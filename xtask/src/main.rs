@@ -17,6 +17,9 @@ commands:
   run -- ARGS      setup, build, then run `lvs-xdp ARGS` (e.g. run -- run --iface eth0 --config lb.toml)
   test             setup, build, then run every test (needs root)
   lab              setup, build, then run the LVS-DR lab: client, LB and two nginx real servers
+  bench [-- ARGS]  setup, then the veth benchmark (lvs-xdp vs XDP_TX bounce vs nftables); writes
+                   docs/bench/bench.md and bench.svg. ARGS: --quick, --runs N, --secs S,
+                   --flows A,B,C, --udp, --ipv6, --no-cost, --out DIR
 ";
 
 fn main() -> ExitCode {
@@ -27,6 +30,7 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("lab") => build_release().and_then(|bin| lab::lab(&bin)),
+        Some("bench") => bench(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(())
@@ -94,6 +98,31 @@ fn require_root(what: &str) -> Result<()> {
 unsafe extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
+}
+
+/// The veth benchmark (tests/benches/veth.rs), in release mode.
+fn bench(extra: &[String]) -> Result<()> {
+    require_root("cargo xtask bench")?;
+    setup::setup()?;
+    let extra: Vec<&str> = match extra.first().map(String::as_str) {
+        Some("--") => extra[1..].iter().map(String::as_str).collect(),
+        _ => extra.iter().map(String::as_str).collect(),
+    };
+    let out = root_dir().join("docs/bench");
+    let out = out.to_str().context("path")?.to_string();
+    let mut args = vec![
+        "bench",
+        "--package",
+        "lvs-xdp-tests",
+        "--bench",
+        "veth",
+        "--",
+    ];
+    if !extra.contains(&"--out") {
+        args.extend(["--out", out.as_str()]);
+    }
+    args.extend(extra);
+    cargo(&args)
 }
 
 /// Every test: unit tests, packet fixtures through BPF_PROG_TEST_RUN, CLI refusals and the

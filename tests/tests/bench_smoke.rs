@@ -1,0 +1,201 @@
+//! The veth benchmark harness, run briefly so that it cannot rot (a benchmark is not a test:
+//! nothing here is timed), and the generator's frames checked field by field. Needs root.
+#[path = "../benches/harness.rs"]
+mod harness;
+
+use std::{net::IpAddr, time::Duration};
+
+use harness::{Bench, Options, Variant};
+use lvs_xdp::bench::{BenchPrograms, FRAME_LEN, Traffic};
+use lvs_xdp_common::{FAMILY_V4, PROTO_TCP, PROTO_UDP, bench::PORTS_PER_ADDR};
+use lvs_xdp_tests::packet::{self, checksum};
+
+fn root() {
+    assert!(unsafe { libc::geteuid() } == 0, "needs root (BPF, netns)");
+}
+
+/// Sum of the L4 segment with its pseudo-header: 0 when the checksum is right.
+fn l4_checksum_ok(frame: &[u8], v6: bool, l4_len: usize) -> bool {
+    let (src, dst, l4) = if v6 {
+        (&frame[22..38], &frame[38..54], 54)
+    } else {
+        (&frame[26..30], &frame[30..34], 34)
+    };
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(src);
+    pseudo.extend_from_slice(dst);
+    pseudo.extend_from_slice(&[0, frame[if v6 { 20 } else { 23 }]]);
+    pseudo.extend_from_slice(&(l4_len as u16).to_be_bytes());
+    pseudo.extend_from_slice(&frame[l4..l4 + l4_len]);
+    checksum(&pseudo, 0) == 0
+}
+
+#[test]
+fn generator_frames_have_the_right_fields_and_checksums() {
+    root();
+    let mut programs = BenchPrograms::load().unwrap();
+    let cases: [(IpAddr, IpAddr, u8); 4] = [
+        (
+            "10.1.0.1".parse().unwrap(),
+            "10.0.0.10".parse().unwrap(),
+            PROTO_TCP,
+        ),
+        (
+            "10.1.0.1".parse().unwrap(),
+            "10.0.0.10".parse().unwrap(),
+            PROTO_UDP,
+        ),
+        (
+            "fd00::1:0:0:0:1".parse().unwrap(),
+            "fd00::10".parse().unwrap(),
+            PROTO_TCP,
+        ),
+        (
+            "fd00::1:0:0:0:1".parse().unwrap(),
+            "fd00::10".parse().unwrap(),
+            PROTO_UDP,
+        ),
+    ];
+    for (saddr, daddr, proto) in cases {
+        let v6 = saddr.is_ipv6();
+        let flows = PORTS_PER_ADDR + 3;
+        programs
+            .configure(&Traffic {
+                dst_mac: [2, 0, 0, 0, 0, 0xa],
+                src_mac: [2, 0, 0, 0, 0, 0xb],
+                saddr,
+                daddr,
+                proto,
+                sport: 1024,
+                dport: 80,
+                flows,
+            })
+            .unwrap();
+        // Flows 0, 1, ..., PORTS_PER_ADDR + 2, then 0 again; check the first two, the step to
+        // the next address, and the wrap-around.
+        let mut frames = Vec::new();
+        for _ in 0..flows + 1 {
+            frames.push(programs.generate_one().unwrap());
+        }
+        let l4_len = if proto == PROTO_TCP { 20 } else { 8 };
+        for i in [
+            0usize,
+            1,
+            PORTS_PER_ADDR as usize,
+            PORTS_PER_ADDR as usize + 2,
+            flows as usize,
+        ] {
+            let f = &frames[i];
+            let flow = i as u32 % flows;
+            let what = format!("{saddr} {proto} flow {flow}");
+            assert_eq!(f.len(), FRAME_LEN, "{what}");
+            assert_eq!(
+                &f[0..12],
+                &[2, 0, 0, 0, 0, 0xa, 2, 0, 0, 0, 0, 0xb],
+                "{what}: MACs"
+            );
+            let (saddr_end, l4) = if v6 { (38, 54) } else { (30, 34) };
+            let low = |a: IpAddr| match a {
+                IpAddr::V4(a) => u32::from(a),
+                IpAddr::V6(a) => u32::from_be_bytes(a.octets()[12..].try_into().unwrap()),
+            };
+            let host = u32::from_be_bytes(f[saddr_end - 4..saddr_end].try_into().unwrap());
+            assert_eq!(
+                host,
+                low(saddr) + flow / PORTS_PER_ADDR,
+                "{what}: source address"
+            );
+            let sport = u16::from_be_bytes([f[l4], f[l4 + 1]]);
+            assert_eq!(
+                u32::from(sport),
+                1024 + flow % PORTS_PER_ADDR,
+                "{what}: source port"
+            );
+            assert_eq!(
+                u16::from_be_bytes([f[l4 + 2], f[l4 + 3]]),
+                80,
+                "{what}: destination port"
+            );
+            if !v6 {
+                assert_eq!(checksum(&f[14..34], 0), 0, "{what}: IPv4 header checksum");
+                let fields = packet::decode(f);
+                assert!(
+                    fields
+                        .iter()
+                        .any(|(k, v)| k == "ip.dst" && v == "10.0.0.10"),
+                    "{what}: {fields:?}"
+                );
+            }
+            assert!(l4_checksum_ok(f, v6, l4_len), "{what}: L4 checksum");
+        }
+    }
+}
+
+#[test]
+fn the_benchmark_runs_end_to_end() {
+    root();
+    let opts = Options {
+        flows: vec![100, 20_000],
+        runs: 1,
+        duration: Duration::from_millis(150),
+        warmup: Duration::from_millis(50),
+        family: FAMILY_V4,
+        proto: PROTO_TCP,
+        chunk: 4096,
+        flow_table_size: 65_536,
+        cost_pass: true,
+    };
+    let mut bench = Bench::new(opts.clone()).expect("set up the benchmark");
+    let samples = harness::run(&mut bench, &opts, |_| {}).expect("run");
+    assert_eq!(samples.len(), 6);
+    for s in &samples {
+        assert!(
+            s.received > 0,
+            "{:?} at {} flows: nothing came back",
+            s.variant,
+            s.flows
+        );
+        // Frames of the warm-up still in flight (at most a few batches) may land in the window.
+        assert!(s.received <= s.sent + 256, "{s:?}: more received than sent");
+        match s.variant {
+            // The bounce returns frames to the LB's own MAC: none reach a real server.
+            Variant::Bounce => assert_eq!(s.per_real, [0, 0], "{s:?}"),
+            // Both real servers get an even share, and everything goes to one of them.
+            Variant::LvsXdp | Variant::Nftables => {
+                assert_eq!(s.per_real[0] + s.per_real[1], s.received, "{s:?}");
+                let diff = s.per_real[0].abs_diff(s.per_real[1]);
+                assert!(diff * 10 <= s.received, "{s:?}: uneven split");
+            }
+        }
+    }
+    let (bounce_ns, lvs_ns) = bench.cost(100).expect("cost pass");
+    assert!(
+        bounce_ns > 0.0 && lvs_ns > bounce_ns,
+        "bounce {bounce_ns} ns, lvs-xdp {lvs_ns} ns"
+    );
+    // lvs-xdp scheduled each of the 20 000 flows once and kept them in its table.
+    let snap = bench.balancer().snapshot().unwrap();
+    assert_eq!(snap.services[0].conns, 20_000, "one connection per flow");
+    let rows = harness::rows(&samples, &opts.flows);
+    let table = harness::table(&rows, &[(100, bounce_ns, lvs_ns)]);
+    assert!(table.contains("| 20000 |"), "{table}");
+    let svg = harness::svg(&rows, "smoke");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("20000 flows"),
+        "{svg}"
+    );
+    let names = (bench.gen_ns.name.clone(), bench.lb_ns.name.clone());
+    drop(bench);
+    let left = String::from_utf8(
+        std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        !left.contains(&names.0) && !left.contains(&names.1),
+        "namespaces left: {left}"
+    );
+}
