@@ -95,6 +95,9 @@ pub struct Sample {
     /// neighbour discovery, say) is left out.
     pub received: u64,
     pub secs: f64,
+    /// lvs-xdp only: flows scheduled during the window (flow-table misses: a flow seen for
+    /// the first time, or again after its entry was evicted).
+    pub misses: u64,
 }
 
 impl Sample {
@@ -265,16 +268,41 @@ impl Bench {
         })
     }
 
+    /// Replaces lvs-xdp with a freshly loaded one: an empty flow table, so each measurement sees
+    /// exactly its own flows, as a load balancer with that many active connections would.
+    fn reload(&mut self) -> Result<()> {
+        let config = self.balancer.config().clone();
+        let layout = self.balancer.layout().clone();
+        self.balancer = in_netns(&self.lb_ns.name, || {
+            let iface = Interface::lookup("l0")?;
+            Balancer::load(&config, layout, &[iface])
+        })?;
+        Ok(())
+    }
+
+    fn conns(&self) -> Result<u64> {
+        Ok(self.balancer.snapshot()?.services[0].conns)
+    }
+
     /// Measures `variant` at `flows` flows: warm up, then count what comes back to the sink.
     pub fn measure(&mut self, variant: Variant, flows: u32) -> Result<Sample> {
+        if variant == Variant::LvsXdp {
+            self.reload()?;
+        }
         let link = self.install(variant)?;
         let result = (|| {
             self.generate(flows, self.opts.warmup)?;
             thread_settle();
             let before = self.programs.sink_counts()?;
+            let conns0 = self.conns()?;
             let (sent, took) = self.generate(flows, self.opts.duration)?;
             thread_settle();
             let after = self.programs.sink_counts()?;
+            let misses = if variant == Variant::LvsXdp {
+                self.conns()? - conns0
+            } else {
+                0
+            };
             let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
             let per_real = [delta[RS_MACS[0][5] as usize], delta[RS_MACS[1][5] as usize]];
             let received = match variant {
@@ -288,6 +316,7 @@ impl Bench {
                 per_real,
                 received,
                 secs: took.as_secs_f64(),
+                misses,
             })
         })();
         self.remove(variant, link)?;
@@ -301,6 +330,9 @@ impl Bench {
             aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enable BPF stats")?;
         let mut out = [0.0; 2];
         for (i, variant) in [Variant::Bounce, Variant::LvsXdp].into_iter().enumerate() {
+            if variant == Variant::LvsXdp {
+                self.reload()?;
+            }
             let link = self.install(variant)?;
             let r = (|| {
                 self.generate(flows, self.opts.warmup)?;

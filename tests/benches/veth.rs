@@ -79,13 +79,21 @@ fn real_main() -> Result<()> {
     let mut bench = Bench::new(opts.clone())?;
     let samples = harness::run(&mut bench, &opts, |s| {
         println!(
-            "  {:>8} flows  {:<14} {:>6.2} Mpps  (sent {:.2} Mpps, to RS1/RS2 {}/{})",
+            "  {:>8} flows  {:<14} {:>6.2} Mpps  (sent {:.2} Mpps, to RS1/RS2 {}/{}{})",
             s.flows,
             s.variant.name(),
             s.mpps(),
             s.sent as f64 / s.secs / 1e6,
             s.per_real[0],
-            s.per_real[1]
+            s.per_real[1],
+            if s.variant == harness::Variant::LvsXdp {
+                format!(
+                    ", flow-table misses {:.2}%",
+                    100.0 * s.misses as f64 / s.received.max(1) as f64
+                )
+            } else {
+                String::new()
+            }
         );
     })?;
     let mut costs = Vec::new();
