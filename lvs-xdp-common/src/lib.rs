@@ -21,11 +21,15 @@ pub mod map {
     pub const IFACES: &str = "IFACES";
     /// `PerCpuArray<u32>`, indexed by service id: round-robin position.
     pub const RR: &str = "RR";
-    /// `PerCpuArray<Counters>`, indexed by service id.
+    /// `PerCpuArray<Counters>`, indexed by service id: new connections dropped for want of a
+    /// real server (their packets, bytes and `drops`). Forwarded traffic is counted per real
+    /// server only; a service's totals are the sum over its real servers plus these.
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
-    /// `PerCpuArray<Counters>`, indexed by real-server slot.
+    /// `PerCpuArray<Counters>`, indexed by real-server slot: every forwarded packet, once.
     pub const REAL_STATS: &str = "REAL_STATS";
-    /// `PerCpuArray<Counters>`, indexed by [`crate::reason`]: one entry per verdict and reason.
+    /// `PerCpuArray<Counters>`, indexed by [`crate::reason`]: one entry per verdict and reason,
+    /// except `FORWARDED`, which is the sum of `REAL_STATS` (one counter update per forwarded
+    /// packet instead of three).
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
 }
 
@@ -158,10 +162,11 @@ pub struct RealServer {
 pub struct FlowKeyV4 {
     pub saddr: u32,
     pub daddr: u32,
-    pub sport: u16,
-    pub dport: u16,
-    pub proto: u8,
-    pub _pad: [u8; 3],
+    /// Source and destination port, the four bytes as on the wire.
+    pub ports: u32,
+    /// The IP protocol number. A whole word: a padding array would cost the data plane a call
+    /// to memset on every packet.
+    pub proto: u32,
 }
 
 /// Value of the flow tables.

@@ -35,7 +35,10 @@ pub fn lvs_xdp(ctx: XdpContext) -> u32 {
         Ok(verdict) => verdict,
         Err(why) => (xdp_action::XDP_DROP, why),
     };
-    stats::global(why, bytes);
+    // A forwarded packet is counted once, in its real server's counters (see `reason`).
+    if why != reason::FORWARDED {
+        stats::global(why, bytes);
+    }
     action
 }
 
@@ -62,7 +65,6 @@ fn process(ctx: &XdpContext, bytes: u64) -> Result<(u32, u32), u32> {
             && real.generation == flow.generation
             && real.generation != 0
         {
-            stats::count(&SERVICE_STATS, real.service, bytes, false);
             stats::count(&REAL_STATS, flow.real, bytes, false);
             return Ok(forward(ctx, iface, real));
         }
@@ -81,7 +83,7 @@ fn new_flow(
     stale: bool,
     bytes: u64,
 ) -> Result<(u32, u32), u32> {
-    let svc = match SERVICES.get_ptr(service_key(key.daddr, key.dport, key.proto)) {
+    let svc = match SERVICES.get_ptr(service_key(key.daddr, port_of(key.ports), key.proto as u8)) {
         // SAFETY: a pointer into the map's value, valid for this program run (RCU).
         Some(svc) => unsafe { *svc },
         None => return Ok(pass(reason::PASS_NO_SERVICE)),
@@ -120,7 +122,6 @@ fn new_flow(
             warn!(ctx, "flow table insert failed: {}", err);
         }
     }
-    stats::count(&SERVICE_STATS, svc.id, bytes, new_conn);
     stats::count(&REAL_STATS, slot, bytes, new_conn);
     Ok(forward(ctx, iface, &real))
 }
@@ -143,6 +144,13 @@ fn fragment(daddr: u32, proto: u8) -> Result<(u32, u32), u32> {
     } else {
         Ok(pass(reason::PASS_FRAGMENT))
     }
+}
+
+/// The destination port (as on the wire) from the ports word of a flow key.
+#[inline(always)]
+fn port_of(ports: u32) -> u16 {
+    let b = ports.to_ne_bytes();
+    u16::from_ne_bytes([b[2], b[3]])
 }
 
 #[inline(always)]

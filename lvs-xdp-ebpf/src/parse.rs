@@ -129,13 +129,11 @@ pub fn parse(data: usize, end: usize, own_mac: usize) -> Result<Parsed, u32> {
         return Err(reason::DROP_MALFORMED);
     }
     // SAFETY: bounds checked just above.
-    let (sport, dport) = unsafe { (load::<u16>(l4), load::<u16>(l4 + 2)) };
+    let ports = unsafe { load::<u32>(l4) };
     Ok(Parsed::V4(FlowKeyV4 {
         saddr,
         daddr,
-        sport,
-        dport,
-        proto,
-        _pad: [0; 3],
+        ports,
+        proto: proto as u32,
     }))
 }

@@ -165,7 +165,8 @@ impl Balancer {
         self.logger.flush();
     }
 
-    /// Sums every counter over the CPUs.
+    /// Every counter, summed over the CPUs. Forwarded traffic is counted in the kernel per real
+    /// server only: the service totals and the `forwarded` verdict are sums of those.
     pub fn snapshot(&self) -> Result<Snapshot> {
         let sum = |name: &str, len: usize| -> Result<Vec<Counters>> {
             let m: PerCpuArray<&MapData, Counters> = self.map(name)?;
@@ -178,11 +179,22 @@ impl Balancer {
                 })
                 .collect()
         };
+        let mut global = sum(map::GLOBAL_STATS, reason::COUNT as usize)?;
+        let reals = sum(map::REAL_STATS, self.layout.reals.len())?;
+        let mut services = sum(map::SERVICE_STATS, self.config.services.len())?;
+        for (svc, slots) in services.iter_mut().zip(&self.layout.real_slots) {
+            for slot in slots {
+                *svc = add(*svc, reals[*slot as usize]);
+            }
+        }
+        global[reason::FORWARDED as usize] =
+            reals.iter().fold(Counters::default(), |a, c| add(a, *c));
+        global[reason::FORWARDED as usize].conns = 0;
         Ok(Snapshot {
             at: std::time::Instant::now(),
-            global: sum(map::GLOBAL_STATS, reason::COUNT as usize)?,
-            services: sum(map::SERVICE_STATS, self.config.services.len())?,
-            reals: sum(map::REAL_STATS, self.layout.reals.len())?,
+            global,
+            services,
+            reals,
         })
     }
 

@@ -58,7 +58,7 @@ pub struct Options {
     pub family: u8,
     /// `PROTO_TCP` or `PROTO_UDP`.
     pub proto: u8,
-    /// Frames per BPF_PROG_TEST_RUN call.
+    /// Frames in the first BPF_PROG_TEST_RUN call (later calls adapt to the measured rate).
     pub chunk: u32,
     pub flow_table_size: u32,
     /// Also measure each program's own cost per packet (kernel BPF run statistics).
@@ -75,7 +75,7 @@ impl Options {
             warmup: Duration::from_millis(700),
             family: FAMILY_V4,
             proto: PROTO_TCP,
-            chunk: 1 << 16,
+            chunk: 1 << 20,
             flow_table_size: lvs_xdp::config::DEFAULT_FLOW_TABLE_SIZE,
             cost_pass: true,
         }

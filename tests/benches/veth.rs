@@ -48,6 +48,7 @@ fn real_main() -> Result<()> {
                     .map(|f| f.trim().replace('_', "").parse().context("flow count"))
                     .collect::<Result<_>>()?
             }
+            "--chunk" => opts.chunk = args.next().context("--chunk N")?.parse()?,
             "--udp" => opts.proto = PROTO_UDP,
             "--ipv6" => opts.family = FAMILY_V6,
             "--no-cost" => opts.cost_pass = false,

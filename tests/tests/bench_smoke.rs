@@ -141,7 +141,7 @@ fn the_benchmark_runs_end_to_end() {
         warmup: Duration::from_millis(100),
         family: FAMILY_V4,
         proto: PROTO_TCP,
-        chunk: 4096,
+        chunk: 1 << 18,
         flow_table_size: 65_536,
         cost_pass: true,
     };
@@ -175,7 +175,10 @@ fn the_benchmark_runs_end_to_end() {
     );
     // After the warm-up every flow is in the table: no flow is scheduled again in the window.
     for s in samples.iter().filter(|s| s.variant == Variant::LvsXdp) {
-        assert_eq!(s.misses, 0, "{s:?}: flows rescheduled although the table holds them all");
+        assert_eq!(
+            s.misses, 0,
+            "{s:?}: flows rescheduled although the table holds them all"
+        );
     }
     // The cost pass ran a fresh lvs-xdp on 100 flows: exactly one connection per flow.
     let snap = bench.balancer().snapshot().unwrap();
