@@ -129,7 +129,7 @@ impl Lab {
     }
 
     /// A veth pair: `eth0` in `ns`, `port` on the bridge.
-    fn plug(&self, ns: &Netns, port: &str, mac: &str, addr: &str) -> Result<()> {
+    pub fn plug(&self, ns: &Netns, port: &str, mac: &str, addr: &str) -> Result<()> {
         self.switch.ip(&[
             "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
         ])?;
@@ -326,6 +326,8 @@ http {{
         listen 80;
         root {d}/www;
         location = /index.html {{ default_type text/plain; }}
+        # The same files at 4 MB/s per response, for transfers that must last.
+        location /slow/ {{ alias {d}/www/; limit_rate 4m; }}
     }}
 }}
 "#

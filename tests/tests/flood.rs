@@ -1,0 +1,263 @@
+//! Under a flood: while a long transfer runs through the VIP in the lab topology, a generator on
+//! its own namespace on the same bridge sends 1 000 000 distinct new flows to the VIP at full
+//! rate. The transfer must arrive intact and its real server must never change. The test prints
+//! what the flow table did. Needs root.
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use lvs_xdp::{
+    AttachMode, Balancer, Config,
+    bench::{BenchPrograms, Traffic},
+    iface::Interface,
+    layout::Layout,
+};
+use lvs_xdp_common::PROTO_TCP;
+use lvs_xdp_tests::{
+    lab::{self, Lab},
+    netns::{self, Netns, in_netns},
+    xdp_pass,
+};
+
+const FLOOD: u32 = 1_000_000;
+const SIZE: usize = 40 << 20;
+const GEN_MAC: &str = "02:00:00:00:00:c8";
+
+fn parse_mac(s: &str) -> [u8; 6] {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}
+
+/// With the default table (1 048 576 entries) the whole flood fits: nothing is evicted.
+#[test]
+fn an_established_transfer_survives_a_flood_of_new_flows() {
+    flood(None);
+}
+
+/// With a table four times smaller than the flood, the LRU must evict; the transfer's flow is
+/// referenced by every one of its packets and is not among the evicted.
+#[test]
+fn an_established_transfer_survives_a_flood_four_times_the_flow_table() {
+    flood(Some(262_144));
+}
+
+fn flood(flow_table_size: Option<u32>) {
+    assert!(unsafe { libc::geteuid() } == 0, "needs root (netns, XDP)");
+    let mut lab = Lab::new("flood").expect("lab");
+    let gen_ns = Netns::new("gen").unwrap();
+    lab.plug(&gen_ns, "p-gen", GEN_MAC, "192.168.0.200/24")
+        .unwrap();
+    let _gen_port = xdp_pass::attach(&lab.switch.name, "p-gen").unwrap();
+    let big: Vec<u8> = (0..SIZE)
+        .map(|i| (i % 251) as u8 ^ (i >> 12) as u8)
+        .collect();
+    lab.start_nginx(Some(&big)).unwrap();
+
+    // lvs-xdp in this process (to read its flow table), with the default flow-table size.
+    let mut toml = lab::lvs_config();
+    toml = toml.replace(
+        &format!("{{ address = \"{}\" }}", lab::REAL_SERVERS[0].1),
+        &format!(
+            "{{ address = \"{}\", mac = \"{}\" }}",
+            lab::REAL_SERVERS[0].1,
+            lab::REAL_SERVERS[0].2
+        ),
+    );
+    toml = toml.replace(
+        &format!("{{ address = \"{}\" }}", lab::REAL_SERVERS[1].1),
+        &format!(
+            "{{ address = \"{}\", mac = \"{}\" }}",
+            lab::REAL_SERVERS[1].1,
+            lab::REAL_SERVERS[1].2
+        ),
+    );
+    if let Some(size) = flow_table_size {
+        toml = format!("flow_table_size = {size}\n{toml}");
+    }
+    let config = Config::from_toml(&toml).unwrap();
+    let layout = Layout::build(&config, &Default::default()).unwrap();
+    let mut balancer = in_netns(&lab.lb.name, || {
+        let eth0 = Interface::lookup("eth0")?;
+        let mut b = Balancer::load(&config, layout, &[eth0])?;
+        b.attach(AttachMode::Native)?;
+        Ok(b)
+    })
+    .expect("lvs-xdp on the LB");
+
+    // The long transfer: 40 MB that nginx sends at 4 MB/s (10 s), in full flow while the flood
+    // lasts.
+    let dest = lab.dir.0.join("download.bin");
+    let mut curl = lab
+        .client
+        .command("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "60",
+            "--limit-rate",
+            "40M",
+            "-o",
+        ])
+        .arg(&dest)
+        .arg(format!("http://{}/slow/big.bin", lab::VIP))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::fs::metadata(&dest).map_or(0, |m| m.len()) < (2 << 20) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the transfer did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = balancer.snapshot().unwrap();
+    let flows_before = balancer.flows_v4().unwrap();
+    let transfer_key = flows_before
+        .iter()
+        .find(|(k, _)| {
+            k.saddr
+                == u32::from_ne_bytes(
+                    lab::CLIENT_IP
+                        .parse::<std::net::Ipv4Addr>()
+                        .unwrap()
+                        .octets(),
+                )
+        })
+        .map(|(k, v)| (*k, *v))
+        .expect("the transfer's flow is in the table");
+
+    // The flood: 1 000 000 distinct new flows (16384 ports x 62 source addresses) in one call.
+    let mut programs = BenchPrograms::load().unwrap();
+    programs
+        .configure(&Traffic {
+            dst_mac: parse_mac(lab::LB_MAC),
+            src_mac: parse_mac(GEN_MAC),
+            saddr: "10.200.0.1".parse().unwrap(),
+            daddr: lab::VIP.parse().unwrap(),
+            proto: PROTO_TCP,
+            sport: 1024,
+            dport: 80,
+            flows: FLOOD,
+        })
+        .unwrap();
+    let gen_if = netns::ifindex(&gen_ns.name, "eth0").unwrap();
+    // At full rate the bridge (an skb path) drops part of the flood; the same million flows are
+    // sent again (at most ten passes) until lvs-xdp has seen every one of them.
+    let flood_start = Instant::now();
+    let mut passes = 0;
+    while passes < 10
+        && balancer.snapshot().unwrap().services[0].conns - before.services[0].conns
+            < u64::from(FLOOD)
+    {
+        in_netns(&gen_ns.name, || programs.generate_frames(gen_if, FLOOD)).expect("flood");
+        passes += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let flood_secs = flood_start.elapsed().as_secs_f64();
+    let during = lab
+        .client
+        .stdout("sh", &["-c", &format!("stat -c %s {}", dest.display())])
+        .unwrap();
+
+    let during: u64 = during.trim().parse().unwrap();
+    assert!(
+        during < SIZE as u64,
+        "the transfer ended before the flood did ({passes} passes in {flood_secs:.2}s, started {:.2}s into the transfer)",
+        flood_start.duration_since(t0).as_secs_f64()
+    );
+    let out = curl.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "transfer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = std::fs::read(&dest).unwrap();
+    assert_eq!(got.len(), SIZE, "downloaded size");
+    assert!(got == big, "downloaded bytes differ");
+
+    let after = balancer.snapshot().unwrap();
+    let flows_after = balancer.flows_v4().unwrap();
+    let (_, flow_after) = flows_after
+        .iter()
+        .find(|(k, _)| *k == transfer_key.0)
+        .expect("the transfer's flow is still in the table");
+    assert_eq!(
+        flow_after.real, transfer_key.1.real,
+        "the transfer's real server changed"
+    );
+    assert_eq!(flow_after.generation, transfer_key.1.generation);
+    // Exactly one real server served the file, with one request.
+    let mut served = Vec::new();
+    for (i, (name, _, _)) in lab::REAL_SERVERS.iter().enumerate() {
+        let log =
+            std::fs::read_to_string(lab.dir.0.join(name).join("access.log")).unwrap_or_default();
+        let n = log
+            .lines()
+            .filter(|l| l.contains("GET /slow/big.bin"))
+            .count();
+        if n > 0 {
+            served.push((i, n));
+        }
+    }
+    assert_eq!(served.len(), 1, "the file was requested from {served:?}");
+    assert_eq!(served[0].1, 1, "one request");
+    assert_eq!(
+        layout_slot_of(&balancer, served[0].0),
+        transfer_key.1.real,
+        "the flow table's real server is the one that served the file"
+    );
+
+    let conns = after.services[0].conns - before.services[0].conns;
+    let inserted = conns;
+    let present = flows_after.len() as u64;
+    let resched = after
+        .reason(lvs_xdp_common::reason::EVENT_FLOW_RESCHEDULED)
+        .packets;
+    println!(
+        "flood: {FLOOD} distinct new flows sent {passes} time(s) in {flood_secs:.2}s ({:.2} Mpps sent) with the transfer at {} bytes; \
+         flows scheduled during the flood {conns}, flow-table entries after {present} of {} \
+         (evicted ~{}), flows rescheduled {resched}, transfer intact ({SIZE} bytes) on the same real server",
+        f64::from(FLOOD) * f64::from(passes) / flood_secs / 1e6,
+        during,
+        config.flow_table_size,
+        (flows_before.len() as u64 + inserted).saturating_sub(present)
+    );
+    match flow_table_size {
+        // Everything fits: each flow that arrived was scheduled once and is still there. The
+        // bridge drops part of each pass at full rate; after the passes, at least 99% arrived.
+        None => {
+            assert!(
+                conns >= u64::from(FLOOD) * 99 / 100,
+                "{conns} of {FLOOD} flows reached lvs-xdp"
+            );
+            assert_eq!(
+                present,
+                flows_before.len() as u64 + conns,
+                "nothing evicted"
+            );
+        }
+        // The LRU evicted about three quarters of the flood, never the transfer's flow.
+        Some(size) => {
+            assert!(
+                present <= u64::from(size),
+                "{present} entries in a table of {size}"
+            );
+            assert!(
+                conns > u64::from(size),
+                "the flood overflowed the table: {conns} schedulings"
+            );
+        }
+    }
+    balancer.detach().unwrap();
+}
+
+fn layout_slot_of(b: &Balancer, real_index: usize) -> u32 {
+    b.layout().real_slots[0][real_index]
+}
