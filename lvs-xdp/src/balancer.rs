@@ -69,6 +69,18 @@ pub struct Balancer {
     layout: Layout,
     interfaces: Vec<Interface>,
     attached: Vec<(Interface, XdpLinkId)>,
+    /// Real-server slots not in use (for replacements).
+    free_slots: Vec<u32>,
+    /// The next generation to give a slot (every use of a slot gets a new one).
+    next_generation: u32,
+    /// Counters of real servers that were replaced, per service: a service's totals stay
+    /// monotonic when its real servers change.
+    retired: Vec<Counters>,
+}
+
+/// Spare real-server slots beyond the configuration's, for live replacements.
+fn spare_slots(n: usize) -> usize {
+    (n / 8).max(16)
 }
 
 impl Balancer {
@@ -77,7 +89,7 @@ impl Balancer {
     pub fn load(config: &Config, layout: Layout, interfaces: &[Interface]) -> Result<Balancer> {
         let max_ifindex = interfaces.iter().map(|i| i.index).max().unwrap_or(0);
         let n_services = config.services.len().max(1) as u32;
-        let n_reals = layout.reals.len().max(1) as u32;
+        let n_reals = (layout.reals.len() + spare_slots(layout.reals.len())) as u32;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map::SERVICES, layout.services.len().max(1) as u32)
             .map_max_entries(map::REALS, n_reals)
@@ -95,13 +107,17 @@ impl Balancer {
             .load()
             .map_err(|e| anyhow!("the kernel refused the XDP program: {e:#}"))?;
         fill(&mut ebpf, &layout, interfaces)?;
+        let free_slots = (layout.reals.len() as u32..n_reals).rev().collect();
         Ok(Balancer {
             ebpf,
             logger,
+            retired: vec![Counters::default(); config.services.len()],
             config: config.clone(),
             layout,
             interfaces: interfaces.to_vec(),
             attached: Vec::new(),
+            free_slots,
+            next_generation: crate::layout::FIRST_GENERATION + 1,
         })
     }
 
@@ -182,20 +198,121 @@ impl Balancer {
         let mut global = sum(map::GLOBAL_STATS, reason::COUNT as usize)?;
         let reals = sum(map::REAL_STATS, self.layout.reals.len())?;
         let mut services = sum(map::SERVICE_STATS, self.config.services.len())?;
-        for (svc, slots) in services.iter_mut().zip(&self.layout.real_slots) {
+        // Live slots plus the totals of retired ones (whose map entries are not counted again).
+        let mut forwarded = Counters::default();
+        for ((svc, slots), retired) in services
+            .iter_mut()
+            .zip(&self.layout.real_slots)
+            .zip(&self.retired)
+        {
+            *svc = add(*svc, *retired);
+            forwarded = add(forwarded, *retired);
             for slot in slots {
                 *svc = add(*svc, reals[*slot as usize]);
+                forwarded = add(forwarded, reals[*slot as usize]);
             }
         }
-        global[reason::FORWARDED as usize] =
-            reals.iter().fold(Counters::default(), |a, c| add(a, *c));
-        global[reason::FORWARDED as usize].conns = 0;
+        global[reason::FORWARDED as usize] = Counters {
+            conns: 0,
+            ..forwarded
+        };
         Ok(Snapshot {
             at: std::time::Instant::now(),
             global,
             services,
             reals,
         })
+    }
+
+    /// Replaces real server `index` of service `service` (positions in the configuration) with
+    /// `new`, whose MAC must be known, while traffic flows. The new server gets a fresh slot, written
+    /// in full before anything points at it; then each scheduling slot of the old one is repointed
+    /// (one 4-byte write each, so a packet sees the old or the new, never half); then the old slot
+    /// is retired, so its flows are scheduled again (`flow_rescheduled`). Other real servers'
+    /// flows are untouched. A weight moving to or from 0 is not supported yet.
+    pub fn replace_real(
+        &mut self,
+        service: usize,
+        index: usize,
+        new: crate::config::RealServer,
+    ) -> Result<()> {
+        let svc = self
+            .config
+            .services
+            .get(service)
+            .ok_or_else(|| anyhow!("no service #{service}"))?;
+        let old = svc
+            .real_servers
+            .get(index)
+            .ok_or_else(|| anyhow!("service {} has no real server #{index}", svc.name()))?;
+        let mac = new
+            .mac
+            .ok_or_else(|| anyhow!("real server {}: MAC unknown", new.address))?;
+        if (old.weight == 0) != (new.weight == 0) {
+            bail!("changing a weight to or from 0 is not supported yet");
+        }
+        if new.address != old.address && svc.real_servers.iter().any(|r| r.address == new.address) {
+            bail!(
+                "duplicate real server {} in service {}",
+                new.address,
+                svc.name()
+            );
+        }
+        let old_slot = self.layout.real_slots[service][index];
+        let new_slot = self.free_slots.pop().ok_or_else(|| {
+            anyhow!(
+                "no free real-server slot (capacity {})",
+                self.layout.reals.len()
+            )
+        })?;
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        let entry = common::RealServer {
+            mac: mac.0,
+            _pad: [0; 2],
+            service: service as u32,
+            generation,
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        // 1. The new slot, complete, with zeroed counters, referenced by nothing yet.
+        let mut stats: PerCpuArray<&mut MapData, Counters> =
+            map_mut(&mut self.ebpf, map::REAL_STATS)?;
+        stats.set(
+            new_slot,
+            aya::maps::PerCpuValues::try_from(vec![Counters::default(); cpus])?,
+            0,
+        )?;
+        let mut reals: Array<&mut MapData, common::RealServer> =
+            map_mut(&mut self.ebpf, map::REALS)?;
+        reals.set(new_slot, entry, 0).context("writing REALS")?;
+        // 2. Repoint the scheduling slots.
+        let mut sched: Array<&mut MapData, u32> = map_mut(&mut self.ebpf, map::SCHED)?;
+        for (i, slot) in self.layout.sched.iter_mut().enumerate() {
+            if *slot == old_slot {
+                sched.set(i as u32, new_slot, 0).context("writing SCHED")?;
+                *slot = new_slot;
+            }
+        }
+        // 3. Retire the old slot; keep its counters in the service's totals.
+        let retired_counters = self.snapshot()?.reals[old_slot as usize];
+        let mut reals: Array<&mut MapData, common::RealServer> =
+            map_mut(&mut self.ebpf, map::REALS)?;
+        let dead = common::RealServer {
+            generation: 0,
+            ..self.layout.reals[old_slot as usize]
+        };
+        reals.set(old_slot, dead, 0).context("writing REALS")?;
+        self.retired[service] = add(self.retired[service], retired_counters);
+        let needed = new_slot as usize + 1;
+        if self.layout.reals.len() < needed {
+            self.layout.reals.resize(needed, dead);
+        }
+        self.layout.reals[new_slot as usize] = entry;
+        self.layout.reals[old_slot as usize] = dead;
+        self.layout.real_slots[service][index] = new_slot;
+        self.free_slots.insert(0, old_slot);
+        self.config.services[service].real_servers[index] = new;
+        Ok(())
     }
 
     /// (total run time, run count) of the XDP program from the kernel's BPF statistics (they

@@ -526,3 +526,92 @@ fn counters_add_up() {
     assert_eq!(s.reals[l.real_slots[0][0] as usize].packets, 2);
     assert_eq!(s.services[2].drops, 1);
 }
+
+#[test]
+fn replacing_a_real_server_moves_only_its_own_flows() {
+    pin_to_cpu0();
+    let mut b = balancer();
+    let flow_a = Frame::tcp(LB, CLIENT, 60000, VIP, 80).build();
+    let flow_b = Frame::tcp(LB, CLIENT, 60001, VIP, 80).build();
+    tx(&b, "flow A", &flow_a, RS1);
+    tx(&b, "flow B", &flow_b, RS2);
+    let before = b.snapshot().unwrap();
+
+    const RS7: [u8; 6] = [0x02, 0, 0, 0, 0, 0x07];
+    let new = lvs_xdp::config::RealServer {
+        address: "10.0.0.7".parse().unwrap(),
+        mac: Some(Mac(RS7)),
+        weight: 1,
+    };
+    b.replace_real(0, 0, new).unwrap();
+
+    // B's real server did not change: B stays where it was.
+    tx(&b, "flow B after the change", &flow_b, RS2);
+    // A's did: A is scheduled again (the rotation continues: RS7's turn, in RS1's place).
+    let (action, out) = b.test_run(&flow_a).unwrap();
+    assert_eq!(action, XDP_TX);
+    assert_eq!(
+        &out[0..6],
+        &RS7,
+        "flow A rescheduled onto the new real server"
+    );
+    tx(&b, "flow A stays on its new real server", &flow_a, RS7);
+    let after = b.snapshot().unwrap();
+    assert_eq!(
+        after.reason(reason::EVENT_FLOW_RESCHEDULED).packets
+            - before.reason(reason::EVENT_FLOW_RESCHEDULED).packets,
+        1
+    );
+    // New flows rotate over RS7 and RS2; RS1 gets none.
+    for i in 0..4u16 {
+        let (_, out) = b
+            .test_run(&Frame::tcp(LB, CLIENT, 61000 + i, VIP, 80).build())
+            .unwrap();
+        assert!(
+            out[0..6] == RS7 || out[0..6] == RS2,
+            "new flow {i} to {:02x?}",
+            &out[0..6]
+        );
+        assert_ne!(&out[0..6], &RS1);
+    }
+    // Totals stay monotonic and add up: the old real server's counts stay in the service's.
+    let last = b.snapshot().unwrap();
+    assert!(last.services[0].packets >= before.services[0].packets + 7);
+    assert_eq!(last.services[0].conns, before.services[0].conns + 5);
+    let fwd = last.reason(reason::FORWARDED);
+    let real_sum: u64 = b
+        .layout()
+        .real_slots
+        .iter()
+        .flatten()
+        .map(|s| last.reals[*s as usize].packets)
+        .sum();
+    assert_eq!(
+        fwd.packets,
+        real_sum + before.reals[0].packets,
+        "live slots plus the retired one"
+    );
+    assert_eq!(
+        b.config().services[0].real_servers[0].address.to_string(),
+        "10.0.0.7"
+    );
+    // Refusals leave everything as it was.
+    let dup = lvs_xdp::config::RealServer {
+        address: "10.0.0.4".parse().unwrap(),
+        mac: Some(Mac(RS2)),
+        weight: 1,
+    };
+    assert!(
+        b.replace_real(0, 0, dup)
+            .unwrap_err()
+            .to_string()
+            .contains("duplicate real server 10.0.0.4")
+    );
+    let quiesce = lvs_xdp::config::RealServer {
+        address: "10.0.0.8".parse().unwrap(),
+        mac: Some(Mac(RS7)),
+        weight: 0,
+    };
+    assert!(b.replace_real(0, 0, quiesce).is_err());
+    tx(&b, "flow A unchanged after refusals", &flow_a, RS7);
+}
