@@ -294,7 +294,11 @@ impl Balancer {
             }
         }
         // 3. Retire the old slot; keep its counters in the service's totals.
-        let retired_counters = self.snapshot()?.reals[old_slot as usize];
+        let stats: PerCpuArray<&MapData, Counters> = self.map(map::REAL_STATS)?;
+        let retired_counters = stats
+            .get(&old_slot, 0)?
+            .iter()
+            .fold(Counters::default(), |a, c| add(a, *c));
         let mut reals: Array<&mut MapData, common::RealServer> =
             map_mut(&mut self.ebpf, map::REALS)?;
         let dead = common::RealServer {

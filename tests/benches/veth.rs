@@ -4,6 +4,8 @@
 //!
 //! Options: --quick (short runs), --runs N, --secs S, --flows A,B,C, --udp, --ipv6,
 //! --out DIR (writes bench.md and bench.svg there).
+#[path = "control.rs"]
+mod control;
 #[path = "harness.rs"]
 mod harness;
 
@@ -27,6 +29,7 @@ fn real_main() -> Result<()> {
     lvs_xdp_tests::signals::trap();
     let mut opts = Options::full();
     let mut out: Option<PathBuf> = None;
+    let mut control_plane = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -52,6 +55,7 @@ fn real_main() -> Result<()> {
             "--udp" => opts.proto = PROTO_UDP,
             "--ipv6" => opts.family = FAMILY_V6,
             "--no-cost" => opts.cost_pass = false,
+            "--no-control" => control_plane = false,
             "--out" => out = Some(PathBuf::from(args.next().context("--out DIR")?)),
             other => bail!("unknown option {other}"),
         }
@@ -112,7 +116,11 @@ fn real_main() -> Result<()> {
         }
     }
     let snap = bench.balancer().snapshot()?;
-    let rows = harness::rows(&samples, &opts.flows);
+    let rows = if opts.runs == 0 {
+        Vec::new()
+    } else {
+        harness::rows(&samples, &opts.flows)
+    };
     let table = harness::table(&rows, &costs);
     println!("\nMedians on {machine}:\n\n{table}");
     println!(
@@ -125,6 +133,12 @@ fn real_main() -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    let mut control_table = String::new();
+    if control_plane {
+        drop(bench);
+        control_table = control::run(&lvs_xdp_tests::bins::lvs_xdp())?;
+        println!("\n{control_table}");
+    }
     println!("took {}", harness::elapsed_since(t0));
     if let Some(dir) = out {
         std::fs::create_dir_all(&dir)?;

@@ -19,7 +19,7 @@ commands:
   lab              setup, build, then run the LVS-DR lab: client, LB and two nginx real servers
   bench [-- ARGS]  setup, then the veth benchmark (lvs-xdp vs XDP_TX bounce vs nftables); writes
                    docs/bench/bench.md and bench.svg. ARGS: --quick, --runs N, --secs S,
-                   --flows A,B,C, --udp, --ipv6, --no-cost, --out DIR
+                   --flows A,B,C, --udp, --ipv6, --no-cost, --no-control, --out DIR
 ";
 
 fn main() -> ExitCode {
@@ -103,7 +103,8 @@ unsafe extern "C" {
 /// The veth benchmark (tests/benches/veth.rs), in release mode.
 fn bench(extra: &[String]) -> Result<()> {
     require_root("cargo xtask bench")?;
-    setup::setup()?;
+    // The control-plane part runs the release `lvs-xdp` binary.
+    build_release()?;
     let extra: Vec<&str> = match extra.first().map(String::as_str) {
         Some("--") => extra[1..].iter().map(String::as_str).collect(),
         _ => extra.iter().map(String::as_str).collect(),

@@ -1,0 +1,152 @@
+//! Control-plane figures: time to apply 10 000 services of 10 real servers each, time to replace
+//! one real server in a service of 1 000, and the peak RSS of `lvs-xdp run` with the 10 000
+//! services.
+use std::{
+    fmt::Write as _,
+    io::{BufRead as _, BufReader},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use lvs_xdp::{
+    Balancer, Config,
+    config::{Mac, RealServer},
+    iface::Interface,
+    layout::Layout,
+};
+use lvs_xdp_tests::netns::Netns;
+
+fn config_text(services: usize, reals: usize) -> String {
+    let mut t = String::from("flow_table_size = 65536\n");
+    for i in 0..services {
+        let _ = write!(
+            t,
+            "[[service]]\nvip = \"10.{}.{}.{}\"\nport = 80\nreal_servers = [",
+            100 + i / 65536,
+            (i / 256) % 256,
+            i % 256
+        );
+        for r in 1..=reals {
+            let (a, b, c) = (r / 65536, (r / 256) % 256, r % 256);
+            let _ = write!(
+                t,
+                "{{ address = \"172.{}.{b}.{c}\", mac = \"02:00:00:{a:02x}:{b:02x}:{c:02x}\" }},",
+                16 + a
+            );
+        }
+        t.push_str(" ]\n");
+    }
+    t
+}
+
+fn lo() -> Interface {
+    Interface {
+        name: "lo".into(),
+        index: 1,
+        mac: Mac([2, 0, 0, 0, 0, 1]),
+    }
+}
+
+/// Runs the control-plane measurements; returns a Markdown table.
+pub fn run(bin: &std::path::Path) -> Result<String> {
+    let mut out = String::from("| control plane | measured |\n|---|---:|\n");
+    // 10 000 x 10: parse and validate, lay out, create and fill the maps.
+    let text = config_text(10_000, 10);
+    let t = Instant::now();
+    let config = Config::from_toml(&text)?;
+    let parse = t.elapsed();
+    let t = Instant::now();
+    let layout = Layout::build(&config, &Default::default())?;
+    let lay = t.elapsed();
+    let t = Instant::now();
+    let balancer = Balancer::load(&config, layout, &[lo()])?;
+    let load = t.elapsed();
+    drop(balancer);
+    let _ = writeln!(
+        out,
+        "| apply 10 000 services x 10 real servers (parse {:.0} ms + layout {:.0} ms + maps {:.0} ms) | {:.2} s |",
+        parse.as_secs_f64() * 1e3,
+        lay.as_secs_f64() * 1e3,
+        load.as_secs_f64() * 1e3,
+        (parse + lay + load).as_secs_f64()
+    );
+
+    // One real server changed in a service of 1 000, while loaded.
+    let config = Config::from_toml(&config_text(1, 1000))?;
+    let layout = Layout::build(&config, &Default::default())?;
+    let mut balancer = Balancer::load(&config, layout, &[lo()])?;
+    let mut times = Vec::new();
+    for i in 0..50u8 {
+        let new = RealServer {
+            address: format!("172.31.0.{}", i + 1).parse()?,
+            mac: Some(Mac([2, 0, 0, 0x31, 0, i + 1])),
+            weight: 1,
+        };
+        let t = Instant::now();
+        balancer.replace_real(0, 500, new)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let _ = writeln!(
+        out,
+        "| replace one real server in a service of 1 000 (median of 50) | {:.0} µs |",
+        times[times.len() / 2] * 1e6
+    );
+    drop(balancer);
+
+    // Peak RSS of the real command with the 10 000-service configuration.
+    let ns = Netns::new("rss")?;
+    ns.ip(&[
+        "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+    ])?;
+    ns.ip(&["link", "set", "veth0", "up"])?;
+    ns.ip(&["link", "set", "veth1", "up"])?;
+    let path = std::env::temp_dir().join(format!("lvsx-{}-10k.toml", std::process::id()));
+    std::fs::write(&path, &text)?;
+    let mut child = ns
+        .command(bin.to_str().context("path")?)
+        .args([
+            "run",
+            "--iface",
+            "veth0",
+            "--mode",
+            "generic",
+            "--interval",
+            "0",
+            "--config",
+        ])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let _ = std::fs::remove_file(&path);
+    if !line.contains("attached") {
+        let _ = child.kill();
+        bail!("lvs-xdp did not start: {line}");
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .with_context(|| key.to_string())
+    };
+    let (hwm, rss) = (kib("VmHWM:")?, kib("VmRSS:")?);
+    lvs_xdp_tests::netns::stop(&mut child, Duration::from_secs(10));
+    let _ = writeln!(
+        out,
+        "| peak RSS of `lvs-xdp run` with 10 000 services x 10 real servers (6 MB of TOML) | {:.1} MiB |",
+        hwm as f64 / 1024.0
+    );
+    let _ = writeln!(
+        out,
+        "| its RSS once running | {:.1} MiB |",
+        rss as f64 / 1024.0
+    );
+    Ok(out)
+}
