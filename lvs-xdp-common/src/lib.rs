@@ -244,6 +244,10 @@ pub mod bench {
     pub const SINK: &str = "bench_sink";
     pub const BOUNCE: &str = "bench_bounce";
     pub const PASS: &str = "bench_pass";
+    /// A minimal flow-table load balancer: the reference lvs-xdp is compared with.
+    pub const MINIMAL_LB: &str = "bench_minimal_lb";
+    /// `Array<u64>`, two entries: the minimal load balancer's backend MACs (first six bytes).
+    pub const MIN_BACKENDS: &str = "MIN_BACKENDS";
     /// `Array<GenConfig>`, one entry.
     pub const GEN_CONFIG: &str = "GEN_CONFIG";
     /// `PerCpuArray<u32>`, one entry: the next flow index.

@@ -138,6 +138,7 @@ impl BenchPrograms {
             contract::SINK,
             contract::BOUNCE,
             contract::PASS,
+            contract::MINIMAL_LB,
         ] {
             xdp(&mut ebpf, name)?
                 .load()
@@ -261,6 +262,21 @@ impl BenchPrograms {
         }
         out.truncate(r.data_size_out as usize);
         Ok(out)
+    }
+
+    /// Sets the minimal load balancer's two backend MACs.
+    pub fn set_minimal_backends(&mut self, macs: [[u8; 6]; 2]) -> Result<()> {
+        let mut m: Array<&mut MapData, u64> = self
+            .ebpf
+            .map_mut(contract::MIN_BACKENDS)
+            .context("MIN_BACKENDS")?
+            .try_into()?;
+        for (i, mac) in macs.iter().enumerate() {
+            let mut b = [0u8; 8];
+            b[..6].copy_from_slice(mac);
+            m.set(i as u32, u64::from_ne_bytes(b), 0)?;
+        }
+        Ok(())
     }
 
     /// Frames the sink received, by the last byte of their destination MAC, summed over CPUs.

@@ -33,15 +33,22 @@ const PORT: u16 = 80;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
     Bounce,
+    MinimalLb,
     LvsXdp,
     Nftables,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 3] = [Variant::Bounce, Variant::LvsXdp, Variant::Nftables];
+    pub const ALL: [Variant; 4] = [
+        Variant::Bounce,
+        Variant::MinimalLb,
+        Variant::LvsXdp,
+        Variant::Nftables,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Variant::Bounce => "XDP_TX bounce",
+            Variant::MinimalLb => "minimal LB",
             Variant::LvsXdp => "lvs-xdp",
             Variant::Nftables => "nftables fwd",
         }
@@ -113,6 +120,8 @@ pub struct Bench {
     gen_if: u32,
     lb_if: u32,
     programs: BenchPrograms,
+    /// The minimal load balancer, loaded afresh (empty flow table) for each measurement.
+    minimal: Option<BenchPrograms>,
     balancer: Balancer,
     opts: Options,
 }
@@ -169,6 +178,7 @@ impl Bench {
             gen_if,
             lb_if,
             programs,
+            minimal: None,
             balancer,
             opts,
         })
@@ -202,6 +212,15 @@ impl Bench {
                 Ok(Some(in_netns(&lb, || {
                     programs.attach(contract::BOUNCE, lb_if, AttachMode::Native)
                 })?))
+            }
+            Variant::MinimalLb => {
+                let mut minimal = BenchPrograms::load()?;
+                minimal.set_minimal_backends(RS_MACS)?;
+                let link = in_netns(&lb, || {
+                    minimal.attach(contract::MINIMAL_LB, lb_if, AttachMode::Native)
+                })?;
+                self.minimal = Some(minimal);
+                Ok(Some(link))
             }
             Variant::LvsXdp => {
                 let balancer = &mut self.balancer;
@@ -248,6 +267,10 @@ impl Bench {
             Variant::Bounce => self
                 .programs
                 .detach(contract::BOUNCE, link.context("link")?),
+            Variant::MinimalLb => {
+                let mut minimal = self.minimal.take().context("minimal LB not loaded")?;
+                minimal.detach(contract::MINIMAL_LB, link.context("link")?)
+            }
             Variant::LvsXdp => self.balancer.detach(),
             Variant::Nftables => {
                 self.lb_ns
@@ -307,7 +330,9 @@ impl Bench {
             let per_real = [delta[RS_MACS[0][5] as usize], delta[RS_MACS[1][5] as usize]];
             let received = match variant {
                 Variant::Bounce => delta[LB_MAC[5] as usize],
-                Variant::LvsXdp | Variant::Nftables => per_real[0] + per_real[1],
+                Variant::MinimalLb | Variant::LvsXdp | Variant::Nftables => {
+                    per_real[0] + per_real[1]
+                }
             };
             Ok(Sample {
                 variant,
@@ -323,13 +348,14 @@ impl Bench {
         result
     }
 
-    /// Mean cost per packet (ns) of the bounce and of lvs-xdp at `flows`, from the kernel's BPF
-    /// run statistics, in a pass of its own (the statistics slow every program down).
-    pub fn cost(&mut self, flows: u32) -> Result<(f64, f64)> {
+    /// Mean cost per packet (ns) of the bounce, the minimal LB and lvs-xdp at `flows`, from the
+    /// kernel's BPF run statistics, in a pass of its own (the statistics slow every program).
+    pub fn cost(&mut self, flows: u32) -> Result<[f64; 3]> {
         let _stats =
             aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enable BPF stats")?;
-        let mut out = [0.0; 2];
-        for (i, variant) in [Variant::Bounce, Variant::LvsXdp].into_iter().enumerate() {
+        let mut out = [0.0; 3];
+        let variants = [Variant::Bounce, Variant::MinimalLb, Variant::LvsXdp];
+        for (i, variant) in variants.into_iter().enumerate() {
             if variant == Variant::LvsXdp {
                 self.reload()?;
             }
@@ -338,6 +364,11 @@ impl Bench {
                 self.generate(flows, self.opts.warmup)?;
                 let read = |b: &Bench| match variant {
                     Variant::Bounce => b.programs.run_stats(contract::BOUNCE),
+                    Variant::MinimalLb => b
+                        .minimal
+                        .as_ref()
+                        .context("minimal LB")?
+                        .run_stats(contract::MINIMAL_LB),
                     _ => b.balancer.run_stats(),
                 };
                 let (t0, n0) = read(self)?;
@@ -352,7 +383,7 @@ impl Bench {
             self.remove(variant, link)?;
             out[i] = r?;
         }
-        Ok((out[0], out[1]))
+        Ok(out)
     }
 
     /// The generator program's own mean cost per frame so far (while statistics are on).
@@ -416,7 +447,8 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 /// Median Mpps and real-server split per (flows, variant).
 pub struct Row {
     pub flows: u32,
-    pub mpps: [f64; 3],
+    /// In `Variant::ALL` order.
+    pub mpps: [f64; 4],
     /// lvs-xdp's share to the first real server.
     pub lvs_split: f64,
 }
@@ -442,32 +474,41 @@ pub fn rows(samples: &[Sample], flows: &[u32]) -> Vec<Row> {
         .collect()
 }
 
-pub fn table(rows: &[Row], costs: &[(u32, f64, f64)]) -> String {
+pub fn table(rows: &[Row], costs: &[(u32, [f64; 3])]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| flows | XDP_TX bounce (ceiling) | lvs-xdp | nftables fwd | lvs-xdp / ceiling | lvs-xdp / nftables | lvs-xdp split RS1:RS2 |"
+        "| flows | XDP_TX bounce (ceiling) | minimal LB | lvs-xdp | nftables fwd | lvs-xdp / ceiling | lvs-xdp / minimal LB | lvs-xdp / nftables | lvs-xdp split RS1:RS2 |"
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {:.2} | {:.1}x | {:.0}:{:.0} |",
+            "| {} | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {:.2} | {:.2} | {:.1}x | {:.0}:{:.0} |",
             r.flows,
             r.mpps[0],
             r.mpps[1],
             r.mpps[2],
-            r.mpps[1] / r.mpps[0],
-            r.mpps[1] / r.mpps[2],
+            r.mpps[3],
+            r.mpps[2] / r.mpps[0],
+            r.mpps[2] / r.mpps[1],
+            r.mpps[2] / r.mpps[3],
             r.lvs_split * 100.0,
             (1.0 - r.lvs_split) * 100.0
         );
     }
     if !costs.is_empty() {
-        let _ = writeln!(out, "\n| flows | bounce ns/packet | lvs-xdp ns/packet |");
-        let _ = writeln!(out, "|---:|---:|---:|");
-        for (f, b, l) in costs {
-            let _ = writeln!(out, "| {f} | {b:.1} | {l:.1} |");
+        let _ = writeln!(
+            out,
+            "\nMean cost per packet of each program, from the kernel's BPF run statistics (which add about 15 ns to every run):\n"
+        );
+        let _ = writeln!(
+            out,
+            "| flows | bounce ns/packet | minimal LB ns/packet | lvs-xdp ns/packet |"
+        );
+        let _ = writeln!(out, "|---:|---:|---:|---:|");
+        for (f, c) in costs {
+            let _ = writeln!(out, "| {f} | {:.1} | {:.1} | {:.1} |", c[0], c[1], c[2]);
         }
     }
     out
@@ -477,9 +518,9 @@ pub fn table(rows: &[Row], costs: &[(u32, f64, f64)]) -> String {
 pub fn svg(rows: &[Row], title: &str) -> String {
     let (w, h, left, bottom, top) = (720.0, 380.0, 60.0, 50.0, 40.0);
     let max = rows.iter().flat_map(|r| r.mpps).fold(0.1f64, f64::max) * 1.15;
-    let colors = ["#9e9e9e", "#1565c0", "#ef6c00"];
+    let colors = ["#9e9e9e", "#80cbc4", "#1565c0", "#ef6c00"];
     let group_w = (w - left - 20.0) / rows.len().max(1) as f64;
-    let bar_w = group_w / 4.0;
+    let bar_w = group_w / 5.0;
     let y = |v: f64| top + (h - top - bottom) * (1.0 - v / max);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">{title}</text>\n",
@@ -522,13 +563,13 @@ pub fn svg(rows: &[Row], title: &str) -> String {
         let _ = writeln!(
             s,
             "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{} flows</text>",
-            x0 + 1.5 * bar_w,
+            x0 + 2.0 * bar_w,
             h - bottom + 18.0,
             r.flows
         );
     }
     for (i, v) in Variant::ALL.iter().enumerate() {
-        let x = left + 10.0 + i as f64 * 170.0;
+        let x = left + 10.0 + i as f64 * 150.0;
         let _ = writeln!(
             s,
             "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text>",

@@ -105,14 +105,15 @@ fn real_main() -> Result<()> {
     if opts.cost_pass {
         println!("BPF run statistics pass (kernel.bpf_stats_enabled):");
         for &flows in &opts.flows {
-            let (bounce, lvs) = bench.cost(flows)?;
-            if std::env::var_os("LVSX_GEN_COST").is_some() {
-                println!("  generator: {:?}", bench.generator_cost());
-            }
+            let c = bench.cost(flows)?;
             println!(
-                "  {flows:>8} flows  bounce {bounce:.1} ns/packet, lvs-xdp {lvs:.1} ns/packet"
+                "  {flows:>8} flows  bounce {:.1} ns/packet, minimal LB {:.1}, lvs-xdp {:.1}, generator {:.1}",
+                c[0],
+                c[1],
+                c[2],
+                bench.generator_cost()?
             );
-            costs.push((flows, bounce, lvs));
+            costs.push((flows, c));
         }
     }
     let snap = bench.balancer().snapshot()?;
@@ -133,12 +134,14 @@ fn real_main() -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let mut control_table = String::new();
-    if control_plane {
-        drop(bench);
-        control_table = control::run(&lvs_xdp_tests::bins::lvs_xdp())?;
-        println!("\n{control_table}");
-    }
+    drop(bench);
+    let control_table = if control_plane {
+        let t = control::run(&lvs_xdp_tests::bins::lvs_xdp())?;
+        println!("\n{t}");
+        t
+    } else {
+        String::new()
+    };
     println!("took {}", harness::elapsed_since(t0));
     if let Some(dir) = out {
         std::fs::create_dir_all(&dir)?;
@@ -154,7 +157,7 @@ fn real_main() -> Result<()> {
         std::fs::write(dir.join("bench.svg"), harness::svg(&rows, &title))?;
         std::fs::write(
             dir.join("bench.md"),
-            format!("Measured on {machine}.\n\n{table}"),
+            format!("Measured on {machine}.\n\n{table}\n{control_table}"),
         )?;
         println!(
             "wrote {} and {}",

@@ -147,7 +147,7 @@ fn the_benchmark_runs_end_to_end() {
     };
     let mut bench = Bench::new(opts.clone()).expect("set up the benchmark");
     let samples = harness::run(&mut bench, &opts, |_| {}).expect("run");
-    assert_eq!(samples.len(), 6);
+    assert_eq!(samples.len(), 8);
     for s in &samples {
         assert!(
             s.received > 0,
@@ -161,7 +161,7 @@ fn the_benchmark_runs_end_to_end() {
             // The bounce returns frames to the LB's own MAC: none reach a real server.
             Variant::Bounce => assert_eq!(s.per_real, [0, 0], "{s:?}"),
             // Both real servers get an even share, and everything goes to one of them.
-            Variant::LvsXdp | Variant::Nftables => {
+            Variant::MinimalLb | Variant::LvsXdp | Variant::Nftables => {
                 assert_eq!(s.per_real[0] + s.per_real[1], s.received, "{s:?}");
                 let diff = s.per_real[0].abs_diff(s.per_real[1]);
                 assert!(diff * 10 <= s.received, "{s:?}: uneven split");
@@ -184,7 +184,7 @@ fn the_benchmark_runs_end_to_end() {
     let snap = bench.balancer().snapshot().unwrap();
     assert_eq!(snap.services[0].conns, 100, "one connection per flow");
     let rows = harness::rows(&samples, &opts.flows);
-    let table = harness::table(&rows, &[(100, bounce_ns, lvs_ns)]);
+    let table = harness::table(&rows, &[(100, costs)]);
     assert!(table.contains("| 20000 |"), "{table}");
     let svg = harness::svg(&rows, "smoke");
     assert!(
