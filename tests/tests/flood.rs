@@ -91,7 +91,7 @@ fn flood(flow_table_size: Option<u32>) {
     // The long transfer: 40 MB that nginx sends at 4 MB/s (10 s), in full flow while the flood
     // lasts.
     let dest = lab.dir.0.join("download.bin");
-    let mut curl = lab
+    let curl = lab
         .client
         .command("curl")
         .args([
