@@ -50,6 +50,16 @@ pub fn start(config: &Config, opts: &RunOptions) -> Result<Balancer> {
     let layout = Layout::build(config, &macs)?;
     let mut balancer = Balancer::load(config, layout, &interfaces)?;
     balancer.attach(opts.mode)?;
+    for iface in &interfaces {
+        if opts.mode != AttachMode::Generic
+            && crate::iface::driver(&iface.name).as_deref() == Some("veth")
+        {
+            log::warn!(
+                "{} is a veth: in native mode, frames sent back with XDP_TX reach its peer only if the peer runs an XDP program too (or use --mode generic)",
+                iface.name
+            );
+        }
+    }
     // Parsing a large configuration leaves tens of MiB freed but kept by the allocator: give
     // them back, the process runs for a long time.
     // SAFETY: malloc_trim only releases free memory.
