@@ -214,6 +214,11 @@ impl Bench {
                 })?))
             }
             Variant::MinimalLb => {
+                // The previous instance (kept until now) goes first, and the kernel frees its
+                // table before this measurement starts.
+                if self.minimal.take().is_some() {
+                    settle_after_free();
+                }
                 let mut minimal = BenchPrograms::load()?;
                 minimal.set_minimal_backends(RS_MACS)?;
                 let link = in_netns(&lb, || {
@@ -268,7 +273,9 @@ impl Bench {
                 .programs
                 .detach(contract::BOUNCE, link.context("link")?),
             Variant::MinimalLb => {
-                let mut minimal = self.minimal.take().context("minimal LB not loaded")?;
+                // Detached but kept: freeing its 88 MB table now would run in the kernel during
+                // the next measurement.
+                let minimal = self.minimal.as_mut().context("minimal LB not loaded")?;
                 minimal.detach(contract::MINIMAL_LB, link.context("link")?)
             }
             Variant::LvsXdp => self.balancer.detach(),
@@ -296,10 +303,12 @@ impl Bench {
     fn reload(&mut self) -> Result<()> {
         let config = self.balancer.config().clone();
         let layout = self.balancer.layout().clone();
-        self.balancer = in_netns(&self.lb_ns.name, || {
+        let fresh = in_netns(&self.lb_ns.name, || {
             let iface = Interface::lookup("l0")?;
             Balancer::load(&config, layout, &[iface])
         })?;
+        drop(std::mem::replace(&mut self.balancer, fresh));
+        settle_after_free();
         Ok(())
     }
 
@@ -395,6 +404,12 @@ impl Bench {
     pub fn balancer(&self) -> &Balancer {
         &self.balancer
     }
+}
+
+/// A dropped map of a million entries is freed by the kernel in deferred work on another
+/// thread; give it time to finish before measuring again.
+fn settle_after_free() {
+    std::thread::sleep(Duration::from_millis(600));
 }
 
 fn thread_settle() {
