@@ -28,7 +28,8 @@ pub enum AttachMode {
 }
 
 impl AttachMode {
-    fn xdp_mode(self) -> XdpMode {
+    /// The aya attach mode.
+    pub(crate) fn xdp_mode(self) -> XdpMode {
         match self {
             AttachMode::Auto => XdpMode::Default,
             AttachMode::Native => XdpMode::Driver,

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, TestRun as _, TestRunAttrs, TestRunOptions,
     maps::{Array, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{Xdp, xdp::XdpLinkId},
 };
 use lvs_xdp_common::{
     PROTO_TCP, PROTO_UDP,
@@ -152,13 +152,8 @@ impl BenchPrograms {
 
     /// Attaches program `name` (one of `lvs_xdp_common::bench`'s) to `ifindex`.
     pub fn attach(&mut self, name: &str, ifindex: u32, mode: AttachMode) -> Result<XdpLinkId> {
-        let xdp_mode = match mode {
-            AttachMode::Auto => XdpMode::Default,
-            AttachMode::Native => XdpMode::Driver,
-            AttachMode::Generic => XdpMode::Skb,
-        };
         xdp(&mut self.ebpf, name)?
-            .attach_to_if_index(ifindex, xdp_mode)
+            .attach_to_if_index(ifindex, mode.xdp_mode())
             .map_err(|e| anyhow!("attach {name} to ifindex {ifindex}: {e:#}"))
     }
 

@@ -128,6 +128,18 @@ impl Lab {
         Ok(lab)
     }
 
+    /// The names of the lab's namespaces: client, lb, rs1, rs2, switch.
+    pub fn namespace_names(&self) -> [String; 5] {
+        [
+            &self.client,
+            &self.lb,
+            &self.real_servers[0],
+            &self.real_servers[1],
+            &self.switch,
+        ]
+        .map(|ns| ns.name.clone())
+    }
+
     /// A veth pair: `eth0` in `ns`, `port` on the bridge.
     pub fn plug(&self, ns: &Netns, port: &str, mac: &str, addr: &str) -> Result<()> {
         self.switch.ip(&[

@@ -39,14 +39,7 @@ fn dr_lab_with_nginx_end_to_end() {
     let names;
     {
         let mut lab = Lab::new("test").expect("build the lab topology");
-        names = [
-            &lab.client,
-            &lab.lb,
-            &lab.real_servers[0],
-            &lab.real_servers[1],
-            &lab.switch,
-        ]
-        .map(|ns| ns.name.clone());
+        names = lab.namespace_names();
         lab.start_nginx(Some(&big)).expect("start nginx");
         let config = lab.write_lvs_config().unwrap();
         lab.start_lb(

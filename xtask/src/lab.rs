@@ -17,14 +17,7 @@ pub fn lab(bin: &Path) -> Result<()> {
     let names;
     let result = {
         let mut lab = Lab::new("lab")?;
-        names = [
-            &lab.client,
-            &lab.lb,
-            &lab.real_servers[0],
-            &lab.real_servers[1],
-            &lab.switch,
-        ]
-        .map(|ns| ns.name.clone());
+        names = lab.namespace_names();
         let result = experiment(&mut lab, bin);
         if result.is_err() && !lab.lb_output().is_empty() {
             eprintln!("lvs-xdp output:\n{}", lab.lb_output());
@@ -58,12 +51,8 @@ fn experiment(lab: &mut Lab, bin: &Path) -> Result<()> {
         lab::REAL_SERVERS[1].1
     );
     println!(
-        "Namespaces: {}, {}, {}, {}, {}",
-        lab.client.name,
-        lab.lb.name,
-        lab.real_servers[0].name,
-        lab.real_servers[1].name,
-        lab.switch.name
+        "Namespaces (client, lb, rs1, rs2, switch): {}",
+        lab.namespace_names().join(", ")
     );
     let big: Vec<u8> = (0..BIG).map(|i| (i * 7 + i / 4096) as u8).collect();
     lab.start_nginx(Some(&big))?;
