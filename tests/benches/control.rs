@@ -96,12 +96,7 @@ pub fn run(bin: &std::path::Path) -> Result<String> {
     drop(balancer);
 
     // Peak RSS of the real command with the 10 000-service configuration.
-    let ns = Netns::new("rss")?;
-    ns.ip(&[
-        "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
-    ])?;
-    ns.ip(&["link", "set", "veth0", "up"])?;
-    ns.ip(&["link", "set", "veth1", "up"])?;
+    let ns = Netns::with_veth_pair("rss", "veth0", "veth1")?;
     let path = std::env::temp_dir().join(format!("lvsx-{}-10k.toml", std::process::id()));
     std::fs::write(&path, &text)?;
     let mut child = ns

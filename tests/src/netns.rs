@@ -108,6 +108,15 @@ impl Netns {
         Ok(ns)
     }
 
+    /// A namespace holding one veth pair `a` <-> `b`, both ends up.
+    pub fn with_veth_pair(tag: &str, a: &str, b: &str) -> Result<Netns> {
+        let ns = Netns::new(tag)?;
+        ns.ip(&["link", "add", a, "type", "veth", "peer", "name", b])?;
+        ns.ip(&["link", "set", a, "up"])?;
+        ns.ip(&["link", "set", b, "up"])?;
+        Ok(ns)
+    }
+
     /// A command to run inside the namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("ip");

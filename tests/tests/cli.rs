@@ -205,15 +205,9 @@ fn missing_and_non_ethernet_interfaces_are_refused() {
 #[test]
 fn an_unresolvable_real_server_is_named() {
     root();
-    let ns = Netns::new("cli-neigh").unwrap();
-    ns.ip(&[
-        "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
-    ])
-    .unwrap();
+    let ns = Netns::with_veth_pair("cli-neigh", "veth0", "veth1").unwrap();
     ns.ip(&["addr", "add", "10.9.0.1/24", "dev", "veth0"])
         .unwrap();
-    ns.ip(&["link", "set", "veth0", "up"]).unwrap();
-    ns.ip(&["link", "set", "veth1", "up"]).unwrap();
     let o = lvs_xdp(
         Some(&ns),
         &[
@@ -239,15 +233,9 @@ fn an_unresolvable_real_server_is_named() {
 #[test]
 fn attach_refused_is_all_or_nothing() {
     root();
-    let ns = Netns::new("cli-attach").unwrap();
-    ns.ip(&[
-        "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
-    ])
-    .unwrap();
+    let ns = Netns::with_veth_pair("cli-attach", "veth0", "veth1").unwrap();
     ns.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
-    for dev in ["veth0", "veth1", "br0"] {
-        ns.ip(&["link", "set", dev, "up"]).unwrap();
-    }
+    ns.ip(&["link", "set", "br0", "up"]).unwrap();
     let config = TempDir::new("cli-attach").unwrap();
     let path = config.0.join("lb.toml");
     std::fs::write(&path, GOOD).unwrap();

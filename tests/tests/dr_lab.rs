@@ -28,6 +28,17 @@ fn content() -> Vec<u8> {
         .collect()
 }
 
+/// `lvs-xdp run` on the LB with the lab's configuration, in `mode`, stats every `interval` s.
+fn start_lb(lab: &mut Lab, bin: &std::path::Path, mode: &str, interval: &str) {
+    let config = lab.write_lvs_config().unwrap();
+    let config = config.to_str().unwrap();
+    lab.start_lb(
+        bin,
+        &["--config", config, "--mode", mode, "--interval", interval],
+    )
+    .expect("start lvs-xdp");
+}
+
 #[test]
 fn dr_lab_with_nginx_end_to_end() {
     assert!(
@@ -41,19 +52,7 @@ fn dr_lab_with_nginx_end_to_end() {
         let mut lab = Lab::new("test").expect("build the lab topology");
         names = lab.namespace_names();
         lab.start_nginx(Some(&big)).expect("start nginx");
-        let config = lab.write_lvs_config().unwrap();
-        lab.start_lb(
-            &bin,
-            &[
-                "--config",
-                config.to_str().unwrap(),
-                "--mode",
-                "native",
-                "--interval",
-                "1",
-            ],
-        )
-        .expect("start lvs-xdp");
+        start_lb(&mut lab, &bin, "native", "1");
 
         // Round-robin per new connection; the client is pinned to one CPU, so one per-CPU
         // position serves every SYN and the answers strictly alternate.
@@ -127,20 +126,8 @@ fn sigint_also_detaches_and_exits_zero() {
     assert!(unsafe { libc::geteuid() } == 0, "needs root");
     let bin = bins::lvs_xdp();
     let mut lab = Lab::new("sigint").unwrap();
-    let config = lab.write_lvs_config().unwrap();
     // No nginx needed: the real servers answer ARP, which is all `run` needs.
-    lab.start_lb(
-        &bin,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--mode",
-            "generic",
-            "--interval",
-            "0",
-        ],
-    )
-    .unwrap();
+    start_lb(&mut lab, &bin, "generic", "0");
     let status = lab
         .stop_lb_with(libc::SIGINT, Duration::from_secs(10))
         .unwrap();
