@@ -91,17 +91,18 @@ fn dispatch(matches: &ArgMatches) -> Result<()> {
                 resolve_timeout: Duration::from_secs_f64(resolve_timeout),
                 interval: Duration::from_secs(interval),
             };
-            let mut balancer = run::start(&config, &opts)?;
-            let names: Vec<String> = balancer.attached().map(|i| i.name.clone()).collect();
-            println!(
-                "lvs-xdp: attached to {} ({} mode): {} service(s), {} real server(s), flow table {}; SIGINT/SIGTERM to stop",
-                names.join(", "),
-                opts.mode,
-                config.services.len(),
-                config.real_server_count(),
-                config.flow_table_size,
-            );
-            run::serve(&mut balancer, opts.interval)?;
+            let mut names = Vec::new();
+            run::run(&config, &opts, |balancer| {
+                names = balancer.attached().map(|i| i.name.clone()).collect();
+                println!(
+                    "lvs-xdp: attached to {} ({} mode): {} service(s), {} real server(s), flow table {}; SIGINT/SIGTERM to stop",
+                    names.join(", "),
+                    opts.mode,
+                    config.services.len(),
+                    config.real_server_count(),
+                    config.flow_table_size,
+                );
+            })?;
             println!("lvs-xdp: detached from {}", names.join(", "));
             Ok(())
         }

@@ -67,15 +67,20 @@ pub fn start(config: &Config, opts: &RunOptions) -> Result<Balancer> {
     Ok(balancer)
 }
 
-/// Prints the stats table every `interval` until SIGINT or SIGTERM, then detaches and prints the
-/// final table.
-pub fn serve(balancer: &mut Balancer, interval: Duration) -> Result<()> {
+/// The whole of `lvs-xdp run`: handle SIGINT/SIGTERM from the start (a signal that arrives
+/// while loading or attaching still ends in a clean detach and exit 0), [`start`], call
+/// `on_attached`, print the stats table every `opts.interval` until a signal, then detach and
+/// print the final table.
+pub fn run(config: &Config, opts: &RunOptions, on_attached: impl FnOnce(&Balancer)) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
+        let mut balancer = start(config, opts)?;
+        on_attached(&balancer);
+        let interval = opts.interval;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut prev: Option<Snapshot> = None;
         let mut last_print = tokio::time::Instant::now();
@@ -88,7 +93,7 @@ pub fn serve(balancer: &mut Balancer, interval: Duration) -> Result<()> {
                     if !interval.is_zero() && last_print.elapsed() >= interval {
                         last_print = tokio::time::Instant::now();
                         let now = balancer.snapshot()?;
-                        print_table(balancer, &now, prev.as_ref());
+                        print_table(&balancer, &now, prev.as_ref());
                         prev = Some(now);
                     }
                 }
@@ -97,7 +102,7 @@ pub fn serve(balancer: &mut Balancer, interval: Duration) -> Result<()> {
         let last = balancer.snapshot()?;
         balancer.detach()?;
         balancer.flush_log();
-        print_table(balancer, &last, prev.as_ref());
+        print_table(&balancer, &last, prev.as_ref());
         Ok(())
     })
 }
