@@ -160,8 +160,9 @@ fn the_benchmark_runs_end_to_end() {
         // Frames of the warm-up still in flight (at most a few batches) may land in the window.
         assert!(s.received <= s.sent + 256, "{s:?}: more received than sent");
         match s.variant {
-            // The bounce returns frames to the LB's own MAC: none reach a real server.
-            Variant::Bounce => assert_eq!(s.per_real, [0, 0], "{s:?}"),
+            // The bounce returns frames to the LB's own MAC: none reach a real server, except
+            // stragglers of the previous measurement still in flight (as above).
+            Variant::Bounce => assert!(s.per_real[0] + s.per_real[1] <= 256, "{s:?}"),
             // Both real servers get an even share, and everything goes to one of them.
             Variant::MinimalLb | Variant::LvsXdp | Variant::Nftables => {
                 assert_eq!(s.per_real[0] + s.per_real[1], s.received, "{s:?}");
