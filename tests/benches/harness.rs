@@ -67,6 +67,9 @@ pub struct Options {
     pub proto: u8,
     /// Frames in the first BPF_PROG_TEST_RUN call (later calls adapt to the measured rate).
     pub chunk: u32,
+    /// Every call sends exactly `chunk` frames (no adapting): each call's fixed cost then
+    /// weighs on the rate, as in a harness of short calls.
+    pub fixed_chunk: bool,
     pub flow_table_size: u32,
     /// Also measure each program's own cost per packet (kernel BPF run statistics).
     pub cost_pass: bool,
@@ -83,6 +86,7 @@ impl Options {
             family: FAMILY_V4,
             proto: PROTO_TCP,
             chunk: 1 << 20,
+            fixed_chunk: false,
             flow_table_size: lvs_xdp::config::DEFAULT_FLOW_TABLE_SIZE,
             cost_pass: true,
         }
@@ -292,9 +296,19 @@ impl Bench {
         let traffic = self.traffic(flows);
         self.programs.configure(&traffic)?;
         let (programs, gen_if, chunk) = (&self.programs, self.gen_if, self.opts.chunk);
+        let fixed = self.opts.fixed_chunk;
         in_netns(&self.gen_ns.name, || {
             pin_to_cpu(0)?;
-            programs.generate(gen_if, duration, chunk)
+            if !fixed {
+                return programs.generate(gen_if, duration, chunk);
+            }
+            let start = Instant::now();
+            let mut sent = 0;
+            while start.elapsed() < duration {
+                programs.generate_frames(gen_if, chunk)?;
+                sent += u64::from(chunk);
+            }
+            Ok((sent, start.elapsed()))
         })
     }
 

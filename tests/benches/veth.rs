@@ -3,6 +3,8 @@
 //! interleaved runs; a Markdown table and an SVG chart. Needs root.
 //!
 //! Options: --quick (short runs), --runs N, --secs S, --flows A,B,C, --udp, --ipv6,
+//! --chunk N (frames in the first BPF_PROG_TEST_RUN call; later calls adapt to about half a
+//! second), --fixed-chunk (every call exactly --chunk frames), --no-cost, --no-control,
 //! --out DIR (writes bench.md and bench.svg there).
 #[path = "control.rs"]
 mod control;
@@ -52,6 +54,7 @@ fn real_main() -> Result<()> {
                     .collect::<Result<_>>()?
             }
             "--chunk" => opts.chunk = args.next().context("--chunk N")?.parse()?,
+            "--fixed-chunk" => opts.fixed_chunk = true,
             "--udp" => opts.proto = PROTO_UDP,
             "--ipv6" => opts.family = FAMILY_V6,
             "--no-cost" => opts.cost_pass = false,

@@ -452,6 +452,73 @@ fn new_flows_are_spread_round_robin_and_weight_zero_gets_none() {
     assert_eq!(b.flows_v4().unwrap().len(), 100);
 }
 
+/// Frames of a flow already in the table take the fast path only when they are the common
+/// case (untagged IPv4 without options, addressed to the LB, complete); every other frame of
+/// the same 5-tuple must get the general path's verdict, not a forward.
+#[test]
+fn frames_of_a_known_flow_still_get_every_check() {
+    pin_to_cpu0();
+    let b = balancer();
+    let known = || Frame::tcp(LB, CLIENT, 46000, VIP, 80);
+    let (_, first) = b.test_run(&known().build()).unwrap();
+    let rs = <[u8; 6]>::try_from(&first[0..6]).unwrap();
+    tx(&b, "the flow's next packet", &known().build(), rs);
+    tx(
+        &b,
+        "don't fragment set",
+        &known().with_ip(|ip| ip.frag = 0x4000).build(),
+        rs,
+    );
+    tx(
+        &b,
+        "IPv4 options",
+        &known().with_ip(|ip| ip.options = vec![1; 8]).build(),
+        rs,
+    );
+    tx(
+        &b,
+        "VLAN tag",
+        &known().with_vlan(ETH_P_8021Q, 9).build(),
+        rs,
+    );
+    let other_mac = Frame::tcp([0x02, 0, 0, 0, 0, 0x02], CLIENT, 46000, VIP, 80);
+    pass(
+        &b,
+        "another MAC",
+        &other_mac.build(),
+        reason::PASS_NOT_LOCAL,
+    );
+    for (name, frag) in [("first fragment", 0x2000), ("later fragment", 0x0003)] {
+        let f = known().with_ip(|ip| ip.frag = frag).build();
+        drop(&b, name, &f, reason::DROP_FRAGMENT);
+    }
+    for (name, f) in [
+        (
+            "version 6",
+            known().with_ip(|ip| ip.version_ihl = Some(0x65)),
+        ),
+        (
+            "total length past the frame",
+            known().with_ip(|ip| ip.total_len = Some(1000)),
+        ),
+        (
+            "total length leaves no TCP header",
+            known().with_ip(|ip| ip.total_len = Some(39)),
+        ),
+    ] {
+        drop(&b, name, &f.build(), reason::DROP_MALFORMED);
+    }
+    let full = known().build();
+    for len in 14..full.len() {
+        let name = format!("cut at {len} of {}", full.len());
+        drop(&b, &name, &full[..len], reason::DROP_MALFORMED);
+    }
+    // UDP with the same addresses and ports is another flow, to a service of its own.
+    let udp = Frame::udp(LB, CLIENT, 46000, VIP, 53).build();
+    tx(&b, "same ports over UDP", &udp, RS3);
+    tx(&b, "and the TCP flow again", &known().build(), rs);
+}
+
 #[test]
 fn packets_of_one_flow_always_reach_the_same_real_server() {
     pin_to_cpu0();
