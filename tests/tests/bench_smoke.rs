@@ -143,7 +143,9 @@ fn the_benchmark_runs_end_to_end() {
         warmup: Duration::from_millis(100),
         family: FAMILY_V4,
         proto: PROTO_TCP,
-        chunk: 1 << 18,
+        // Fixed calls, so that the bench's --fixed-chunk mode is exercised too.
+        chunk: 1 << 16,
+        fixed_chunk: true,
         flow_table_size: 65_536,
         cost_pass: true,
     };
