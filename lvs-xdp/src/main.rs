@@ -94,24 +94,35 @@ fn dispatch(matches: &ArgMatches) -> Result<()> {
             let mut names = Vec::new();
             run::run(&config, &opts, |balancer| {
                 names = balancer.attached().map(|i| i.name.clone()).collect();
-                println!(
+                say(format_args!(
                     "lvs-xdp: attached to {} ({} mode): {} service(s), {} real server(s), flow table {}; SIGINT/SIGTERM to stop",
                     names.join(", "),
                     opts.mode,
                     config.services.len(),
                     config.real_server_count(),
                     config.flow_table_size,
-                );
+                ));
             })?;
-            println!("lvs-xdp: detached from {}", names.join(", "));
+            say(format_args!("lvs-xdp: detached from {}", names.join(", ")));
             Ok(())
         }
         Command::Check { services } => {
             let config = build_config(&services, sub)?;
-            print!("{}", describe(&config));
+            let _ = std::io::Write::write_all(
+                &mut std::io::stdout().lock(),
+                describe(&config).as_bytes(),
+            );
             Ok(())
         }
     }
+}
+
+/// A status line on stdout. A closed stdout (`lvs-xdp run | head -1`, say) is no reason to fail:
+/// the balancer keeps running, and still detaches and exits cleanly on a signal.
+fn say(line: std::fmt::Arguments) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 /// The config file's services, then the command line's, each `--real` going to the closest
