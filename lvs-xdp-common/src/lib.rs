@@ -15,7 +15,11 @@ pub mod map {
     /// `Array<u32>`: scheduling slots; a service owns `[sched_start, sched_start + sched_len)`,
     /// each holding a real-server slot.
     pub const SCHED: &str = "SCHED";
-    /// `LruHashMap<FlowKeyV4, Flow>`: the connection table for IPv4.
+    /// `Array<FlowBucketV4>` (mmapable, so buckets are cache-line aligned): the IPv4
+    /// connection table proper; see [`crate::flow_table`].
+    pub const FLOW_CACHE_V4: &str = "FLOW_CACHE_V4";
+    /// `LruHashMap<FlowKeyV4, Flow>`: the IPv4 overflow table, for flows pushed out of their two
+    /// buckets in `FLOW_CACHE_V4`.
     pub const FLOWS_V4: &str = "FLOWS_V4";
     /// `Array<Iface>`, indexed by ifindex: the interfaces the program serves and their MACs.
     pub const IFACES: &str = "IFACES";
@@ -180,6 +184,146 @@ pub struct Flow {
     pub generation: u32,
 }
 
+/// One remembered IPv4 flow in a [`FlowBucketV4`]. All zero when the way is free.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowEntryV4 {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub ports: u32,
+    /// The real-server slot in the low 24 bits, the IP protocol in the high 8 (never 0 in a
+    /// used way: only TCP and UDP are remembered).
+    pub slot_proto: u32,
+    /// `RealServer::generation` when the flow was scheduled.
+    pub generation: u32,
+}
+
+impl FlowEntryV4 {
+    #[inline(always)]
+    pub fn new(key: &FlowKeyV4, flow: Flow) -> FlowEntryV4 {
+        FlowEntryV4 {
+            saddr: key.saddr,
+            daddr: key.daddr,
+            ports: key.ports,
+            slot_proto: flow.real | key.proto << 24,
+            generation: flow.generation,
+        }
+    }
+
+    #[inline(always)]
+    pub fn matches(&self, key: &FlowKeyV4) -> bool {
+        self.saddr == key.saddr
+            && self.daddr == key.daddr
+            && self.ports == key.ports
+            && self.slot_proto >> 24 == key.proto
+    }
+
+    #[inline(always)]
+    pub fn is_free(&self) -> bool {
+        self.slot_proto == 0
+    }
+
+    #[inline(always)]
+    pub fn key(&self) -> FlowKeyV4 {
+        FlowKeyV4 {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            ports: self.ports,
+            proto: self.slot_proto >> 24,
+        }
+    }
+
+    #[inline(always)]
+    pub fn flow(&self) -> Flow {
+        Flow {
+            real: self.slot_proto & flow_table::SLOT_MASK,
+            generation: self.generation,
+        }
+    }
+}
+
+/// Value of `FLOW_CACHE_V4`: one 64-byte cache line of flows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowBucketV4 {
+    pub ways: [FlowEntryV4; flow_table::WAYS],
+    /// The way to give up next when the bucket is full (round robin, modulo `WAYS`).
+    pub next: u32,
+}
+
+/// The IPv4 flow table: a set-associative cache of 64-byte buckets (`FLOW_CACHE_V4`) in front
+/// of a kernel LRU hash (`FLOWS_V4`).
+///
+/// A flow has two candidate buckets, both chosen by a seeded hash of its 5-tuple: one in the
+/// *front* (the first `FLOW_FRONT_MASK + 1` buckets, 4 MiB at most) and one anywhere in the
+/// array. A lookup reads the front bucket, then the other, then the LRU hash. A new flow goes to
+/// a free way of its front bucket, else of its other bucket; when both are full, one of their
+/// flows (round robin) moves to the LRU hash to make room: it is not forgotten, only slower to
+/// find. The LRU hash alone evicts, least recently used first, when it is full itself.
+///
+/// Why: with the kernel's LRU hash alone, a lookup reads a bucket and an element, in different
+/// places of a large table, each a cache miss and (4 KiB pages) a TLB miss once the flows
+/// outnumber the caches. Here a lookup in the front is one cache line in a region small enough
+/// for the TLB, and any other lookup one line more.
+pub mod flow_table {
+    /// Flows per bucket (3 x 20 bytes + the round-robin word = 64 bytes).
+    pub const WAYS: usize = 3;
+    /// Buckets in the front region at most (4 MiB).
+    pub const MAX_FRONT_BUCKETS: u32 = 1 << 16;
+    /// Real-server slots must fit in the low 24 bits of `FlowEntryV4::slot_proto`.
+    pub const SLOT_MASK: u32 = (1 << 24) - 1;
+    /// Names of the program's read-only globals, set by the loader.
+    pub const SEED: &str = "FLOW_HASH_SEED";
+    /// Buckets in `FLOW_CACHE_V4` minus one (a power of two minus one).
+    pub const BUCKET_MASK: &str = "FLOW_BUCKET_MASK";
+    /// Buckets in the front region minus one.
+    pub const FRONT_MASK: &str = "FLOW_FRONT_MASK";
+
+    /// Buckets and overflow entries for a table that must hold `flows` flows: as many buckets
+    /// as `flows` rounded up to a power of two, halved (1.5 to 3 ways a flow), and an overflow
+    /// hash of a quarter of `flows`, at least `MIN_OVERFLOW`.
+    pub const fn sizes(flows: u32) -> (u32, u32) {
+        let buckets = if flows <= 2 {
+            1
+        } else {
+            flows.next_power_of_two() / 2
+        };
+        let overflow = if flows / 4 > MIN_OVERFLOW {
+            flows / 4
+        } else {
+            MIN_OVERFLOW
+        };
+        (buckets, overflow)
+    }
+
+    /// The kernel's LRU hash moves free entries to each CPU in batches of 128; a smaller table
+    /// would evict on one CPU while another still holds free entries.
+    pub const MIN_OVERFLOW: u32 = 1024;
+
+    /// The two candidate buckets of a 5-tuple: (front, other).
+    #[inline(always)]
+    pub fn buckets(
+        key: &super::FlowKeyV4,
+        seed: u32,
+        bucket_mask: u32,
+        front_mask: u32,
+    ) -> (u32, u32) {
+        let mut h = seed ^ key.saddr;
+        h = h.wrapping_mul(0x9E37_79B1).rotate_left(13) ^ key.daddr;
+        h = h.wrapping_mul(0x85EB_CA77).rotate_left(13) ^ key.ports;
+        h = h.wrapping_mul(0xC2B2_AE3D).rotate_left(13) ^ key.proto;
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x7FEB_352D);
+        h ^= h >> 15;
+        h = h.wrapping_mul(0x846C_A68B);
+        h ^= h >> 16;
+        let other = h.wrapping_mul(0x2545_F491).rotate_left(16);
+        (h & front_mask, other & bucket_mask)
+    }
+}
+
 /// Value of `IFACES`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,6 +359,7 @@ mod user {
     unsafe impl aya::Pod for super::RealServer {}
     unsafe impl aya::Pod for super::FlowKeyV4 {}
     unsafe impl aya::Pod for super::Flow {}
+    unsafe impl aya::Pod for super::FlowBucketV4 {}
     unsafe impl aya::Pod for super::Iface {}
     unsafe impl aya::Pod for super::Counters {}
 }
@@ -231,6 +376,8 @@ mod tests {
         assert_eq!(size_of::<RealServer>(), 16);
         assert_eq!(size_of::<FlowKeyV4>(), 16);
         assert_eq!(size_of::<Flow>(), 8);
+        assert_eq!(size_of::<FlowEntryV4>(), 20);
+        assert_eq!(size_of::<FlowBucketV4>(), 64);
         assert_eq!(size_of::<Iface>(), 8);
         assert_eq!(size_of::<Counters>(), 32);
         assert_eq!(reason::NAMES.len(), reason::COUNT as usize);

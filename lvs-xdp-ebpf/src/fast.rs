@@ -15,7 +15,8 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lvs_xdp_common::{FlowKeyV4, PROTO_TCP, PROTO_UDP};
 
 use crate::{
-    maps::{FLOWS_V4, IFACES, REAL_STATS, REALS},
+    flows,
+    maps::{IFACES, REAL_STATS, REALS},
     parse::{load, store},
     stats,
 };
@@ -48,9 +49,9 @@ pub fn forward_known_flow(ctx: &XdpContext) -> Option<u32> {
             proto: u32::from(load::<u8>(data + 23)),
         }
     };
-    // Before the checks, on purpose (see the module comment). A lookup changes nothing but the
-    // LRU reference bit of an entry with exactly this key.
-    let flow = FLOWS_V4.get_ptr(&key);
+    // Before the checks, on purpose (see the module comment). A lookup changes nothing. Flows
+    // in the overflow hash are left to the general path.
+    let flow = flows::lookup_cached(&key);
 
     let iface = IFACES.get(ctx.ingress_ifindex() as u32)?;
     let mac = iface.mac.as_ptr() as usize;
@@ -78,8 +79,7 @@ pub fn forward_known_flow(ctx: &XdpContext) -> Option<u32> {
     {
         return None;
     }
-    // SAFETY: a pointer into the LRU map's value, valid for this program run.
-    let flow = unsafe { *flow? };
+    let flow = flow?;
     let real = REALS.get(flow.real)?;
     if real.generation != flow.generation || real.generation == 0 {
         return None;

@@ -12,27 +12,23 @@
 #![no_main]
 
 mod fast;
+mod flows;
 mod maps;
 mod parse;
 mod sched;
 mod stats;
 
-use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST, xdp_action},
-    macros::xdp,
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
 use lvs_xdp_common::{
     FAMILY_V4, Flow, FlowKeyV4, Iface, RealServer, ServiceKey, reason, service_flags,
 };
 
 use crate::{
-    maps::{FLOWS_V4, IFACES, REAL_STATS, REALS, SERVICE_STATS, SERVICES},
+    flows::Inserted,
+    maps::{IFACES, REAL_STATS, REALS, SERVICE_STATS, SERVICES},
     parse::{Parsed, load, store},
 };
-
-const EEXIST: i32 = 17;
 
 #[xdp]
 pub fn lvs_xdp(ctx: XdpContext) -> u32 {
@@ -66,11 +62,9 @@ fn process(ctx: &XdpContext, bytes: u64) -> Result<(u32, u32), u32> {
         Parsed::V4(key) => key,
     };
 
-    // Fast path: a known flow whose real server is still the one it was scheduled to.
-    let mut stale = false;
-    if let Some(flow) = FLOWS_V4.get_ptr(key) {
-        // SAFETY: a pointer into the LRU map's value, valid for this program run.
-        let flow = unsafe { *flow };
+    // A known flow whose real server is still the one it was scheduled to.
+    let mut stale = None;
+    if let Some((flow, place)) = flows::lookup(&key) {
         if let Some(real) = REALS.get(flow.real)
             && real.generation == flow.generation
             && real.generation != 0
@@ -78,19 +72,20 @@ fn process(ctx: &XdpContext, bytes: u64) -> Result<(u32, u32), u32> {
             stats::count(&REAL_STATS, flow.real, bytes, false);
             return Ok(forward(ctx, iface, real));
         }
-        stale = true;
+        stale = Some(place);
     }
 
     new_flow(ctx, iface, &key, stale, bytes)
 }
 
-/// Slow path: find the service, schedule a real server, remember the flow.
+/// Slow path: find the service, schedule a real server, remember the flow (in place of the
+/// stale entry at `stale`, if there is one).
 #[inline(always)]
 fn new_flow(
     ctx: &XdpContext,
     iface: &Iface,
     key: &FlowKeyV4,
-    stale: bool,
+    stale: Option<flows::Place>,
     bytes: u64,
 ) -> Result<(u32, u32), u32> {
     let svc = match SERVICES.get_ptr(service_key(key.daddr, port_of(key.ports), key.proto as u8)) {
@@ -110,39 +105,33 @@ fn new_flow(
         real: slot,
         generation: real.generation,
     };
-    let flags = if stale { BPF_ANY } else { BPF_NOEXIST } as u64;
     let mut new_conn = true;
-    match FLOWS_V4.insert(key, flow, flags) {
-        Ok(()) => {
-            if stale {
+    let result = match stale {
+        Some(place) => flows::replace(place, key, flow),
+        None => flows::insert(key, flow),
+    };
+    match result {
+        Inserted::Done => {
+            if stale.is_some() {
                 stats::global(reason::EVENT_FLOW_RESCHEDULED, 0);
             }
         }
-        Err(err) if err == -EEXIST => {
+        Inserted::Raced(other) => {
             // Another CPU scheduled this flow between our lookup and insert: follow its choice.
             stats::global(reason::EVENT_FLOW_RACE, 0);
-            if let Some((s, r)) = existing(key) {
-                slot = s;
-                real = r;
+            if let Some(r) = REALS.get(other.real) {
+                slot = other.real;
+                real = *r;
                 new_conn = false;
             }
         }
-        Err(err) => {
+        Inserted::Failed(err) => {
             stats::global(reason::EVENT_FLOW_INSERT_FAILED, 0);
             warn!(ctx, "flow table insert failed: {}", err);
         }
     }
     stats::count(&REAL_STATS, slot, bytes, new_conn);
     Ok(forward(ctx, iface, &real))
-}
-
-/// The valid entry another CPU just inserted for `key`, if any.
-#[inline(always)]
-fn existing(key: &FlowKeyV4) -> Option<(u32, RealServer)> {
-    // SAFETY: as in `process`.
-    let flow = unsafe { *FLOWS_V4.get_ptr(key)? };
-    let real = REALS.get(flow.real)?;
-    (real.generation == flow.generation && real.generation != 0).then_some((flow.real, *real))
 }
 
 /// A fragment carries no ports. Fragments for a VIP are dropped (they could not be sent to the

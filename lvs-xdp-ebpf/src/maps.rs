@@ -2,11 +2,13 @@
 //! `max_entries` from the configuration before the maps are created. Names, keys and values are
 //! the contract in `lvs-xdp-common`.
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
-use lvs_xdp_common::{Counters, Flow, FlowKeyV4, Iface, RealServer, Service, ServiceKey, reason};
+use lvs_xdp_common::{
+    Counters, Flow, FlowBucketV4, FlowKeyV4, Iface, RealServer, Service, ServiceKey, reason,
+};
 
 /// Not preallocated, so that a value replaced by userspace is freed only after readers are done
 /// (RCU): a packet never sees half of an old service and half of a new one.
@@ -18,6 +20,10 @@ pub static REALS: Array<RealServer> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static SCHED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Mmapable so that the values start page-aligned: every 64-byte bucket is one cache line.
+#[map]
+pub static FLOW_CACHE_V4: Array<FlowBucketV4> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 #[map]
 pub static FLOWS_V4: LruHashMap<FlowKeyV4, Flow> = LruHashMap::with_max_entries(1, 0);

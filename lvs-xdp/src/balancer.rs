@@ -7,7 +7,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
-use lvs_xdp_common::{self as common, Counters, map, reason};
+use lvs_xdp_common::{self as common, Counters, flow_table, map, reason};
 
 use crate::{config::Config, iface::Interface, layout::Layout, stats::Snapshot};
 
@@ -79,6 +79,17 @@ pub struct Balancer {
     retired: Vec<Counters>,
 }
 
+/// A random u32 from the kernel (the flow table's hash seed).
+fn random_u32() -> Result<u32> {
+    let mut b = [0u8; 4];
+    // SAFETY: writes at most 4 bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != 4 {
+        bail!("getrandom: {}", std::io::Error::last_os_error());
+    }
+    Ok(u32::from_ne_bytes(b))
+}
+
 /// Spare real-server slots beyond the configuration's, for live replacements.
 fn spare_slots(n: usize) -> usize {
     (n / 8).max(16)
@@ -91,11 +102,24 @@ impl Balancer {
         let max_ifindex = interfaces.iter().map(|i| i.index).max().unwrap_or(0);
         let n_services = config.services.len().max(1) as u32;
         let n_reals = (layout.reals.len() + spare_slots(layout.reals.len())) as u32;
+        if n_reals > flow_table::SLOT_MASK {
+            bail!(
+                "{n_reals} real-server slots; at most {}",
+                flow_table::SLOT_MASK
+            );
+        }
+        let (buckets, overflow) = flow_table::sizes(config.flow_table_size);
+        let front = buckets.min(flow_table::MAX_FRONT_BUCKETS);
+        let seed = random_u32()?;
         let mut ebpf = EbpfLoader::new()
+            .set_global(flow_table::SEED, &seed, true)
+            .set_global(flow_table::BUCKET_MASK, &(buckets - 1), true)
+            .set_global(flow_table::FRONT_MASK, &(front - 1), true)
             .map_max_entries(map::SERVICES, layout.services.len().max(1) as u32)
             .map_max_entries(map::REALS, n_reals)
             .map_max_entries(map::SCHED, layout.sched.len().max(1) as u32)
-            .map_max_entries(map::FLOWS_V4, config.flow_table_size)
+            .map_max_entries(map::FLOW_CACHE_V4, buckets)
+            .map_max_entries(map::FLOWS_V4, overflow)
             .map_max_entries(map::IFACES, max_ifindex + 1)
             .map_max_entries(map::RR, n_services)
             .map_max_entries(map::SERVICE_STATS, n_services)
@@ -332,10 +356,42 @@ impl Balancer {
         Ok((info.run_time(), info.run_count()))
     }
 
-    /// Entries of the IPv4 flow table (diagnostics and tests).
+    /// Entries of the IPv4 flow table, buckets then overflow (diagnostics and tests).
     pub fn flows_v4(&self) -> Result<Vec<(common::FlowKeyV4, common::Flow)>> {
-        let m: HashMap<&MapData, common::FlowKeyV4, common::Flow> = self.map(map::FLOWS_V4)?;
-        m.iter().map(|r| r.context("reading FLOWS_V4")).collect()
+        let cache: Array<&MapData, common::FlowBucketV4> = self.map(map::FLOW_CACHE_V4)?;
+        let mut flows = Vec::new();
+        for i in 0..cache.len() {
+            let bucket = cache.get(&i, 0).context("reading FLOW_CACHE_V4")?;
+            for way in bucket.ways.iter().filter(|w| !w.is_free()) {
+                flows.push((way.key(), way.flow()));
+            }
+        }
+        let overflow: HashMap<&MapData, common::FlowKeyV4, common::Flow> =
+            self.map(map::FLOWS_V4)?;
+        for entry in overflow.iter() {
+            flows.push(entry.context("reading FLOWS_V4")?);
+        }
+        Ok(flows)
+    }
+
+    /// IPv4 flows remembered now: (in the buckets, in the overflow hash).
+    pub fn flow_table_counts(&self) -> Result<(u64, u64)> {
+        let cache: Array<&MapData, common::FlowBucketV4> = self.map(map::FLOW_CACHE_V4)?;
+        let mut in_buckets = 0;
+        for i in 0..cache.len() {
+            let bucket = cache.get(&i, 0).context("reading FLOW_CACHE_V4")?;
+            in_buckets += bucket.ways.iter().filter(|w| !w.is_free()).count() as u64;
+        }
+        let overflow: HashMap<&MapData, common::FlowKeyV4, common::Flow> =
+            self.map(map::FLOWS_V4)?;
+        Ok((in_buckets, overflow.keys().count() as u64))
+    }
+
+    /// How many flows the IPv4 flow table can hold at most: every way of every bucket, plus the
+    /// overflow hash. It holds `flow_table_size` flows at least, whatever their hashes.
+    pub fn flow_capacity(&self) -> u64 {
+        let (buckets, overflow) = flow_table::sizes(self.config.flow_table_size);
+        u64::from(buckets) * flow_table::WAYS as u64 + u64::from(overflow)
     }
 
     /// Runs the program once on `frame` with BPF_PROG_TEST_RUN, as received on the loopback

@@ -41,11 +41,15 @@ port = 80
 "#;
 
 fn balancer() -> Balancer {
+    balancer_from(CONFIG)
+}
+
+fn balancer_from(config: &str) -> Balancer {
     assert!(
         unsafe { libc::geteuid() } == 0,
         "the packet fixtures need root (BPF); run them with cargo xtask test as root"
     );
-    let config = Config::from_toml(CONFIG).unwrap();
+    let config = Config::from_toml(config).unwrap();
     let layout = Layout::build(&config, &HashMap::new()).unwrap();
     let lo = Interface {
         name: "lo".into(),
@@ -592,6 +596,60 @@ fn counters_add_up() {
     assert_eq!(s.reals[l.real_slots[0][0] as usize].conns, 1);
     assert_eq!(s.reals[l.real_slots[0][0] as usize].packets, 2);
     assert_eq!(s.services[2].drops, 1);
+}
+
+/// A flow table far smaller than the flows: every bucket fills, the flows that find no room
+/// move to the overflow hash, and none is forgotten or sent to another real server.
+#[test]
+fn a_full_flow_table_moves_flows_to_the_overflow_hash_and_forgets_none() {
+    pin_to_cpu0();
+    let b = balancer_from(&CONFIG.replace("flow_table_size = 4096", "flow_table_size = 16"));
+    let ways = 8 * lvs_xdp_common::flow_table::WAYS as u64;
+    let n = 300u16;
+    assert!(u64::from(n) > ways && u64::from(n) < b.flow_capacity());
+    let frame = |i: u16| Frame::tcp(LB, CLIENT, 20000 + i, VIP, 80).build();
+    let mut chosen = Vec::new();
+    for i in 0..n {
+        let (action, out) = b.test_run(&frame(i)).unwrap();
+        assert_eq!(action, XDP_TX, "new flow {i}");
+        chosen.push(<[u8; 6]>::try_from(&out[0..6]).unwrap());
+    }
+    assert_eq!(b.flows_v4().unwrap().len(), usize::from(n));
+    assert_eq!(
+        b.flow_table_counts().unwrap(),
+        (ways, u64::from(n) - ways),
+        "(flows in buckets, in the overflow hash)"
+    );
+    for (i, rs) in chosen.iter().enumerate() {
+        tx(&b, &format!("flow {i} again"), &frame(i as u16), *rs);
+    }
+    let s = b.snapshot().unwrap();
+    assert_eq!(s.services[0].conns, u64::from(n), "no flow scheduled twice");
+    assert_eq!(s.reason(reason::EVENT_FLOW_INSERT_FAILED).packets, 0);
+    assert_eq!(s.reason(reason::EVENT_FLOW_RESCHEDULED).packets, 0);
+
+    // Replacing RS1 reschedules its flows wherever they are kept, and only those.
+    let mut b = b;
+    let new = lvs_xdp::config::RealServer {
+        address: "10.0.0.7".parse().unwrap(),
+        mac: Some(Mac([0x02, 0, 0, 0, 0, 0x07])),
+        weight: 1,
+    };
+    b.replace_real(0, 0, new).unwrap();
+    let mut moved = 0;
+    for (i, rs) in chosen.iter().enumerate() {
+        let (_, out) = b.test_run(&frame(i as u16)).unwrap();
+        if *rs == RS1 {
+            assert_ne!(&out[0..6], &RS1, "flow {i} still sent to the replaced RS1");
+            moved += 1;
+        } else {
+            assert_eq!(&out[0..6], rs, "flow {i} moved");
+        }
+    }
+    assert_eq!(moved, u64::from(n) / 2);
+    let s = b.snapshot().unwrap();
+    assert_eq!(s.reason(reason::EVENT_FLOW_RESCHEDULED).packets, moved);
+    assert_eq!(b.flows_v4().unwrap().len(), usize::from(n));
 }
 
 #[test]
