@@ -282,14 +282,10 @@ pub mod flow_table {
     pub const FRONT_MASK: &str = "FLOW_FRONT_MASK";
 
     /// Buckets and overflow entries for a table that must hold `flows` flows: as many buckets
-    /// as `flows` rounded up to a power of two, halved (1.5 to 3 ways a flow), and an overflow
-    /// hash of a quarter of `flows`, at least `MIN_OVERFLOW`.
+    /// as `flows` rounded up to a power of two (3 to 6 ways a flow, so that few flows need the
+    /// overflow hash), and an overflow hash of a quarter of `flows`, at least `MIN_OVERFLOW`.
     pub const fn sizes(flows: u32) -> (u32, u32) {
-        let buckets = if flows <= 2 {
-            1
-        } else {
-            flows.next_power_of_two() / 2
-        };
+        let buckets = flows.next_power_of_two();
         let overflow = if flows / 4 > MIN_OVERFLOW {
             flows / 4
         } else {

@@ -604,7 +604,8 @@ fn counters_add_up() {
 fn a_full_flow_table_moves_flows_to_the_overflow_hash_and_forgets_none() {
     pin_to_cpu0();
     let b = balancer_from(&CONFIG.replace("flow_table_size = 4096", "flow_table_size = 16"));
-    let ways = 8 * lvs_xdp_common::flow_table::WAYS as u64;
+    let (buckets, _) = lvs_xdp_common::flow_table::sizes(16);
+    let ways = u64::from(buckets) * lvs_xdp_common::flow_table::WAYS as u64;
     let n = 300u16;
     assert!(u64::from(n) > ways && u64::from(n) < b.flow_capacity());
     let frame = |i: u16| Frame::tcp(LB, CLIENT, 20000 + i, VIP, 80).build();
