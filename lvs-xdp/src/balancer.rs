@@ -112,9 +112,9 @@ impl Balancer {
         let front = buckets.min(flow_table::MAX_FRONT_BUCKETS);
         let seed = random_u32()?;
         let mut ebpf = EbpfLoader::new()
-            .set_global(flow_table::SEED, &seed, true)
-            .set_global(flow_table::BUCKET_MASK, &(buckets - 1), true)
-            .set_global(flow_table::FRONT_MASK, &(front - 1), true)
+            .override_global(flow_table::SEED, &seed, true)
+            .override_global(flow_table::BUCKET_MASK, &(buckets - 1), true)
+            .override_global(flow_table::FRONT_MASK, &(front - 1), true)
             .map_max_entries(map::SERVICES, layout.services.len().max(1) as u32)
             .map_max_entries(map::REALS, n_reals)
             .map_max_entries(map::SCHED, layout.sched.len().max(1) as u32)
