@@ -49,9 +49,9 @@ pub fn forward_known_flow(ctx: &XdpContext) -> Option<u32> {
             proto: u32::from(load::<u8>(data + 23)),
         }
     };
-    // Before the checks, on purpose (see the module comment). A lookup changes nothing. Flows
-    // in the overflow hash are left to the general path.
-    let flow = flows::lookup_cached(&key);
+    // Before the checks, on purpose (see the module comment). A lookup changes nothing but the
+    // overflow hash's reference bit of an entry with exactly this key.
+    let flow = flows::lookup(&key).map(|(flow, _)| flow);
 
     let iface = IFACES.get(ctx.ingress_ifindex() as u32)?;
     let mac = iface.mac.as_ptr() as usize;

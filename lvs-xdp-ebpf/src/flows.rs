@@ -68,24 +68,12 @@ fn free(bucket: *mut FlowBucketV4) -> Option<*mut FlowEntryV4> {
     None
 }
 
-/// The fast path's lookup: the two buckets only.
-#[inline(always)]
-pub fn lookup_cached(key: &FlowKeyV4) -> Option<Flow> {
-    let (a, b) = buckets(key)?;
-    let way = match find(a, key) {
-        Some(way) => way,
-        None => find(b, key)?,
-    };
-    // SAFETY: a way of a bucket of the map, valid for this program run.
-    Some(unsafe { (*way).flow() })
-}
-
 /// The full lookup: the two buckets, then the overflow hash.
 #[inline(always)]
 pub fn lookup(key: &FlowKeyV4) -> Option<(Flow, Place)> {
     let (a, b) = buckets(key)?;
     if let Some(way) = find(a, key).or_else(|| find(b, key)) {
-        // SAFETY: as in `lookup_cached`.
+        // SAFETY: as in `find`.
         return Some((unsafe { (*way).flow() }, Place::Way(way)));
     }
     // SAFETY: a pointer into the LRU map's value, valid for this program run.
