@@ -7,7 +7,7 @@
 //! bucket at the same instant could pick the same free way, and the later write wins. An insert
 //! re-reads the flow's buckets right before writing, so two CPUs inserting the *same* flow
 //! follow the first one's choice unless they write within the same few nanoseconds.
-use aya_ebpf::bindings::BPF_ANY;
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lvs_xdp_common::{Flow, FlowBucketV4, FlowEntryV4, FlowKeyV4, flow_table, flow_table::WAYS};
 
 use crate::maps::{FLOW_CACHE_V4, FLOWS_V4, REALS};
@@ -146,14 +146,23 @@ pub fn insert(key: &FlowKeyV4, flow: Flow) -> Inserted {
         1 => (&mut bucket.ways[1], 2),
         _ => (&mut bucket.ways[2], 0),
     };
-    let old = *way;
-    *way = entry;
     bucket.next = next;
+    // The flow moved out goes into the overflow hash *before* its way is overwritten: a packet
+    // of it on another CPU meanwhile finds it in one place or the other (or both, alike), and
+    // a way read half-written matches nothing and sends that packet on to the overflow hash.
+    let old = *way;
     if valid(&old.flow())
-        && let Err(e) = FLOWS_V4.insert(&old.key(), old.flow(), BPF_ANY as u64)
+        && FLOWS_V4
+            .insert(&old.key(), old.flow(), BPF_ANY as u64)
+            .is_err()
     {
-        return Inserted::Failed(e);
+        // The old flow stays; the new one goes to the overflow hash instead.
+        return match FLOWS_V4.insert(key, flow, BPF_NOEXIST as u64) {
+            Ok(()) => Inserted::Done,
+            Err(e) => Inserted::Failed(e),
+        };
     }
+    *way = entry;
     Inserted::Done
 }
 
