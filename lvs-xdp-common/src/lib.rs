@@ -249,7 +249,8 @@ impl FlowEntryV4 {
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FlowBucketV4 {
     pub ways: [FlowEntryV4; flow_table::WAYS],
-    /// The way to give up next when the bucket is full (round robin, modulo `WAYS`).
+    /// Flows this bucket has given up to the overflow hash; the next to go is the way at
+    /// `next % WAYS` (round robin).
     pub next: u32,
 }
 
@@ -420,7 +421,10 @@ mod tests {
                     "seed {seed:#x}, {name}: {empty} empty buckets, expected about {expected:.0}"
                 );
                 let fullest = counts.iter().max().copied().unwrap_or(0);
-                assert!(fullest < 20, "seed {seed:#x}, {name}: a bucket of {fullest}");
+                assert!(
+                    fullest < 20,
+                    "seed {seed:#x}, {name}: a bucket of {fullest}"
+                );
             }
         }
     }

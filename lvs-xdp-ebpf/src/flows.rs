@@ -140,13 +140,14 @@ pub fn insert(key: &FlowKeyV4, flow: Flow) -> Inserted {
             &mut *b
         }
     };
+    let n = bucket.next;
+    bucket.next = n.wrapping_add(1);
     // A match with constant indices: the verifier must see every way's offset bounded.
-    let (way, next) = match bucket.next {
-        0 => (&mut bucket.ways[0], 1),
-        1 => (&mut bucket.ways[1], 2),
-        _ => (&mut bucket.ways[2], 0),
+    let way = match n % WAYS as u32 {
+        0 => &mut bucket.ways[0],
+        1 => &mut bucket.ways[1],
+        _ => &mut bucket.ways[2],
     };
-    bucket.next = next;
     // The flow moved out goes into the overflow hash *before* its way is overwritten: a packet
     // of it on another CPU meanwhile finds it in one place or the other (or both, alike), and
     // a way read half-written matches nothing and sends that packet on to the overflow hash.
