@@ -17,8 +17,8 @@ use lvs_xdp_common::{FlowKeyV4, PROTO_TCP, PROTO_UDP};
 use crate::{
     flows,
     maps::{IFACES, REAL_STATS, REALS},
-    parse::{load, store},
-    stats,
+    parse::load,
+    set_macs, stats,
 };
 
 /// Ethernet header, the 20-byte IPv4 header and the four bytes of ports.
@@ -84,15 +84,8 @@ pub fn forward_known_flow(ctx: &XdpContext) -> Option<u32> {
     if real.generation != flow.generation || real.generation == 0 {
         return None;
     }
-    let dst = real.mac.as_ptr() as usize;
-    // SAFETY: the first 12 bytes of the frame (MIN_FRAME checked above); both MACs are 6-byte
-    // fields of map values.
-    unsafe {
-        store(data, load::<u32>(dst));
-        store(data + 4, load::<u16>(dst + 4));
-        store(data + 6, load::<u16>(mac));
-        store(data + 8, load::<u32>(mac + 2));
-    }
+    // SAFETY: MIN_FRAME bytes of frame, checked on `data` above.
+    unsafe { set_macs(data, real, iface) };
     stats::count(&REAL_STATS, flow.real, (end - data) as u64, false);
     Some(xdp_action::XDP_TX)
 }

@@ -170,16 +170,27 @@ fn forward(ctx: &XdpContext, iface: &Iface, real: &RealServer) -> (u32, u32) {
     if data + 12 > ctx.data_end() {
         return (xdp_action::XDP_DROP, reason::DROP_MALFORMED);
     }
+    // SAFETY: 12 bytes of frame checked above.
+    unsafe { set_macs(data, real, iface) };
+    (xdp_action::XDP_TX, reason::FORWARDED)
+}
+
+/// Writes the real server's MAC as the destination and the interface's as the source.
+///
+/// # Safety
+/// `data` must point at a frame of at least 12 bytes, checked against `data_end` (the verifier
+/// wants that check on the same pointer).
+#[inline(always)]
+unsafe fn set_macs(data: usize, real: &RealServer, iface: &Iface) {
     let dst = real.mac.as_ptr() as usize;
     let src = iface.mac.as_ptr() as usize;
-    // SAFETY: 12 bytes of frame checked above; both MACs are 6-byte fields of map values.
+    // SAFETY: 12 bytes of frame per the caller; both MACs are 6-byte fields of map values.
     unsafe {
         store(data, load::<u32>(dst));
         store(data + 4, load::<u16>(dst + 4));
         store(data + 6, load::<u16>(src));
         store(data + 8, load::<u32>(src + 2));
     }
-    (xdp_action::XDP_TX, reason::FORWARDED)
 }
 
 #[inline(always)]
