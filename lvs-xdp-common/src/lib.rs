@@ -295,6 +295,13 @@ pub mod flow_table {
         (buckets, overflow)
     }
 
+    /// Kernel memory of the two maps for a table of `flows` flows, in bytes: the buckets, and
+    /// the overflow hash at 88 bytes an entry (its `memlock` on Linux 6.18, preallocated).
+    pub const fn memory(flows: u32) -> u64 {
+        let (buckets, overflow) = sizes(flows);
+        buckets as u64 * core::mem::size_of::<super::FlowBucketV4>() as u64 + overflow as u64 * 88
+    }
+
     /// The kernel's LRU hash moves free entries to each CPU in batches of 128; a smaller table
     /// would evict on one CPU while another still holds free entries.
     pub const MIN_OVERFLOW: u32 = 1024;

@@ -7,6 +7,7 @@ use lvs_xdp::{
     Config, logger,
     run::{self, RunOptions},
 };
+use lvs_xdp_common::flow_table;
 
 /// XDP direct-routing (LVS-DR) load balancer.
 #[derive(Parser)]
@@ -53,7 +54,7 @@ struct ServiceArgs {
     /// Real server of the preceding --service (repeatable).
     #[arg(long = "real", value_name = "RIP")]
     real: Vec<String>,
-    /// Flow-table entries (connections remembered at once).
+    /// Flows the flow table holds at least (connections remembered at once).
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     flow_table_size: Option<i64>,
 }
@@ -184,6 +185,12 @@ fn describe(config: &Config) -> String {
             );
         }
     }
-    out += &format!("flow table: {} entries\n", config.flow_table_size);
+    let (buckets, overflow) = flow_table::sizes(config.flow_table_size);
+    out += &format!(
+        "flow table: {} flows at least ({buckets} buckets of {}, {overflow} overflow entries; {:.1} MiB of kernel memory)\n",
+        config.flow_table_size,
+        flow_table::WAYS,
+        flow_table::memory(config.flow_table_size) as f64 / f64::from(1 << 20)
+    );
     out
 }
