@@ -306,14 +306,9 @@ pub mod flow_table {
     /// would evict on one CPU while another still holds free entries.
     pub const MIN_OVERFLOW: u32 = 1024;
 
-    /// The two candidate buckets of a 5-tuple: (front, other).
+    /// The seeded hash of a 5-tuple that both of its buckets come from.
     #[inline(always)]
-    pub fn buckets(
-        key: &super::FlowKeyV4,
-        seed: u32,
-        bucket_mask: u32,
-        front_mask: u32,
-    ) -> (u32, u32) {
+    pub fn hash(key: &super::FlowKeyV4, seed: u32) -> u32 {
         // Three independent multiplies (they run in parallel), then murmur3's finalizer: the
         // bucket index is on every packet's critical path. The seed enters every word.
         let mut h = (key.saddr ^ seed).wrapping_mul(0x9E37_79B1)
@@ -324,9 +319,20 @@ pub mod flow_table {
         h ^= h >> 13;
         h = h.wrapping_mul(0xC2B2_AE35);
         h ^= h >> 16;
-        // The other bucket from the high half first (the front bucket uses the low half).
-        let other = h.rotate_left(16).wrapping_mul(0x297A_2D39);
-        (h & front_mask, other & bucket_mask)
+        h
+    }
+
+    /// The front bucket of a flow of hash `h`.
+    #[inline(always)]
+    pub fn front_bucket(h: u32, front_mask: u32) -> u32 {
+        h & front_mask
+    }
+
+    /// The other bucket of a flow of hash `h`: from the high half of the hash first (the front
+    /// bucket uses the low half).
+    #[inline(always)]
+    pub fn other_bucket(h: u32, bucket_mask: u32) -> u32 {
+        h.rotate_left(16).wrapping_mul(0x297A_2D39) & bucket_mask
     }
 }
 
@@ -414,8 +420,9 @@ mod tests {
                     ports,
                     proto: 6,
                 };
-                let (a, b) =
-                    flow_table::buckets(&key, seed, (1 << all_bits) - 1, (1 << front_bits) - 1);
+                let h = flow_table::hash(&key, seed);
+                let a = flow_table::front_bucket(h, (1 << front_bits) - 1);
+                let b = flow_table::other_bucket(h, (1 << all_bits) - 1);
                 front[a as usize] += 1;
                 all[b as usize] += 1;
             }

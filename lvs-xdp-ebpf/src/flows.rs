@@ -27,19 +27,23 @@ pub enum Place {
     Overflow,
 }
 
-/// The flow's two candidate buckets (possibly the same one, hence raw pointers).
+/// The flow table's parameters, read-only globals.
 #[inline(always)]
-fn buckets(key: &FlowKeyV4) -> Option<(*mut FlowBucketV4, *mut FlowBucketV4)> {
+fn globals() -> (u32, u32, u32) {
     // SAFETY: plain reads of the program's read-only globals.
-    let (seed, mask, front) = unsafe {
+    unsafe {
         (
             core::ptr::read_volatile(&FLOW_HASH_SEED),
             core::ptr::read_volatile(&FLOW_BUCKET_MASK),
             core::ptr::read_volatile(&FLOW_FRONT_MASK),
         )
-    };
-    let (a, b) = flow_table::buckets(key, seed, mask, front);
-    Some((FLOW_CACHE_V4.get_ptr_mut(a)?, FLOW_CACHE_V4.get_ptr_mut(b)?))
+    }
+}
+
+/// A bucket by index. The two buckets of a flow may be the same one, hence raw pointers.
+#[inline(always)]
+fn bucket(index: u32) -> Option<*mut FlowBucketV4> {
+    FLOW_CACHE_V4.get_ptr_mut(index)
 }
 
 /// The way of `bucket` holding `key`.
@@ -68,11 +72,17 @@ fn free(bucket: *mut FlowBucketV4) -> Option<*mut FlowEntryV4> {
     None
 }
 
-/// The full lookup: the two buckets, then the overflow hash.
+/// The full lookup: the front bucket, then the other one (computed only if needed: this is
+/// every packet's path), then the overflow hash.
 #[inline(always)]
 pub fn lookup(key: &FlowKeyV4) -> Option<(Flow, Place)> {
-    let (a, b) = buckets(key)?;
-    if let Some(way) = find(a, key).or_else(|| find(b, key)) {
+    let (seed, mask, front) = globals();
+    let h = flow_table::hash(key, seed);
+    let mut way = find(bucket(flow_table::front_bucket(h, front))?, key);
+    if way.is_none() {
+        way = find(bucket(flow_table::other_bucket(h, mask))?, key);
+    }
+    if let Some(way) = way {
         // SAFETY: as in `find`.
         return Some((unsafe { (*way).flow() }, Place::Way(way)));
     }
@@ -110,7 +120,12 @@ pub fn replace(place: Place, key: &FlowKeyV4, flow: Flow) -> Inserted {
 /// Remembers a new flow (one that `lookup` did not find).
 #[inline(always)]
 pub fn insert(key: &FlowKeyV4, flow: Flow) -> Inserted {
-    let Some((a, b)) = buckets(key) else {
+    let (seed, mask, front) = globals();
+    let h = flow_table::hash(key, seed);
+    let (Some(a), Some(b)) = (
+        bucket(flow_table::front_bucket(h, front)),
+        bucket(flow_table::other_bucket(h, mask)),
+    ) else {
         return Inserted::Failed(0);
     };
     let entry = FlowEntryV4::new(key, flow);
