@@ -3,12 +3,11 @@
 //! services.
 use std::{
     fmt::Write as _,
-    io::{BufRead as _, BufReader},
     process::Stdio,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use lvs_xdp::{
     Balancer, Config,
     config::{Mac, RealServer},
@@ -49,7 +48,7 @@ fn lo() -> Interface {
 }
 
 /// Runs the control-plane measurements; returns a Markdown table.
-pub fn run(bin: &std::path::Path) -> Result<String> {
+pub fn run() -> Result<String> {
     let mut out = String::from("| control plane | measured |\n|---|---:|\n");
     // 10 000 x 10: parse and validate, lay out, create and fill the maps.
     let text = config_text(10_000, 10);
@@ -99,29 +98,9 @@ pub fn run(bin: &std::path::Path) -> Result<String> {
     let ns = Netns::with_veth_pair("rss", "veth0", "veth1")?;
     let path = std::env::temp_dir().join(format!("lvsx-{}-10k.toml", std::process::id()));
     std::fs::write(&path, &text)?;
-    let mut child = ns
-        .command(bin.to_str().context("path")?)
-        .args([
-            "run",
-            "--iface",
-            "veth0",
-            "--mode",
-            "generic",
-            "--interval",
-            "0",
-            "--config",
-        ])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let started = lvs_xdp_tests::bins::start_run(&ns, "veth0", 0, &path, Stdio::inherit());
     let _ = std::fs::remove_file(&path);
-    if !line.contains("attached") {
-        let _ = child.kill();
-        bail!("lvs-xdp did not start: {line}");
-    }
+    let (mut child, _) = started?;
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
     let kib = |key: &str| {
         status

@@ -139,7 +139,7 @@ fn real_main() -> Result<()> {
     );
     drop(bench);
     let control_table = if control_plane {
-        let t = control::run(&lvs_xdp_tests::bins::lvs_xdp())?;
+        let t = control::run()?;
         println!("\n{t}");
         t
     } else {

@@ -20,3 +20,36 @@ pub fn lvs_xdp() -> PathBuf {
     );
     bin
 }
+
+/// Starts `lvs-xdp run --iface IFACE --mode generic --interval SECS --config CONFIG` inside `ns`
+/// and waits for its first line on stdout, which must say it attached to `iface`. The pipe's
+/// reader is dropped once that line is read (the process keeps running, its stdout closed).
+/// Returns the child and that line.
+pub fn start_run(
+    ns: &crate::netns::Netns,
+    iface: &str,
+    interval_secs: u32,
+    config: &std::path::Path,
+    stderr: std::process::Stdio,
+) -> anyhow::Result<(std::process::Child, String)> {
+    use std::io::{BufRead as _, BufReader};
+    let bin = lvs_xdp();
+    let mut child = ns
+        .command(bin.to_str().ok_or_else(|| anyhow::anyhow!("binary path"))?)
+        .args(["run", "--iface", iface, "--mode", "generic", "--interval"])
+        .arg(interval_secs.to_string())
+        .arg("--config")
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()?;
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    BufReader::new(stdout).read_line(&mut line)?;
+    if !line.contains(&format!("attached to {iface}")) {
+        let _ = child.kill();
+        let _ = child.wait();
+        anyhow::bail!("lvs-xdp did not start: {line}");
+    }
+    Ok((child, line))
+}

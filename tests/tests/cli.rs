@@ -274,33 +274,13 @@ fn attach_refused_is_all_or_nothing() {
 /// program and exits 0 (a write to the closed pipe must not panic).
 #[test]
 fn a_closed_stdout_does_not_stop_a_clean_exit() {
-    use std::io::{BufRead as _, BufReader};
     root();
     let ns = Netns::with_veth_pair("cli-pipe", "veth0", "veth1").unwrap();
     let config = TempDir::new("cli-pipe").unwrap();
     let path = config.0.join("lb.toml");
     std::fs::write(&path, GOOD).unwrap();
-    let mut child = ns
-        .command(bins::lvs_xdp().to_str().unwrap())
-        .args([
-            "run",
-            "--iface",
-            "veth0",
-            "--mode",
-            "generic",
-            "--interval",
-            "1",
-        ])
-        .arg("--config")
-        .arg(&path)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let (child, line) =
+        bins::start_run(&ns, "veth0", 1, &path, std::process::Stdio::piped()).unwrap();
     assert!(line.contains("attached to veth0"), "{line}");
     // The reader is gone; let a stats table hit the closed pipe, then stop it.
     std::thread::sleep(std::time::Duration::from_millis(1500));
