@@ -79,6 +79,9 @@ pub struct Balancer {
     retired: Vec<Counters>,
 }
 
+/// IPv4 flows: the 5-tuple and the flow's real-server slot and generation.
+pub type FlowsV4 = Vec<(common::FlowKeyV4, common::Flow)>;
+
 /// A random u32 from the kernel (the flow table's hash seed).
 fn random_u32() -> Result<u32> {
     let mut b = [0u8; 4];
@@ -357,34 +360,34 @@ impl Balancer {
     }
 
     /// Entries of the IPv4 flow table, buckets then overflow (diagnostics and tests).
-    pub fn flows_v4(&self) -> Result<Vec<(common::FlowKeyV4, common::Flow)>> {
-        let cache: Array<&MapData, common::FlowBucketV4> = self.map(map::FLOW_CACHE_V4)?;
-        let mut flows = Vec::new();
-        for i in 0..cache.len() {
-            let bucket = cache.get(&i, 0).context("reading FLOW_CACHE_V4")?;
-            for way in bucket.ways.iter().filter(|w| !w.is_free()) {
-                flows.push((way.key(), way.flow()));
-            }
-        }
-        let overflow: HashMap<&MapData, common::FlowKeyV4, common::Flow> =
-            self.map(map::FLOWS_V4)?;
-        for entry in overflow.iter() {
-            flows.push(entry.context("reading FLOWS_V4")?);
-        }
+    pub fn flows_v4(&self) -> Result<FlowsV4> {
+        let (mut flows, overflow) = self.flows_v4_by_place()?;
+        flows.extend(overflow);
         Ok(flows)
     }
 
     /// IPv4 flows remembered now: (in the buckets, in the overflow hash).
     pub fn flow_table_counts(&self) -> Result<(u64, u64)> {
+        let (buckets, overflow) = self.flows_v4_by_place()?;
+        Ok((buckets.len() as u64, overflow.len() as u64))
+    }
+
+    /// The IPv4 flows in the buckets, and those in the overflow hash.
+    fn flows_v4_by_place(&self) -> Result<(FlowsV4, FlowsV4)> {
         let cache: Array<&MapData, common::FlowBucketV4> = self.map(map::FLOW_CACHE_V4)?;
-        let mut in_buckets = 0;
+        let mut in_buckets = Vec::new();
         for i in 0..cache.len() {
             let bucket = cache.get(&i, 0).context("reading FLOW_CACHE_V4")?;
-            in_buckets += bucket.ways.iter().filter(|w| !w.is_free()).count() as u64;
+            let used = bucket.ways.iter().filter(|w| !w.is_free());
+            in_buckets.extend(used.map(|w| (w.key(), w.flow())));
         }
         let overflow: HashMap<&MapData, common::FlowKeyV4, common::Flow> =
             self.map(map::FLOWS_V4)?;
-        Ok((in_buckets, overflow.keys().count() as u64))
+        let in_overflow = overflow
+            .iter()
+            .map(|r| r.context("reading FLOWS_V4"))
+            .collect::<Result<_>>()?;
+        Ok((in_buckets, in_overflow))
     }
 
     /// How many flows the IPv4 flow table can hold at most: every way of every bucket, plus the
