@@ -17,6 +17,8 @@ const RS1: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
 const RS2: [u8; 6] = [0x02, 0, 0, 0, 0, 0x04];
 const RS3: [u8; 6] = [0x02, 0, 0, 0, 0, 0x05];
 const RS4: [u8; 6] = [0x02, 0, 0, 0, 0, 0x06];
+/// The real server that replaces RS1 in the replacement tests.
+const RS7: [u8; 6] = [0x02, 0, 0, 0, 0, 0x07];
 const VIP: &str = "10.0.0.10";
 const CLIENT: &str = "10.0.0.100";
 
@@ -39,6 +41,14 @@ real_servers = [ { address = "10.0.0.5", mac = "02:00:00:00:00:05" } ]
 vip = "10.0.0.20"
 port = 80
 "#;
+
+fn rs7() -> lvs_xdp::config::RealServer {
+    lvs_xdp::config::RealServer {
+        address: "10.0.0.7".parse().unwrap(),
+        mac: Some(Mac(RS7)),
+        weight: 1,
+    }
+}
 
 fn balancer() -> Balancer {
     balancer_from(CONFIG)
@@ -631,12 +641,7 @@ fn a_full_flow_table_moves_flows_to_the_overflow_hash_and_forgets_none() {
 
     // Replacing RS1 reschedules its flows wherever they are kept, and only those.
     let mut b = b;
-    let new = lvs_xdp::config::RealServer {
-        address: "10.0.0.7".parse().unwrap(),
-        mac: Some(Mac([0x02, 0, 0, 0, 0, 0x07])),
-        weight: 1,
-    };
-    b.replace_real(0, 0, new).unwrap();
+    b.replace_real(0, 0, rs7()).unwrap();
     let mut moved = 0;
     for (i, rs) in chosen.iter().enumerate() {
         let (_, out) = b.test_run(&frame(i as u16)).unwrap();
@@ -663,13 +668,7 @@ fn replacing_a_real_server_moves_only_its_own_flows() {
     tx(&b, "flow B", &flow_b, RS2);
     let before = b.snapshot().unwrap();
 
-    const RS7: [u8; 6] = [0x02, 0, 0, 0, 0, 0x07];
-    let new = lvs_xdp::config::RealServer {
-        address: "10.0.0.7".parse().unwrap(),
-        mac: Some(Mac(RS7)),
-        weight: 1,
-    };
-    b.replace_real(0, 0, new).unwrap();
+    b.replace_real(0, 0, rs7()).unwrap();
 
     // B's real server did not change: B stays where it was.
     tx(&b, "flow B after the change", &flow_b, RS2);
