@@ -16,7 +16,7 @@ use lvs_xdp_common::{FlowKeyV4, PROTO_TCP, PROTO_UDP};
 
 use crate::{
     flows,
-    maps::{IFACES, REAL_STATS, REALS},
+    maps::{IFACES, REAL_STATS},
     parse::load,
     set_macs, stats,
 };
@@ -80,10 +80,7 @@ pub fn forward_known_flow(ctx: &XdpContext) -> Option<u32> {
         return None;
     }
     let flow = flow?;
-    let real = REALS.get(flow.real)?;
-    if real.generation != flow.generation || real.generation == 0 {
-        return None;
-    }
+    let real = flows::real_of(&flow)?;
     // SAFETY: MIN_FRAME bytes of frame, checked on `data` above.
     unsafe { set_macs(data, real, iface) };
     stats::count(&REAL_STATS, flow.real, (end - data) as u64, false);

@@ -8,7 +8,9 @@
 //! re-reads the flow's buckets right before writing, so two CPUs inserting the *same* flow
 //! follow the first one's choice unless they write within the same few nanoseconds.
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
-use lvs_xdp_common::{Flow, FlowBucketV4, FlowEntryV4, FlowKeyV4, flow_table, flow_table::WAYS};
+use lvs_xdp_common::{
+    Flow, FlowBucketV4, FlowEntryV4, FlowKeyV4, RealServer, flow_table, flow_table::WAYS,
+};
 
 use crate::maps::{FLOW_CACHE_V4, FLOWS_V4, REALS};
 
@@ -182,10 +184,17 @@ pub fn insert(key: &FlowKeyV4, flow: Flow) -> Inserted {
     Inserted::Done
 }
 
-/// Whether `flow` still points at the real server it was scheduled to.
+/// The real server `flow` was scheduled to, if its slot still holds that server (same
+/// generation, and not retired).
 #[inline(always)]
-pub fn valid(flow: &Flow) -> bool {
+pub fn real_of(flow: &Flow) -> Option<&'static RealServer> {
     REALS
         .get(flow.real)
-        .is_some_and(|real| real.generation == flow.generation && real.generation != 0)
+        .filter(|real| real.generation == flow.generation && real.generation != 0)
+}
+
+/// Whether `flow` still points at the real server it was scheduled to.
+#[inline(always)]
+fn valid(flow: &Flow) -> bool {
+    real_of(flow).is_some()
 }

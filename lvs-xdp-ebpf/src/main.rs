@@ -5,7 +5,7 @@
 //! packet ends in exactly one verdict counter.
 //!
 //! A frame of a known flow in the common format (untagged, IPv4 without options) takes the fast
-//! path in `fast`: one hash lookup, issued before the frame's checks. Everything else takes the
+//! path in `fast`: one flow lookup, issued before the frame's checks. Everything else takes the
 //! general path here, which parses the frame from scratch (a tagged frame or one with IP
 //! options thus pays the fast path's wasted lookup too).
 #![no_std]
@@ -26,7 +26,7 @@ use lvs_xdp_common::{
 
 use crate::{
     flows::Inserted,
-    maps::{IFACES, REAL_STATS, REALS, SERVICE_STATS, SERVICES},
+    maps::{IFACES, REAL_STATS, SERVICE_STATS, SERVICES},
     parse::{Parsed, load, store},
 };
 
@@ -65,10 +65,7 @@ fn process(ctx: &XdpContext, bytes: u64) -> Result<(u32, u32), u32> {
     // A known flow whose real server is still the one it was scheduled to.
     let mut stale = None;
     if let Some((flow, place)) = flows::lookup(&key) {
-        if let Some(real) = REALS.get(flow.real)
-            && real.generation == flow.generation
-            && real.generation != 0
-        {
+        if let Some(real) = flows::real_of(&flow) {
             stats::count(&REAL_STATS, flow.real, bytes, false);
             return Ok(forward(ctx, iface, real));
         }
@@ -119,7 +116,7 @@ fn new_flow(
         Inserted::Raced(other) => {
             // Another CPU scheduled this flow between our lookup and insert: follow its choice.
             stats::global(reason::EVENT_FLOW_RACE, 0);
-            if let Some(r) = REALS.get(other.real) {
+            if let Some(r) = flows::real_of(&other) {
                 slot = other.real;
                 real = *r;
                 new_conn = false;
