@@ -192,12 +192,15 @@ impl BenchPrograms {
     /// Each BPF_PROG_TEST_RUN call has a fixed cost of tens of milliseconds (setting up and
     /// tearing down its page pool) during which nothing is sent, so calls are made long: the
     /// first sends `first_chunk` frames, the next ones as many as the measured rate sends in
-    /// about half a second (never past the end of `duration` by more than one call).
+    /// about half a second (never past the end of `duration` by more than one call). With
+    /// `adapt` false every call sends `first_chunk` frames, fixed cost and all, as a harness of
+    /// short calls would.
     pub fn generate(
         &self,
         ifindex: u32,
         duration: Duration,
         first_chunk: u32,
+        adapt: bool,
     ) -> Result<(u64, Duration)> {
         let start = Instant::now();
         let mut sent = 0u64;
@@ -208,6 +211,9 @@ impl BenchPrograms {
             let elapsed = start.elapsed();
             if elapsed >= duration {
                 return Ok((sent, elapsed));
+            }
+            if !adapt {
+                continue;
             }
             let rate = sent as f64 / elapsed.as_secs_f64();
             let left = (duration - elapsed).as_secs_f64().min(0.5);

@@ -296,19 +296,10 @@ impl Bench {
         let traffic = self.traffic(flows);
         self.programs.configure(&traffic)?;
         let (programs, gen_if, chunk) = (&self.programs, self.gen_if, self.opts.chunk);
-        let fixed = self.opts.fixed_chunk;
+        let adapt = !self.opts.fixed_chunk;
         in_netns(&self.gen_ns.name, || {
             pin_to_cpu(0)?;
-            if !fixed {
-                return programs.generate(gen_if, duration, chunk);
-            }
-            let start = Instant::now();
-            let mut sent = 0;
-            while start.elapsed() < duration {
-                programs.generate_frames(gen_if, chunk)?;
-                sent += u64::from(chunk);
-            }
-            Ok((sent, start.elapsed()))
+            programs.generate(gen_if, duration, chunk, adapt)
         })
     }
 
