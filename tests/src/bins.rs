@@ -35,7 +35,7 @@ pub fn start_run(
     use std::io::{BufRead as _, BufReader};
     let bin = lvs_xdp();
     let mut child = ns
-        .command(bin.to_str().ok_or_else(|| anyhow::anyhow!("binary path"))?)
+        .command(bin.to_str().ok_or_else(|| anyhow::anyhow!("binary path"))?)?
         .args(["run", "--iface", iface, "--mode", "generic", "--interval"])
         .arg(interval_secs.to_string())
         .arg("--config")

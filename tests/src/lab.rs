@@ -11,7 +11,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, ExitStatus, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -170,7 +170,7 @@ impl Lab {
             make_world_readable(&base)?;
             let conf = dir.join("nginx.conf");
             fs::write(&conf, nginx_conf(&dir))?;
-            let mut cmd = ns.command("nginx");
+            let mut cmd = ns.command("nginx")?;
             cmd.arg("-c")
                 .arg(&conf)
                 .arg("-e")
@@ -203,7 +203,7 @@ impl Lab {
     /// stderr in `lvs-xdp.log`; returns once the program is attached.
     pub fn start_lb(&mut self, bin: &Path, args: &[&str]) -> Result<()> {
         let log = fs::File::create(self.lb_log())?;
-        let mut cmd = self.lb.command(bin.to_str().context("binary path")?);
+        let mut cmd = self.lb.command(bin.to_str().context("binary path")?)?;
         cmd.args(["run", "--iface", "eth0"]).args(args);
         cmd.stdout(log.try_clone()?)
             .stderr(log)
@@ -278,10 +278,9 @@ impl Lab {
     /// `curl http://VIP{path}` from the client, pinned to CPU 0 (see `get`). Returns the body.
     pub fn get(&self, path: &str) -> Result<String> {
         let url = format!("http://{VIP}{path}");
-        let out = self.client.exec(
-            "taskset",
-            &["-c", "0", "curl", "-sS", "--fail", "--max-time", "10", &url],
-        )?;
+        let out =
+            self.client
+                .exec_on_cpu(0, "curl", &["-sS", "--fail", "--max-time", "10", &url])?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
@@ -359,9 +358,10 @@ fn make_world_readable(base: &Path) -> Result<()> {
         fs::set_permissions(dir, perms)?;
         p = dir.parent();
     }
-    Command::new("chmod")
-        .args(["-R", "a+rX"])
-        .arg(base)
-        .status()?;
+    crate::netns::run(
+        crate::netns::program("chmod")?
+            .args(["-R", "a+rX"])
+            .arg(base),
+    )?;
     Ok(())
 }

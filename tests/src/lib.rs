@@ -5,5 +5,8 @@ pub mod bins;
 pub mod lab;
 pub mod netns;
 pub mod packet;
+/// The programs the project executes (the list lives with `cargo xtask setup`, which installs them).
+#[path = "../../xtask/src/programs.rs"]
+pub mod programs;
 pub mod signals;
 pub mod xdp_pass;

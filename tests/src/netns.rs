@@ -12,6 +12,22 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// Every namespace this library makes is named `PREFIX-<pid>-<n>-<tag>`.
 pub const PREFIX: &str = "lvsx";
 
+/// A command for listed program `name` (see [`crate::programs`]): an error naming the program, and
+/// the package that provides it, when it is not listed or not installed.
+pub fn program(name: &str) -> Result<Command> {
+    crate::programs::command(name).map_err(anyhow::Error::msg)
+}
+
+/// The names of the network namespaces that exist now (`ip netns list`).
+pub fn list() -> Result<Vec<String>> {
+    let out = run(program("ip")?.args(["netns", "list"]))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect())
+}
+
 /// Runs a command, failing with its stderr when it exits non-zero.
 pub fn run(cmd: &mut Command) -> Result<Output> {
     let out = cmd
@@ -31,11 +47,10 @@ pub fn run(cmd: &mut Command) -> Result<Output> {
 /// Deletes namespaces of earlier runs whose process is gone (a run killed with SIGKILL cannot
 /// clean up after itself).
 pub fn remove_stale() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+    let Ok(names) = list() else {
         return;
     };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
+    for name in &names {
         let mut parts = name.splitn(3, '-');
         if parts.next() != Some(PREFIX) {
             continue;
@@ -45,8 +60,8 @@ pub fn remove_stale() {
         };
         // SAFETY: kill with signal 0 only checks for existence.
         let alive = unsafe { libc::kill(pid, 0) } == 0;
-        if !alive {
-            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        if !alive && let Ok(mut ip) = program("ip") {
+            let _ = ip.args(["netns", "del", name]).output();
         }
     }
 }
@@ -99,7 +114,7 @@ impl Netns {
     pub fn new(tag: &str) -> Result<Netns> {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let name = format!("{PREFIX}-{}-{n}-{tag}", std::process::id());
-        run(Command::new("ip").args(["netns", "add", &name]))?;
+        run(program("ip")?.args(["netns", "add", &name]))?;
         let ns = Netns {
             name,
             children: Vec::new(),
@@ -117,16 +132,26 @@ impl Netns {
         Ok(ns)
     }
 
-    /// A command to run inside the namespace.
-    pub fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
-        cmd
+    /// A command to run listed program `name` (or a workspace binary by path) inside the
+    /// namespace.
+    pub fn command(&self, name: &str) -> Result<Command> {
+        let path = crate::programs::resolve(name).map_err(anyhow::Error::msg)?;
+        let mut cmd = program("ip")?;
+        cmd.args(["netns", "exec", &self.name]).arg(path);
+        Ok(cmd)
     }
 
     /// Runs `program args` inside; fails on a non-zero exit.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
-        run(self.command(program).args(args))
+        run(self.command(program)?.args(args))
+    }
+
+    /// Runs `program args` inside, pinned to CPU `cpu` with taskset.
+    pub fn exec_on_cpu(&self, cpu: u32, program: &str, args: &[&str]) -> Result<Output> {
+        let path = crate::programs::resolve(program).map_err(anyhow::Error::msg)?;
+        let mut cmd = self.command("taskset")?;
+        cmd.args(["-c", &cpu.to_string()]).arg(path).args(args);
+        run(&mut cmd)
     }
 
     /// Like `exec`, returning stdout as text.
@@ -136,7 +161,7 @@ impl Netns {
 
     /// `ip -n NAME args`.
     pub fn ip(&self, args: &[&str]) -> Result<Output> {
-        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
+        run(program("ip")?.arg("-n").arg(&self.name).args(args))
     }
 
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
@@ -205,9 +230,11 @@ impl Drop for Netns {
         for (_, child) in self.children.iter_mut().rev() {
             stop(child, Duration::from_secs(3));
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
+        if let Ok(mut ip) = program("ip") {
+            let _ = ip
+                .args(["netns", "del", &self.name])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }

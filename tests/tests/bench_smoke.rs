@@ -199,16 +199,9 @@ fn the_benchmark_runs_end_to_end() {
     );
     let names = (bench.gen_ns.name.clone(), bench.lb_ns.name.clone());
     drop(bench);
-    let left = String::from_utf8(
-        std::process::Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let left = lvs_xdp_tests::netns::list().unwrap();
     assert!(
         !left.contains(&names.0) && !left.contains(&names.1),
-        "namespaces left: {left}"
+        "namespaces left: {left:?}"
     );
 }

@@ -1,8 +1,10 @@
 //! The `lvs-xdp` command's refusals: bad input is refused whole, before anything is attached,
 //! with one line naming the problem and a non-zero exit. Needs root for the namespaces.
-use std::process::Command;
-
-use lvs_xdp_tests::{bins, lab::TempDir, netns::Netns};
+use lvs_xdp_tests::{
+    bins,
+    lab::TempDir,
+    netns::{self, Netns},
+};
 
 struct Outcome {
     code: i32,
@@ -13,8 +15,8 @@ struct Outcome {
 fn lvs_xdp(ns: Option<&Netns>, args: &[&str]) -> Outcome {
     let bin = bins::lvs_xdp();
     let mut cmd = match ns {
-        Some(ns) => ns.command(bin.to_str().unwrap()),
-        None => Command::new(&bin),
+        Some(ns) => ns.command(bin.to_str().unwrap()).unwrap(),
+        None => netns::program(bin.to_str().unwrap()).unwrap(),
     };
     let out = cmd.args(args).output().expect("run lvs-xdp");
     Outcome {

@@ -7,12 +7,8 @@ use lvs_xdp_tests::{bins, lab::Lab};
 
 const SIZE: usize = 20 * 1024 * 1024;
 
-fn namespaces() -> String {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+fn namespaces() -> Vec<String> {
+    lvs_xdp_tests::netns::list().unwrap()
 }
 
 /// Deterministic, non-repeating content so that a misplaced or lost segment cannot go unnoticed.

@@ -97,6 +97,7 @@ fn flood(flow_table_size: Option<u32>) {
     let curl = lab
         .client
         .command("curl")
+        .unwrap()
         .args([
             "-sS",
             "--fail",
@@ -164,12 +165,7 @@ fn flood(flow_table_size: Option<u32>) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let flood_secs = flood_start.elapsed().as_secs_f64();
-    let during = lab
-        .client
-        .stdout("sh", &["-c", &format!("stat -c %s {}", dest.display())])
-        .unwrap();
-
-    let during: u64 = during.trim().parse().unwrap();
+    let during = std::fs::metadata(&dest).unwrap().len();
     assert!(
         during < SIZE as u64,
         "the transfer ended before the flood did ({passes} passes in {flood_secs:.2}s, started {:.2}s into the transfer)",

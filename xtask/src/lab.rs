@@ -25,14 +25,8 @@ pub fn lab(bin: &Path) -> Result<()> {
         result
         // `lab` drops here: lvs-xdp and nginx stopped, namespaces and files removed.
     };
-    let listed = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()?;
-    let listed = String::from_utf8_lossy(&listed.stdout);
-    let left: Vec<&String> = names
-        .iter()
-        .filter(|n| listed.contains(n.as_str()))
-        .collect();
+    let listed = lvs_xdp_tests::netns::list()?;
+    let left: Vec<&String> = names.iter().filter(|n| listed.contains(n)).collect();
     if left.is_empty() {
         println!("\nCleaned up: namespaces {} removed.", names.join(", "));
     } else {

@@ -1,10 +1,11 @@
 //! Developer workflows: `cargo xtask setup | build | run | test | lab`.
 mod lab;
+mod programs;
 mod setup;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, ExitCode},
+    process::ExitCode,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -57,7 +58,11 @@ fn root_dir() -> PathBuf {
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // `cargo xtask` runs xtask under the cargo that invoked it: use the same one.
+    let mut cmd = match std::env::var("CARGO") {
+        Ok(path) => setup::program(&path)?,
+        Err(_) => setup::program("cargo")?,
+    };
     cmd.args(args).current_dir(root_dir());
     eprintln!("xtask: running cargo {}", args.join(" "));
     let status = cmd.status().context("cannot run cargo")?;
@@ -80,7 +85,9 @@ fn run(args: &[String]) -> Result<()> {
         _ => args,
     };
     let bin = build_release()?;
-    let status = Command::new(&bin).args(args).status()?;
+    let status = setup::program(bin.to_str().context("binary path")?)?
+        .args(args)
+        .status()?;
     if !status.success() {
         bail!("lvs-xdp exited with {status}");
     }

@@ -5,19 +5,11 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::programs::{self, PROGRAMS, Source};
+
 /// bpf-linker 0.10.x links with the LLVM inside the nightly toolchain; 0.10.4 emits BTF the
 /// kernel accepts when aya-log is linked (0.10.1 does not; 0.11+ needs a system LLVM 21+).
 const BPF_LINKER_VERSION: &str = "0.10.4";
-/// Debian packages: the lab's and the tests' tools.
-const PACKAGES: [&str; 6] = [
-    "nginx",
-    "curl",
-    "ethtool",
-    "iproute2",
-    "procps",
-    "util-linux",
-];
-
 fn ok(cmd: &mut Command) -> bool {
     cmd.stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -47,14 +39,19 @@ pub fn setup() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     packages()?;
-    Ok(())
+    check_installed()
+}
+
+/// A command for a listed program; an error naming it and its source otherwise.
+pub fn program(name: &str) -> Result<Command> {
+    programs::command(name).map_err(anyhow::Error::msg)
 }
 
 fn rust_src() -> Result<()> {
-    if !ok(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+    if !ok(program("rustup")?.args(["run", "nightly", "rustc", "--version"])) {
         bail!("the nightly Rust toolchain is missing (rustup toolchain install nightly)");
     }
-    let installed = output(Command::new("rustup").args([
+    let installed = output(program("rustup")?.args([
         "component",
         "list",
         "--installed",
@@ -63,21 +60,18 @@ fn rust_src() -> Result<()> {
     ]))
     .unwrap_or_default();
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+        run(program("rustup")?.args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     }
     Ok(())
 }
 
 fn bpf_linker() -> Result<()> {
-    let version = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    let version = programs::command("bpf-linker")
+        .ok()
+        .and_then(|mut cmd| output(cmd.arg("--version")))
+        .unwrap_or_default();
     if !version.contains(BPF_LINKER_VERSION) {
-        run(Command::new("cargo").args([
+        run(program("cargo")?.args([
             "install",
             &format!("bpf-linker@{BPF_LINKER_VERSION}"),
             "--locked",
@@ -87,21 +81,36 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
+/// Installs the Debian packages of the program list that are not installed.
 fn packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
-        .into_iter()
-        .filter(|p| {
-            let status = output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]));
-            !status.is_some_and(|s| s.contains("install ok installed"))
-        })
-        .collect();
+    let mut missing = Vec::new();
+    for package in programs::debian_packages() {
+        let status = output(program("dpkg-query")?.args(["-W", "-f=${Status}", package]));
+        if !status.is_some_and(|s| s.contains("install ok installed")) {
+            missing.push(package);
+        }
+    }
     if missing.is_empty() {
         return Ok(());
     }
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
+    run(program("apt-get")?.args(["update", "-qq"]))?;
+    run(program("apt-get")?
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    Ok(())
+}
+
+/// Every program of the list that setup provides is now there: a package that installs under
+/// another name fails here, naming the program, not later inside a test.
+fn check_installed() -> Result<()> {
+    let missing: Vec<String> = PROGRAMS
+        .iter()
+        .filter(|p| matches!(p.source, Source::Debian(_) | Source::CargoInstall(_)))
+        .filter_map(|p| programs::resolve(p.name).err())
+        .collect();
+    if !missing.is_empty() {
+        bail!("after setup: {}", missing.join("; "));
+    }
     Ok(())
 }
