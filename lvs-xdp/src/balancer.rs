@@ -9,7 +9,7 @@ use aya::{
 };
 use lvs_xdp_common::{self as common, Counters, flow_table, map, reason};
 
-use crate::{config::Config, iface::Interface, layout::Layout, stats::Snapshot};
+use crate::{config::Capacity, iface::Interface};
 
 /// The XDP object built from lvs-xdp-ebpf, embedded at build time.
 pub static EBPF_OBJECT: &[u8] =
@@ -29,7 +29,7 @@ pub enum AttachMode {
 
 impl AttachMode {
     /// The aya attach mode.
-    pub(crate) fn xdp_mode(self) -> XdpMode {
+    pub fn xdp_mode(self) -> XdpMode {
         match self {
             AttachMode::Auto => XdpMode::Default,
             AttachMode::Native => XdpMode::Driver,
@@ -60,23 +60,69 @@ impl fmt::Display for AttachMode {
     }
 }
 
-/// The program loaded with its maps filled for one configuration, attached to zero or more
-/// interfaces. Dropping it detaches everything and frees the maps.
+/// The maps, as typed handles taken from the object once.
+struct Maps {
+    services: HashMap<MapData, common::ServiceKey, common::Service>,
+    reals: Array<MapData, common::RealServer>,
+    sched: Array<MapData, u32>,
+    flow_cache: Array<MapData, common::FlowBucketV4>,
+    flows: HashMap<MapData, common::FlowKeyV4, common::Flow>,
+    rr: PerCpuArray<MapData, u32>,
+    service_stats: PerCpuArray<MapData, Counters>,
+    real_stats: PerCpuArray<MapData, Counters>,
+    global_stats: PerCpuArray<MapData, Counters>,
+}
+
+impl Maps {
+    fn take(ebpf: &mut Ebpf, interfaces: &[Interface]) -> Result<Maps> {
+        let mut ifaces: Array<MapData, common::Iface> = take(ebpf, map::IFACES)?;
+        for iface in interfaces {
+            let value = common::Iface {
+                mac: iface.mac.0,
+                enabled: 1,
+                _pad: 0,
+            };
+            ifaces
+                .set(iface.index, value, 0)
+                .context("writing IFACES")?;
+        }
+        Ok(Maps {
+            services: take(ebpf, map::SERVICES)?,
+            reals: take(ebpf, map::REALS)?,
+            sched: take(ebpf, map::SCHED)?,
+            flow_cache: take(ebpf, map::FLOW_CACHE_V4)?,
+            flows: take(ebpf, map::FLOWS_V4)?,
+            rr: take(ebpf, map::RR)?,
+            service_stats: take(ebpf, map::SERVICE_STATS)?,
+            real_stats: take(ebpf, map::REAL_STATS)?,
+            global_stats: take(ebpf, map::GLOBAL_STATS)?,
+        })
+    }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let m = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+    T::try_from(m).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+/// The program loaded with its maps, sized for a [`Capacity`], attached to zero or more
+/// interfaces. It knows places (service ids, real-server slots, scheduling slots), not services:
+/// [`crate::director::Director`] decides what goes where. Dropping it detaches everything and
+/// frees the maps.
 pub struct Balancer {
     // Field order matters on drop: links (inside `ebpf`) go before the logger's ring buffer.
     ebpf: Ebpf,
     logger: aya_log::EbpfLogger<&'static dyn log::Log>,
-    config: Config,
-    layout: Layout,
+    maps: Maps,
+    capacity: Capacity,
+    cpus: usize,
     interfaces: Vec<Interface>,
     attached: Vec<(Interface, XdpLinkId)>,
-    /// Real-server slots not in use (for replacements).
-    free_slots: Vec<u32>,
-    /// The next generation to give a slot (every use of a slot gets a new one).
-    next_generation: u32,
-    /// Counters of real servers that were replaced, per service: a service's totals stay
-    /// monotonic when its real servers change.
-    retired: Vec<Counters>,
 }
 
 /// IPv4 flows: the 5-tuple and the flow's real-server slot and generation.
@@ -93,40 +139,41 @@ fn random_u32() -> Result<u32> {
     Ok(u32::from_ne_bytes(b))
 }
 
-/// Spare real-server slots beyond the configuration's, for live replacements.
-fn spare_slots(n: usize) -> usize {
-    (n / 8).max(16)
+/// Scheduling slots for `real_servers` real servers: every real server once, twice over (a
+/// service's new range is written in full before its old one is given up).
+pub fn sched_capacity(real_servers: u32) -> u32 {
+    real_servers.saturating_mul(2)
 }
 
 impl Balancer {
-    /// Loads the program with maps sized for `config` and fills them with `layout`, serving
-    /// `interfaces` (their MACs are the program's own addresses). Nothing is attached yet.
-    pub fn load(config: &Config, layout: Layout, interfaces: &[Interface]) -> Result<Balancer> {
+    /// Loads the program with maps sized for `capacity`, serving `interfaces` (their MACs are
+    /// the program's own addresses). No service yet, nothing attached.
+    pub fn load(capacity: &Capacity, interfaces: &[Interface]) -> Result<Balancer> {
         let max_ifindex = interfaces.iter().map(|i| i.index).max().unwrap_or(0);
-        let n_services = config.services.len().max(1) as u32;
-        let n_reals = (layout.reals.len() + spare_slots(layout.reals.len())) as u32;
-        if n_reals > flow_table::SLOT_MASK {
+        if capacity.real_servers > flow_table::SLOT_MASK {
             bail!(
-                "{n_reals} real-server slots; at most {}",
+                "{} real-server slots; at most {}",
+                capacity.real_servers,
                 flow_table::SLOT_MASK
             );
         }
-        let (buckets, overflow) = flow_table::sizes(config.flow_table_size);
+        let (buckets, overflow) = flow_table::sizes(capacity.flow_table_size);
         let front = buckets.min(flow_table::MAX_FRONT_BUCKETS);
         let seed = random_u32()?;
         let mut ebpf = EbpfLoader::new()
             .override_global(flow_table::SEED, &seed, true)
             .override_global(flow_table::BUCKET_MASK, &(buckets - 1), true)
             .override_global(flow_table::FRONT_MASK, &(front - 1), true)
-            .map_max_entries(map::SERVICES, layout.services.len().max(1) as u32)
-            .map_max_entries(map::REALS, n_reals)
-            .map_max_entries(map::SCHED, layout.sched.len().max(1) as u32)
+            // Each service, and one address marker per (VIP, protocol) at most.
+            .map_max_entries(map::SERVICES, capacity.services.saturating_mul(2))
+            .map_max_entries(map::REALS, capacity.real_servers)
+            .map_max_entries(map::SCHED, sched_capacity(capacity.real_servers))
             .map_max_entries(map::FLOW_CACHE_V4, buckets)
             .map_max_entries(map::FLOWS_V4, overflow)
             .map_max_entries(map::IFACES, max_ifindex + 1)
-            .map_max_entries(map::RR, n_services)
-            .map_max_entries(map::SERVICE_STATS, n_services)
-            .map_max_entries(map::REAL_STATS, n_reals)
+            .map_max_entries(map::RR, capacity.services)
+            .map_max_entries(map::SERVICE_STATS, capacity.services)
+            .map_max_entries(map::REAL_STATS, capacity.real_servers)
             .load(EBPF_OBJECT)
             .context("cannot create the BPF maps (is this root, on a kernel with BPF?)")?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf).context("cannot open the BPF log")?;
@@ -134,30 +181,25 @@ impl Balancer {
         program
             .load()
             .map_err(|e| anyhow!("the kernel refused the XDP program: {e:#}"))?;
-        fill(&mut ebpf, &layout, interfaces)?;
-        let free_slots = (layout.reals.len() as u32..n_reals).rev().collect();
+        let maps = Maps::take(&mut ebpf, interfaces)?;
         Ok(Balancer {
             ebpf,
             logger,
-            retired: vec![Counters::default(); config.services.len()],
-            config: config.clone(),
-            layout,
+            maps,
+            capacity: *capacity,
+            cpus: aya::util::nr_cpus().map_err(|(_, e)| e)?,
             interfaces: interfaces.to_vec(),
             attached: Vec::new(),
-            free_slots,
-            next_generation: crate::layout::FIRST_GENERATION + 1,
         })
     }
 
-    fn map<'a, T>(&'a self, name: &str) -> Result<T>
-    where
-        T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
-    {
-        let m = self
-            .ebpf
-            .map(name)
-            .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
-        T::try_from(m).with_context(|| format!("map {name} has an unexpected type"))
+    pub fn capacity(&self) -> &Capacity {
+        &self.capacity
+    }
+
+    /// The interfaces the program serves (attached or not).
+    pub fn interfaces(&self) -> &[Interface] {
+        &self.interfaces
     }
 
     /// Attaches to every interface given to `load`. All or nothing: if one attach is refused,
@@ -196,155 +238,104 @@ impl Balancer {
         self.attached.iter().map(|(i, _)| i)
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    pub fn layout(&self) -> &Layout {
-        &self.layout
-    }
-
     /// Forwards the program's log records (rare events only) to the `log` crate.
     pub fn flush_log(&mut self) {
         self.logger.flush();
     }
 
-    /// Every counter, summed over the CPUs. Forwarded traffic is counted in the kernel per real
-    /// server only: the service totals and the `forwarded` verdict are sums of those.
-    pub fn snapshot(&self) -> Result<Snapshot> {
-        let sum = |name: &str, len: usize| -> Result<Vec<Counters>> {
-            let m: PerCpuArray<&MapData, Counters> = self.map(name)?;
-            (0..len as u32)
-                .map(|i| {
-                    let per_cpu = m
-                        .get(&i, 0)
-                        .with_context(|| format!("reading {name}[{i}]"))?;
-                    Ok(per_cpu.iter().fold(Counters::default(), |a, c| add(a, *c)))
-                })
-                .collect()
-        };
-        let mut global = sum(map::GLOBAL_STATS, reason::COUNT as usize)?;
-        let reals = sum(map::REAL_STATS, self.layout.reals.len())?;
-        let mut services = sum(map::SERVICE_STATS, self.config.services.len())?;
-        // Live slots plus the totals of retired ones (whose map entries are not counted again).
-        let mut forwarded = Counters::default();
-        for ((svc, slots), retired) in services
-            .iter_mut()
-            .zip(&self.layout.real_slots)
-            .zip(&self.retired)
-        {
-            *svc = add(*svc, *retired);
-            forwarded = add(forwarded, *retired);
-            for slot in slots {
-                *svc = add(*svc, reals[*slot as usize]);
-                forwarded = add(forwarded, reals[*slot as usize]);
-            }
-        }
-        global[reason::FORWARDED as usize] = Counters {
-            conns: 0,
-            ..forwarded
-        };
-        Ok(Snapshot {
-            at: std::time::Instant::now(),
-            global,
-            services,
-            reals,
-        })
+    /// Writes real-server slot `slot`.
+    pub(crate) fn write_real(&mut self, slot: u32, real: &common::RealServer) -> Result<()> {
+        self.maps
+            .reals
+            .set(slot, real, 0)
+            .with_context(|| format!("writing REALS[{slot}]"))
     }
 
-    /// Replaces real server `index` of service `service` (positions in the configuration) with
-    /// `new`, whose MAC must be known, while traffic flows. The new server gets a fresh slot, written
-    /// in full before anything points at it; then each scheduling slot of the old one is repointed
-    /// (one 4-byte write each, so a packet sees the old or the new, never half); then the old slot
-    /// is retired, so its flows are scheduled again (`flow_rescheduled`). Other real servers'
-    /// flows are untouched. A weight moving to or from 0 is not supported yet.
-    pub fn replace_real(
-        &mut self,
-        service: usize,
-        index: usize,
-        new: crate::config::RealServer,
-    ) -> Result<()> {
-        let svc = self
-            .config
-            .services
-            .get(service)
-            .ok_or_else(|| anyhow!("no service #{service}"))?;
-        let old = svc
-            .real_servers
-            .get(index)
-            .ok_or_else(|| anyhow!("service {} has no real server #{index}", svc.name()))?;
-        let mac = new
-            .mac
-            .ok_or_else(|| anyhow!("real server {}: MAC unknown", new.address))?;
-        if (old.weight == 0) != (new.weight == 0) {
-            bail!("changing a weight to or from 0 is not supported yet");
+    /// Writes `slots` into the scheduling array from `start` on.
+    pub(crate) fn write_sched(&mut self, start: u32, slots: &[u32]) -> Result<()> {
+        for (i, slot) in slots.iter().enumerate() {
+            let at = start + i as u32;
+            self.maps
+                .sched
+                .set(at, slot, 0)
+                .with_context(|| format!("writing SCHED[{at}]"))?;
         }
-        if new.address != old.address && svc.real_servers.iter().any(|r| r.address == new.address) {
-            bail!(
-                "duplicate real server {} in service {}",
-                new.address,
-                svc.name()
-            );
-        }
-        let old_slot = self.layout.real_slots[service][index];
-        let new_slot = self.free_slots.pop().ok_or_else(|| {
-            anyhow!(
-                "no free real-server slot (capacity {})",
-                self.layout.reals.len()
-            )
-        })?;
-        let generation = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1).max(1);
-        let entry = common::RealServer {
-            mac: mac.0,
-            _pad: [0; 2],
-            service: service as u32,
-            generation,
-        };
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        // 1. The new slot, complete, with zeroed counters, referenced by nothing yet.
-        let mut stats: PerCpuArray<&mut MapData, Counters> =
-            map_mut(&mut self.ebpf, map::REAL_STATS)?;
-        stats.set(
-            new_slot,
-            aya::maps::PerCpuValues::try_from(vec![Counters::default(); cpus])?,
-            0,
-        )?;
-        let mut reals: Array<&mut MapData, common::RealServer> =
-            map_mut(&mut self.ebpf, map::REALS)?;
-        reals.set(new_slot, entry, 0).context("writing REALS")?;
-        // 2. Repoint the scheduling slots.
-        let mut sched: Array<&mut MapData, u32> = map_mut(&mut self.ebpf, map::SCHED)?;
-        for (i, slot) in self.layout.sched.iter_mut().enumerate() {
-            if *slot == old_slot {
-                sched.set(i as u32, new_slot, 0).context("writing SCHED")?;
-                *slot = new_slot;
-            }
-        }
-        // 3. Retire the old slot; keep its counters in the service's totals.
-        let stats: PerCpuArray<&MapData, Counters> = self.map(map::REAL_STATS)?;
-        let retired_counters = stats
-            .get(&old_slot, 0)?
-            .iter()
-            .fold(Counters::default(), |a, c| add(a, *c));
-        let mut reals: Array<&mut MapData, common::RealServer> =
-            map_mut(&mut self.ebpf, map::REALS)?;
-        let dead = common::RealServer {
-            generation: 0,
-            ..self.layout.reals[old_slot as usize]
-        };
-        reals.set(old_slot, dead, 0).context("writing REALS")?;
-        self.retired[service] = add(self.retired[service], retired_counters);
-        let needed = new_slot as usize + 1;
-        if self.layout.reals.len() < needed {
-            self.layout.reals.resize(needed, dead);
-        }
-        self.layout.reals[new_slot as usize] = entry;
-        self.layout.reals[old_slot as usize] = dead;
-        self.layout.real_slots[service][index] = new_slot;
-        self.free_slots.insert(0, old_slot);
-        self.config.services[service].real_servers[index] = new;
         Ok(())
+    }
+
+    fn zeroes<T: Clone + aya::Pod>(&self, v: T) -> Result<aya::maps::PerCpuValues<T>> {
+        Ok(aya::maps::PerCpuValues::try_from(vec![v; self.cpus])?)
+    }
+
+    /// Zeroes the counters of real-server slot `slot` (before it is used again).
+    pub(crate) fn zero_real_counters(&mut self, slot: u32) -> Result<()> {
+        let zero = self.zeroes(Counters::default())?;
+        self.maps
+            .real_stats
+            .set(slot, zero, 0)
+            .with_context(|| format!("zeroing REAL_STATS[{slot}]"))
+    }
+
+    /// Zeroes the counters and round-robin positions of service id `id` (before it is used
+    /// again).
+    pub(crate) fn zero_service(&mut self, id: u32) -> Result<()> {
+        let zero = self.zeroes(Counters::default())?;
+        self.maps
+            .service_stats
+            .set(id, zero, 0)
+            .with_context(|| format!("zeroing SERVICE_STATS[{id}]"))?;
+        let zero = self.zeroes(0u32)?;
+        self.maps
+            .rr
+            .set(id, zero, 0)
+            .with_context(|| format!("zeroing RR[{id}]"))
+    }
+
+    /// Inserts or replaces a `SERVICES` entry: one atomic replacement, seen whole or not at all.
+    pub(crate) fn put_service(
+        &mut self,
+        key: &common::ServiceKey,
+        value: &common::Service,
+    ) -> Result<()> {
+        self.maps
+            .services
+            .insert(key, value, 0)
+            .context("writing SERVICES")
+    }
+
+    pub(crate) fn remove_service(&mut self, key: &common::ServiceKey) -> Result<()> {
+        self.maps
+            .services
+            .remove(key)
+            .context("removing from SERVICES")
+    }
+
+    fn sum(m: &PerCpuArray<MapData, Counters>, i: u32) -> Result<Counters> {
+        let per_cpu = m.get(&i, 0)?;
+        Ok(per_cpu.iter().fold(Counters::default(), |a, c| add(a, *c)))
+    }
+
+    /// Counters of real-server slot `slot`, summed over the CPUs.
+    pub(crate) fn real_counters(&self, slot: u32) -> Result<Counters> {
+        Self::sum(&self.maps.real_stats, slot)
+            .with_context(|| format!("reading REAL_STATS[{slot}]"))
+    }
+
+    /// Counters of service id `id` (its drops), summed over the CPUs.
+    pub(crate) fn service_counters(&self, id: u32) -> Result<Counters> {
+        Self::sum(&self.maps.service_stats, id)
+            .with_context(|| format!("reading SERVICE_STATS[{id}]"))
+    }
+
+    /// `GLOBAL_STATS`, summed over the CPUs, indexed by [`reason`]. `FORWARDED` is not counted
+    /// there (see [`reason`]): the caller fills it in.
+    pub(crate) fn global_counters(&self) -> Result<Vec<Counters>> {
+        (0..reason::COUNT)
+            .map(|i| {
+                Self::sum(&self.maps.global_stats, i)
+                    .with_context(|| format!("reading GLOBAL_STATS[{i}]"))
+            })
+            .collect()
     }
 
     /// (total run time, run count) of the XDP program from the kernel's BPF statistics (they
@@ -374,16 +365,16 @@ impl Balancer {
 
     /// The IPv4 flows in the buckets, and those in the overflow hash.
     fn flows_v4_by_place(&self) -> Result<(FlowsV4, FlowsV4)> {
-        let cache: Array<&MapData, common::FlowBucketV4> = self.map(map::FLOW_CACHE_V4)?;
+        let cache = &self.maps.flow_cache;
         let mut in_buckets = Vec::new();
         for i in 0..cache.len() {
             let bucket = cache.get(&i, 0).context("reading FLOW_CACHE_V4")?;
             let used = bucket.ways.iter().filter(|w| !w.is_free());
             in_buckets.extend(used.map(|w| (w.key(), w.flow())));
         }
-        let overflow: HashMap<&MapData, common::FlowKeyV4, common::Flow> =
-            self.map(map::FLOWS_V4)?;
-        let in_overflow = overflow
+        let in_overflow = self
+            .maps
+            .flows
             .iter()
             .map(|r| r.context("reading FLOWS_V4"))
             .collect::<Result<_>>()?;
@@ -393,7 +384,7 @@ impl Balancer {
     /// How many flows the IPv4 flow table can hold at most: every way of every bucket, plus the
     /// overflow hash. It holds `flow_table_size` flows at least, whatever their hashes.
     pub fn flow_capacity(&self) -> u64 {
-        let (buckets, overflow) = flow_table::sizes(self.config.flow_table_size);
+        let (buckets, overflow) = flow_table::sizes(self.capacity.flow_table_size);
         u64::from(buckets) * flow_table::WAYS as u64 + u64::from(overflow)
     }
 
@@ -419,46 +410,6 @@ impl Balancer {
     }
 }
 
-/// Writes every map. Real servers and scheduling slots come first, services last: a service is
-/// visible only once everything it points to is in place.
-fn fill(ebpf: &mut Ebpf, layout: &Layout, interfaces: &[Interface]) -> Result<()> {
-    let mut reals: Array<&mut MapData, common::RealServer> = map_mut(ebpf, map::REALS)?;
-    for (slot, real) in layout.reals.iter().enumerate() {
-        reals.set(slot as u32, real, 0).context("writing REALS")?;
-    }
-    let mut sched: Array<&mut MapData, u32> = map_mut(ebpf, map::SCHED)?;
-    for (i, slot) in layout.sched.iter().enumerate() {
-        sched.set(i as u32, slot, 0).context("writing SCHED")?;
-    }
-    let mut ifaces: Array<&mut MapData, common::Iface> = map_mut(ebpf, map::IFACES)?;
-    for iface in interfaces {
-        let value = common::Iface {
-            mac: iface.mac.0,
-            enabled: 1,
-            _pad: 0,
-        };
-        ifaces
-            .set(iface.index, value, 0)
-            .context("writing IFACES")?;
-    }
-    let mut services: HashMap<&mut MapData, common::ServiceKey, common::Service> =
-        map_mut(ebpf, map::SERVICES)?;
-    for (key, value) in &layout.services {
-        services.insert(key, value, 0).context("writing SERVICES")?;
-    }
-    Ok(())
-}
-
-fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<T>
-where
-    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let m = ebpf
-        .map_mut(name)
-        .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
-    T::try_from(m).with_context(|| format!("map {name} has an unexpected type"))
-}
-
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     ebpf.program_mut(common::PROGRAM)
         .ok_or_else(|| anyhow!("program {} missing from the object", common::PROGRAM))?
@@ -466,7 +417,8 @@ fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
         .context("program has an unexpected type")
 }
 
-fn add(a: Counters, b: Counters) -> Counters {
+/// The sum of two sets of counters.
+pub fn add(a: Counters, b: Counters) -> Counters {
     Counters {
         packets: a.packets + b.packets,
         bytes: a.bytes + b.bytes,

@@ -3,15 +3,13 @@
 //! Parsing happens in two steps: serde reads the file into loosely typed `Raw*` structs (so that a
 //! wrong value can be reported with our own words and its position), then `validate` turns them
 //! into [`Config`], refusing the whole input on the first problem.
-use std::{
-    fmt,
-    net::{IpAddr, Ipv4Addr},
-    path::Path,
-    str::FromStr,
-};
+use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Deserialize;
+
+use crate::model::{MAX_WEIGHT, Op, RealOpts, Refusal, ServiceKey, ServiceOpts, State, ipv4};
+pub use crate::model::{Mac, Protocol, Scheduler};
 
 /// Default number of flow-table entries (connections remembered at once).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
@@ -19,153 +17,41 @@ pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
 pub const MIN_FLOW_TABLE_SIZE: u32 = 16;
 /// Largest accepted flow table (about 1.5 GiB of kernel memory).
 pub const MAX_FLOW_TABLE_SIZE: u32 = 1 << 24;
-/// Largest real-server weight, as in IPVS.
-pub const MAX_WEIGHT: u32 = 65535;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
+/// Virtual services the maps have room for, unless configured otherwise.
+pub const DEFAULT_MAX_SERVICES: u32 = 4096;
+/// Real servers (over all services) the maps have room for, unless configured otherwise.
+pub const DEFAULT_MAX_REAL_SERVERS: u32 = 16384;
+/// Largest accepted capacity of either kind.
+pub const MAX_CAPACITY: u32 = 1 << 20;
 
-impl Protocol {
-    pub fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => lvs_xdp_common::PROTO_TCP,
-            Protocol::Udp => lvs_xdp_common::PROTO_UDP,
-        }
-    }
-}
-
-impl FromStr for Protocol {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "tcp" => Ok(Protocol::Tcp),
-            "udp" => Ok(Protocol::Udp),
-            _ => bail!("unknown protocol {s:?} (expected \"tcp\" or \"udp\")"),
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-        })
-    }
-}
-
+/// How large the kernel's tables are made when the program is loaded. A running director can
+/// change its services, but not these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scheduler {
-    /// Round-robin (ipvsadm `-s rr`).
-    RoundRobin,
-}
-
-impl FromStr for Scheduler {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "rr" => Ok(Scheduler::RoundRobin),
-            _ => bail!("unknown scheduler {s:?} (supported: \"rr\")"),
-        }
-    }
-}
-
-impl fmt::Display for Scheduler {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Scheduler::RoundRobin => "rr",
-        })
-    }
-}
-
-/// An Ethernet address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Mac(pub [u8; 6]);
-
-impl Mac {
-    pub fn is_unicast(&self) -> bool {
-        self.0[0] & 1 == 0 && self.0 != [0; 6]
-    }
-}
-
-impl FromStr for Mac {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        let parts: Vec<&str> = s.split(':').collect();
-        let bad = || anyhow!("bad MAC {s:?} (expected six hex bytes like 02:00:00:00:00:01)");
-        if parts.len() != 6 {
-            return Err(bad());
-        }
-        let mut mac = [0u8; 6];
-        for (byte, part) in mac.iter_mut().zip(parts) {
-            if part.is_empty() || part.len() > 2 {
-                return Err(bad());
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-        }
-        let mac = Mac(mac);
-        if !mac.is_unicast() {
-            bail!("bad MAC {s:?}: a real server needs a unicast, non-zero address");
-        }
-        Ok(mac)
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
-
-/// A real server of a service (an IPVS "destination").
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RealServer {
-    pub address: Ipv4Addr,
-    /// Explicit MAC; `None`: resolved from the neighbour table.
-    pub mac: Option<Mac>,
-    /// 0 takes no new connections (as in IPVS); weights are otherwise used by later schedulers.
-    pub weight: u32,
-}
-
-/// A virtual service: VIP, port and protocol.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Service {
-    pub vip: Ipv4Addr,
-    pub port: u16,
-    pub protocol: Protocol,
-    pub scheduler: Scheduler,
-    pub real_servers: Vec<RealServer>,
-}
-
-impl Service {
-    /// `TCP 10.0.0.1:80`, as ipvsadm names a service.
-    pub fn name(&self) -> String {
-        format!("{} {}:{}", self.protocol, self.vip, self.port)
-    }
-}
-
-/// A validated configuration: every value checked, no duplicates.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
-    pub services: Vec<Service>,
+pub struct Capacity {
+    /// Connections the flow table holds at least.
     pub flow_table_size: u32,
+    /// Virtual services at once.
+    pub services: u32,
+    /// Real servers at once, over all services.
+    pub real_servers: u32,
 }
 
-impl Default for Config {
+impl Default for Capacity {
     fn default() -> Self {
-        Config {
-            services: Vec::new(),
+        Capacity {
             flow_table_size: DEFAULT_FLOW_TABLE_SIZE,
+            services: DEFAULT_MAX_SERVICES,
+            real_servers: DEFAULT_MAX_REAL_SERVERS,
         }
     }
+}
+
+/// A validated configuration: the director's services and the tables' sizes.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    pub state: State,
+    pub capacity: Capacity,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +60,8 @@ struct RawConfig {
     #[serde(default)]
     service: Vec<RawService>,
     flow_table_size: Option<i64>,
+    max_services: Option<i64>,
+    max_real_servers: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -209,25 +97,28 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         let mut config = Config::default();
         if let Some(size) = raw.flow_table_size {
-            config.flow_table_size = flow_table_size(size)?;
+            config.capacity.flow_table_size = flow_table_size(size)?;
+        }
+        if let Some(n) = raw.max_services {
+            config.capacity.services = capacity(n, "max_services")?;
+        }
+        if let Some(n) = raw.max_real_servers {
+            config.capacity.real_servers = capacity(n, "max_real_servers")?;
         }
         for (i, svc) in raw.service.into_iter().enumerate() {
-            let svc = validate_service(svc).with_context(|| format!("service {}", i + 1))?;
-            config.add_service(svc)?;
+            let ops = validate_service(svc).with_context(|| format!("service {}", i + 1))?;
+            config.add_ops(&ops)?;
         }
         Ok(config)
     }
 
-    /// Adds a service, refusing a duplicate (VIP, port, protocol).
-    pub fn add_service(&mut self, svc: Service) -> Result<()> {
-        if self
-            .services
-            .iter()
-            .any(|s| (s.vip, s.port, s.protocol) == (svc.vip, svc.port, svc.protocol))
-        {
-            bail!("duplicate service {}", svc.name());
-        }
-        self.services.push(svc);
+    /// Applies `ops` (a service and its real servers) to the configured state, whole or not at
+    /// all; a refusal names the service.
+    pub fn add_ops(&mut self, ops: &[Op]) -> Result<()> {
+        self.state = self
+            .state
+            .after(ops)
+            .map_err(|(_, refusal)| anyhow!("{}", refusal.detail()))?;
         Ok(())
     }
 
@@ -235,22 +126,34 @@ impl Config {
     /// by its `--real RIP` flags. `reals[i]` belongs to `services[i]`.
     pub fn add_cli_services(&mut self, services: &[(String, Vec<String>)]) -> Result<()> {
         for (spec, reals) in services {
-            let svc =
+            let ops =
                 parse_cli_service(spec, reals).with_context(|| format!("--service {spec}"))?;
-            self.add_service(svc)?;
+            self.add_ops(&ops)?;
         }
         Ok(())
     }
 
     pub fn set_flow_table_size(&mut self, size: i64) -> Result<()> {
-        self.flow_table_size = flow_table_size(size).context("--flow-table-size")?;
+        self.capacity.flow_table_size = flow_table_size(size).context("--flow-table-size")?;
         Ok(())
     }
 
-    /// Real servers over all services.
-    pub fn real_server_count(&self) -> usize {
-        self.services.iter().map(|s| s.real_servers.len()).sum()
+    pub fn set_max_services(&mut self, n: i64) -> Result<()> {
+        self.capacity.services = capacity(n, "--max-services")?;
+        Ok(())
     }
+
+    pub fn set_max_real_servers(&mut self, n: i64) -> Result<()> {
+        self.capacity.real_servers = capacity(n, "--max-real-servers")?;
+        Ok(())
+    }
+}
+
+fn capacity(n: i64, field: &str) -> Result<u32> {
+    if !(1..=i64::from(MAX_CAPACITY)).contains(&n) {
+        bail!("{field} {n} out of range (1..={MAX_CAPACITY})");
+    }
+    Ok(n as u32)
 }
 
 fn flow_table_size(size: i64) -> Result<u32> {
@@ -262,7 +165,8 @@ fn flow_table_size(size: i64) -> Result<u32> {
     Ok(size as u32)
 }
 
-fn validate_service(raw: RawService) -> Result<Service> {
+/// A service of the file as the ops that add it and its real servers.
+fn validate_service(raw: RawService) -> Result<Vec<Op>> {
     let vip = ipv4(&raw.vip, "vip")?;
     let port = port(raw.port)?;
     let protocol = match raw.protocol {
@@ -273,21 +177,20 @@ fn validate_service(raw: RawService) -> Result<Service> {
         Some(s) => s.parse()?,
         None => Scheduler::RoundRobin,
     };
-    let mut svc = Service {
-        vip,
-        port,
-        protocol,
-        scheduler,
-        real_servers: Vec::new(),
-    };
+    let key = ServiceKey::new(protocol, vip, port);
+    let mut ops = vec![Op::AddService(key, ServiceOpts { scheduler })];
+    let mut seen = BTreeSet::new();
     for (i, real) in raw.real_servers.into_iter().enumerate() {
-        let real = validate_real(real).with_context(|| format!("real server {}", i + 1))?;
-        add_real(&mut svc, real)?;
+        let (addr, opts) = validate_real(real).with_context(|| format!("real server {}", i + 1))?;
+        if !seen.insert(addr) {
+            bail!("{}", Refusal::RealExists(key, addr).detail());
+        }
+        ops.push(Op::AddReal(key, addr, opts));
     }
-    Ok(svc)
+    Ok(ops)
 }
 
-fn validate_real(raw: RawReal) -> Result<RealServer> {
+fn validate_real(raw: RawReal) -> Result<(Ipv4Addr, RealOpts)> {
     let address = ipv4(&raw.address, "address")?;
     let mac = raw.mac.as_deref().map(str::parse).transpose()?;
     let weight = match raw.weight {
@@ -295,34 +198,7 @@ fn validate_real(raw: RawReal) -> Result<RealServer> {
         Some(w) if (0..=MAX_WEIGHT as i64).contains(&w) => w as u32,
         Some(w) => bail!("weight {w} out of range (0..={MAX_WEIGHT})"),
     };
-    Ok(RealServer {
-        address,
-        mac,
-        weight,
-    })
-}
-
-fn add_real(svc: &mut Service, real: RealServer) -> Result<()> {
-    if svc.real_servers.iter().any(|r| r.address == real.address) {
-        bail!(
-            "duplicate real server {} in service {}",
-            real.address,
-            svc.name()
-        );
-    }
-    svc.real_servers.push(real);
-    Ok(())
-}
-
-fn ipv4(s: &str, field: &str) -> Result<Ipv4Addr> {
-    match s.parse::<IpAddr>() {
-        Ok(IpAddr::V4(a)) if a.is_unspecified() || a.is_broadcast() || a.is_multicast() => {
-            bail!("bad {field} {s:?}: not a unicast address")
-        }
-        Ok(IpAddr::V4(a)) => Ok(a),
-        Ok(IpAddr::V6(_)) => bail!("bad {field} {s:?}: IPv6 is not supported yet"),
-        Err(_) => bail!("bad {field} {s:?}: not an IPv4 address"),
-    }
+    Ok((address, RealOpts { weight, mac }))
 }
 
 fn port(p: i64) -> Result<u16> {
@@ -332,8 +208,8 @@ fn port(p: i64) -> Result<u16> {
     Ok(p as u16)
 }
 
-/// `VIP:PORT[/tcp|/udp]` and its real servers' addresses.
-fn parse_cli_service(spec: &str, reals: &[String]) -> Result<Service> {
+/// `VIP:PORT[/tcp|/udp]` and its real servers' addresses, as the ops that add them.
+fn parse_cli_service(spec: &str, reals: &[String]) -> Result<Vec<Op>> {
     let (addr, protocol) = match spec.rsplit_once('/') {
         Some((a, p)) => (a, p.parse()?),
         None => (spec, Protocol::Tcp),
@@ -344,22 +220,17 @@ fn parse_cli_service(spec: &str, reals: &[String]) -> Result<Service> {
     let port_num: i64 = port_str
         .parse()
         .map_err(|_| anyhow!("bad port {port_str:?}"))?;
-    let mut svc = Service {
-        vip: ipv4(vip, "vip")?,
-        port: port(port_num)?,
-        protocol,
-        scheduler: Scheduler::RoundRobin,
-        real_servers: Vec::new(),
-    };
+    let key = ServiceKey::new(protocol, ipv4(vip, "vip")?, port(port_num)?);
+    let mut ops = vec![Op::AddService(key, ServiceOpts::default())];
+    let mut seen = BTreeSet::new();
     for real in reals {
-        let real = RealServer {
-            address: ipv4(real, "--real")?,
-            mac: None,
-            weight: 1,
-        };
-        add_real(&mut svc, real)?;
+        let addr = ipv4(real, "--real")?;
+        if !seen.insert(addr) {
+            bail!("{}", Refusal::RealExists(key, addr).detail());
+        }
+        ops.push(Op::AddReal(key, addr, RealOpts::default()));
     }
-    Ok(svc)
+    Ok(ops)
 }
 
 /// One line: `LINE:COL: message` from a toml error (whose own Display spans several lines).

@@ -1,6 +1,6 @@
-//! Control-plane figures: time to apply 10 000 services of 10 real servers each, time to replace
-//! one real server in a service of 1 000, and the peak RSS of `lvs-xdp run` with the 10 000
-//! services.
+//! Control-plane figures: time to apply 10 000 services of 10 real servers each, time to add
+//! one real server to a service of 1 000 and to replace one there, and the peak RSS of
+//! `lvs-xdp run` with the 10 000 services.
 use std::{
     fmt::Write as _,
     process::Stdio,
@@ -9,15 +9,18 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use lvs_xdp::{
-    Balancer, Config,
-    config::{Mac, RealServer},
+    Config, Director,
     iface::Interface,
-    layout::Layout,
+    model::{Mac, Op, RealOpts},
 };
 use lvs_xdp_tests::netns::Netns;
 
 fn config_text(services: usize, reals: usize) -> String {
-    let mut t = String::from("flow_table_size = 65536\n");
+    let mut t = format!(
+        "flow_table_size = 65536\nmax_services = {}\nmax_real_servers = {}\n",
+        services.max(1),
+        (services * reals).max(16) + 64
+    );
     for i in 0..services {
         let _ = write!(
             t,
@@ -56,43 +59,59 @@ pub fn run() -> Result<String> {
     let config = Config::from_toml(&text)?;
     let parse = t.elapsed();
     let t = Instant::now();
-    let layout = Layout::build(&config, &Default::default())?;
-    let lay = t.elapsed();
-    let t = Instant::now();
-    let balancer = Balancer::load(&config, layout, &[lo()])?;
+    let director = Director::load(&config, &[lo()], None)?;
     let load = t.elapsed();
-    drop(balancer);
+    drop(director);
     let _ = writeln!(
         out,
-        "| apply 10 000 services x 10 real servers (parse {:.0} ms + layout {:.0} ms + maps {:.0} ms) | {:.2} s |",
+        "| apply 10 000 services x 10 real servers (parse {:.0} ms + maps {:.0} ms) | {:.2} s |",
         parse.as_secs_f64() * 1e3,
-        lay.as_secs_f64() * 1e3,
         load.as_secs_f64() * 1e3,
-        (parse + lay + load).as_secs_f64()
+        (parse + load).as_secs_f64()
     );
 
     // One real server changed in a service of 1 000, while loaded.
     let config = Config::from_toml(&config_text(1, 1000))?;
-    let layout = Layout::build(&config, &Default::default())?;
-    let mut balancer = Balancer::load(&config, layout, &[lo()])?;
-    let mut times = Vec::new();
+    let mut director = Director::load(&config, &[lo()], None)?;
+    let key = *director
+        .state()
+        .services
+        .keys()
+        .next()
+        .context("a service")?;
+    let (mut adds, mut replaces) = (Vec::new(), Vec::new());
     for i in 0..50u8 {
-        let new = RealServer {
-            address: format!("172.31.0.{}", i + 1).parse()?,
-            mac: Some(Mac([2, 0, 0, 0x31, 0, i + 1])),
+        let opts = |n: u8| RealOpts {
             weight: 1,
+            mac: Some(Mac([2, 0, 0, 0x31, 0, n])),
         };
+        let added = format!("172.31.0.{}", i + 1).parse()?;
         let t = Instant::now();
-        balancer.replace_real(0, 500, new)?;
-        times.push(t.elapsed().as_secs_f64());
+        director.apply(&[Op::AddReal(key, added, opts(i + 1))])?;
+        adds.push(t.elapsed().as_secs_f64());
+        let replacement = format!("172.31.1.{}", i + 1).parse()?;
+        let t = Instant::now();
+        director.apply(&[
+            Op::DeleteReal(key, added),
+            Op::AddReal(key, replacement, opts(i + 101)),
+        ])?;
+        replaces.push(t.elapsed().as_secs_f64());
     }
-    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let _ = writeln!(
-        out,
-        "| replace one real server in a service of 1 000 (median of 50) | {:.0} µs |",
-        times[times.len() / 2] * 1e6
-    );
-    drop(balancer);
+    for (what, times) in [
+        ("add one real server to a service of 1 000", &mut adds),
+        (
+            "replace one real server in a service of 1 000",
+            &mut replaces,
+        ),
+    ] {
+        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let _ = writeln!(
+            out,
+            "| {what} (median of 50) | {:.0} µs |",
+            times[times.len() / 2] * 1e6
+        );
+    }
+    drop(director);
 
     // Peak RSS of the real command with the 10 000-service configuration.
     let ns = Netns::with_veth_pair("rss", "veth0", "veth1")?;

@@ -14,10 +14,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use lvs_xdp::{
-    AttachMode, Balancer, Config, bench::BenchPrograms, config::Mac, iface::Interface,
-    layout::Layout,
-};
+use lvs_xdp::{AttachMode, Config, Director, iface::Interface};
+
+use lvs_xdp::model::Mac;
+
+use crate::programs::{self, BenchPrograms};
 use lvs_xdp_common::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, bench as contract};
 use lvs_xdp_tests::netns::{Netns, in_netns};
 
@@ -126,7 +127,7 @@ pub struct Bench {
     programs: BenchPrograms,
     /// The minimal load balancer, loaded afresh (empty flow table) for each measurement.
     minimal: Option<BenchPrograms>,
-    balancer: Balancer,
+    balancer: Director,
     opts: Options,
 }
 
@@ -171,10 +172,9 @@ impl Bench {
             mac(RS_MACS[0]),
             mac(RS_MACS[1]),
         ))?;
-        let layout = Layout::build(&config, &Default::default())?;
         let balancer = in_netns(&lb_ns.name, || {
             let iface = Interface::lookup("l0")?;
-            Balancer::load(&config, layout, &[iface])
+            Director::load(&config, &[iface], None)
         })?;
         Ok(Bench {
             gen_ns,
@@ -188,13 +188,13 @@ impl Bench {
         })
     }
 
-    fn traffic(&self, flows: u32) -> lvs_xdp::bench::Traffic {
+    fn traffic(&self, flows: u32) -> programs::Traffic {
         let (saddr, daddr) = if self.opts.family == FAMILY_V6 {
             (IpAddr::from(SRC6), IpAddr::from(VIP6))
         } else {
             (IpAddr::from(SRC4), IpAddr::from(VIP4))
         };
-        lvs_xdp::bench::Traffic {
+        programs::Traffic {
             dst_mac: LB_MAC,
             src_mac: GEN_MAC,
             saddr,
@@ -233,7 +233,7 @@ impl Bench {
             }
             Variant::LvsXdp => {
                 let balancer = &mut self.balancer;
-                in_netns(&lb, || balancer.attach(AttachMode::Native))?;
+                in_netns(&lb, || balancer.balancer_mut().attach(AttachMode::Native))?;
                 Ok(None)
             }
             Variant::Nftables => {
@@ -282,7 +282,7 @@ impl Bench {
                 let minimal = self.minimal.as_mut().context("minimal LB not loaded")?;
                 minimal.detach(contract::MINIMAL_LB, link.context("link")?)
             }
-            Variant::LvsXdp => self.balancer.detach(),
+            Variant::LvsXdp => self.balancer.balancer_mut().detach(),
             Variant::Nftables => {
                 self.lb_ns
                     .exec("nft", &["delete", "table", "netdev", "lvsbench"])?;
@@ -306,11 +306,13 @@ impl Bench {
     /// Replaces lvs-xdp with a freshly loaded one: an empty flow table, so each measurement sees
     /// exactly its own flows, as a load balancer with that many active connections would.
     fn reload(&mut self) -> Result<()> {
-        let config = self.balancer.config().clone();
-        let layout = self.balancer.layout().clone();
+        let config = Config {
+            state: self.balancer.state().clone(),
+            capacity: *self.balancer.balancer().capacity(),
+        };
         let fresh = in_netns(&self.lb_ns.name, || {
             let iface = Interface::lookup("l0")?;
-            Balancer::load(&config, layout, &[iface])
+            Director::load(&config, &[iface], None)
         })?;
         drop(std::mem::replace(&mut self.balancer, fresh));
         settle_after_free();
@@ -318,7 +320,7 @@ impl Bench {
     }
 
     fn conns(&self) -> Result<u64> {
-        Ok(self.balancer.snapshot()?.services[0].conns)
+        Ok(self.balancer.snapshot()?.services[0].counters.conns)
     }
 
     /// Measures `variant` at `flows` flows: warm up, then count what comes back to the sink.
@@ -383,7 +385,7 @@ impl Bench {
                         .as_ref()
                         .context("minimal LB")?
                         .run_stats(contract::MINIMAL_LB),
-                    _ => b.balancer.run_stats(),
+                    _ => b.balancer.balancer().run_stats(),
                 };
                 let (t0, n0) = read(self)?;
                 self.generate(flows, self.opts.duration)?;
@@ -406,7 +408,7 @@ impl Bench {
         Ok(t.as_nanos() as f64 / n.max(1) as f64)
     }
 
-    pub fn balancer(&self) -> &Balancer {
+    pub fn balancer(&self) -> &Director {
         &self.balancer
     }
 }

@@ -10,6 +10,9 @@
 mod control;
 #[path = "harness.rs"]
 mod harness;
+// Shared with the tests; each uses part of it.
+#[allow(dead_code)]
+mod programs;
 
 use std::{
     path::PathBuf,
@@ -78,7 +81,7 @@ fn real_main() -> Result<()> {
         } else {
             "TCP"
         },
-        lvs_xdp::bench::FRAME_LEN,
+        programs::FRAME_LEN,
         opts.flows,
         opts.runs,
         opts.duration.as_secs_f64(),

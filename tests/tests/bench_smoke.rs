@@ -4,13 +4,16 @@
 #[allow(dead_code)]
 #[path = "../benches/harness.rs"]
 mod harness;
+#[allow(dead_code)]
+#[path = "../benches/programs.rs"]
+mod programs;
 
 use std::{net::IpAddr, time::Duration};
 
 use harness::{Bench, Options, Variant};
-use lvs_xdp::bench::{BenchPrograms, FRAME_LEN, Traffic};
 use lvs_xdp_common::{FAMILY_V4, PROTO_TCP, PROTO_UDP, bench::PORTS_PER_ADDR};
 use lvs_xdp_tests::packet::{self, checksum};
+use programs::{BenchPrograms, FRAME_LEN, Traffic};
 
 fn root() {
     assert!(unsafe { libc::geteuid() } == 0, "needs root (BPF, netns)");
@@ -188,7 +191,10 @@ fn the_benchmark_runs_end_to_end() {
     }
     // The cost pass ran a fresh lvs-xdp on 100 flows: exactly one connection per flow.
     let snap = bench.balancer().snapshot().unwrap();
-    assert_eq!(snap.services[0].conns, 100, "one connection per flow");
+    assert_eq!(
+        snap.services[0].counters.conns, 100,
+        "one connection per flow"
+    );
     let rows = harness::rows(&samples, &opts.flows);
     let table = harness::table(&rows, &[(100, costs)]);
     assert!(table.contains("| 20000 |"), "{table}");

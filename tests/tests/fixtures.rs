@@ -1,10 +1,16 @@
 //! Packet fixtures: each case is an input frame built field by field, the expected XDP action,
 //! the expected output frame (compared header by header) and the verdict counter it must bump.
 //! The program runs through BPF_PROG_TEST_RUN, attached nowhere. Needs root.
-use std::collections::HashMap;
+use std::net::Ipv4Addr;
 
-use lvs_xdp::{Balancer, Config, config::Mac, iface::Interface, layout::Layout};
-use lvs_xdp_common::reason;
+use lvs_xdp::{
+    Config, Director,
+    director::ApplyError,
+    iface::Interface,
+    listing::{ServiceView, Snapshot},
+    model::{Mac, Op, Protocol, RealOpts, Refusal, ServiceKey},
+};
+use lvs_xdp_common::{Counters, reason};
 use lvs_xdp_tests::packet::{self, ETH_P_8021AD, ETH_P_8021Q, Frame};
 
 const XDP_DROP: u32 = 1;
@@ -42,31 +48,59 @@ vip = "10.0.0.20"
 port = 80
 "#;
 
-fn rs7() -> lvs_xdp::config::RealServer {
-    lvs_xdp::config::RealServer {
-        address: "10.0.0.7".parse().unwrap(),
-        mac: Some(Mac(RS7)),
-        weight: 1,
-    }
+/// TCP 10.0.0.10:80, the service with three real servers.
+fn web() -> ServiceKey {
+    ServiceKey::new(Protocol::Tcp, VIP.parse().unwrap(), 80)
 }
 
-fn balancer() -> Balancer {
+/// TCP 10.0.0.20:80, the service without real servers.
+fn empty_service() -> ServiceKey {
+    ServiceKey::new(Protocol::Tcp, "10.0.0.20".parse().unwrap(), 80)
+}
+
+fn ip(a: &str) -> Ipv4Addr {
+    a.parse().unwrap()
+}
+
+fn service(s: &Snapshot, key: ServiceKey) -> &ServiceView {
+    s.service(&key).expect("service in the snapshot")
+}
+
+fn real(s: &Snapshot, key: ServiceKey, addr: &str) -> Counters {
+    let svc = service(s, key);
+    let r = svc.reals.iter().find(|r| r.addr == ip(addr));
+    r.expect("real server in the snapshot").counters
+}
+
+/// RS1 (10.0.0.3) leaves web(), RS7 (10.0.0.7) joins it: one batch.
+fn replace_rs1_with_rs7(b: &mut Director) {
+    let rs7 = RealOpts {
+        weight: 1,
+        mac: Some(Mac(RS7)),
+    };
+    b.apply(&[
+        Op::DeleteReal(web(), ip("10.0.0.3")),
+        Op::AddReal(web(), ip("10.0.0.7"), rs7),
+    ])
+    .unwrap();
+}
+
+fn balancer() -> Director {
     balancer_from(CONFIG)
 }
 
-fn balancer_from(config: &str) -> Balancer {
+fn balancer_from(config: &str) -> Director {
     assert!(
         unsafe { libc::geteuid() } == 0,
         "the packet fixtures need root (BPF); run them with cargo xtask test as root"
     );
     let config = Config::from_toml(config).unwrap();
-    let layout = Layout::build(&config, &HashMap::new()).unwrap();
     let lo = Interface {
         name: "lo".into(),
         index: 1,
         mac: Mac(LB),
     };
-    Balancer::load(&config, layout, &[lo]).expect("load the XDP program")
+    Director::load(&config, &[lo], None).expect("load the XDP program")
 }
 
 /// `input` with the Ethernet addresses a forward to `real` must produce.
@@ -78,9 +112,9 @@ fn forwarded(input: &[u8], real: [u8; 6]) -> Vec<u8> {
 }
 
 /// Runs one case: action, output header by header, and exactly one verdict counted, `why`.
-fn check(b: &Balancer, name: &str, input: &[u8], action: u32, output: &[u8], why: u32) {
+fn check(b: &Director, name: &str, input: &[u8], action: u32, output: &[u8], why: u32) {
     let before = b.snapshot().unwrap();
-    let (got_action, got) = b.test_run(input).unwrap();
+    let (got_action, got) = b.balancer().test_run(input).unwrap();
     let after = b.snapshot().unwrap();
     assert_eq!(
         got_action,
@@ -113,7 +147,7 @@ fn check(b: &Balancer, name: &str, input: &[u8], action: u32, output: &[u8], why
     );
 }
 
-fn verdict_deltas(a: &lvs_xdp::stats::Snapshot, b: &lvs_xdp::stats::Snapshot) -> Vec<String> {
+fn verdict_deltas(a: &Snapshot, b: &Snapshot) -> Vec<String> {
     (0..reason::COUNT as usize)
         .filter(|&i| b.global[i].packets != a.global[i].packets)
         .map(|i| {
@@ -126,7 +160,7 @@ fn verdict_deltas(a: &lvs_xdp::stats::Snapshot, b: &lvs_xdp::stats::Snapshot) ->
         .collect()
 }
 
-fn tx(b: &Balancer, name: &str, frame: &[u8], real: [u8; 6]) {
+fn tx(b: &Director, name: &str, frame: &[u8], real: [u8; 6]) {
     check(
         b,
         name,
@@ -137,11 +171,11 @@ fn tx(b: &Balancer, name: &str, frame: &[u8], real: [u8; 6]) {
     );
 }
 
-fn pass(b: &Balancer, name: &str, frame: &[u8], why: u32) {
+fn pass(b: &Director, name: &str, frame: &[u8], why: u32) {
     check(b, name, frame, XDP_PASS, frame, why);
 }
 
-fn drop(b: &Balancer, name: &str, frame: &[u8], why: u32) {
+fn drop(b: &Director, name: &str, frame: &[u8], why: u32) {
     check(b, name, frame, XDP_DROP, frame, why);
 }
 
@@ -433,11 +467,10 @@ fn a_service_without_real_servers_drops_and_counts() {
     drop(&b, "no real server", &f, reason::DROP_NO_REAL_SERVER);
     drop(&b, "no real server again", &f, reason::DROP_NO_REAL_SERVER);
     let s = b.snapshot().unwrap();
-    assert_eq!(s.services[2].drops, 2);
-    assert_eq!(s.services[2].packets, 2);
-    assert_eq!(s.services[2].conns, 0);
+    let c = service(&s, empty_service()).counters;
+    assert_eq!((c.drops, c.packets, c.conns), (2, 2, 0));
     assert!(
-        b.flows_v4().unwrap().is_empty(),
+        b.balancer().flows_v4().unwrap().is_empty(),
         "a dropped flow is not remembered"
     );
 }
@@ -449,7 +482,7 @@ fn new_flows_are_spread_round_robin_and_weight_zero_gets_none() {
     let mut seen = Vec::new();
     for i in 0..100u16 {
         let f = Frame::tcp(LB, CLIENT, 10000 + i, VIP, 80).build();
-        let (action, out) = b.test_run(&f).unwrap();
+        let (action, out) = b.balancer().test_run(&f).unwrap();
         assert_eq!(action, XDP_TX, "flow {i}");
         seen.push(<[u8; 6]>::try_from(&out[0..6]).unwrap());
     }
@@ -459,11 +492,14 @@ fn new_flows_are_spread_round_robin_and_weight_zero_gets_none() {
     }
     assert!(!seen.contains(&RS4), "weight 0 takes no new connection");
     let s = b.snapshot().unwrap();
-    let slots = &b.layout().real_slots[0];
-    let conns: Vec<u64> = slots.iter().map(|&r| s.reals[r as usize].conns).collect();
+    let conns: Vec<u64> = service(&s, web())
+        .reals
+        .iter()
+        .map(|r| r.counters.conns)
+        .collect();
     assert_eq!(conns, vec![50, 50, 0]);
-    assert_eq!(s.services[0].conns, 100);
-    assert_eq!(b.flows_v4().unwrap().len(), 100);
+    assert_eq!(service(&s, web()).counters.conns, 100);
+    assert_eq!(b.balancer().flows_v4().unwrap().len(), 100);
 }
 
 /// Frames of a flow already in the table take the fast path only when they are the common
@@ -474,7 +510,7 @@ fn frames_of_a_known_flow_still_get_every_check() {
     pin_to_cpu0();
     let b = balancer();
     let known = || Frame::tcp(LB, CLIENT, 46000, VIP, 80);
-    let (_, first) = b.test_run(&known().build()).unwrap();
+    let (_, first) = b.balancer().test_run(&known().build()).unwrap();
     let rs = <[u8; 6]>::try_from(&first[0..6]).unwrap();
     tx(&b, "the flow's next packet", &known().build(), rs);
     tx(
@@ -538,11 +574,12 @@ fn packets_of_one_flow_always_reach_the_same_real_server() {
     pin_to_cpu0();
     let b = balancer();
     let flow = Frame::tcp(LB, CLIENT, 50000, VIP, 80).build();
-    let (_, first) = b.test_run(&flow).unwrap();
+    let (_, first) = b.balancer().test_run(&flow).unwrap();
     let chosen = <[u8; 6]>::try_from(&first[0..6]).unwrap();
     for i in 0..20u16 {
         // Other new flows move the round-robin position between this flow's packets.
-        b.test_run(&Frame::tcp(LB, CLIENT, 51000 + i, VIP, 80).build())
+        b.balancer()
+            .test_run(&Frame::tcp(LB, CLIENT, 51000 + i, VIP, 80).build())
             .unwrap();
         let mut ack = Frame::tcp(LB, CLIENT, 50000, VIP, 80);
         if let Some(packet::L4::Tcp { flags, seq, .. }) = &mut ack.l4 {
@@ -553,10 +590,11 @@ fn packets_of_one_flow_always_reach_the_same_real_server() {
     }
     let s = b.snapshot().unwrap();
     assert_eq!(
-        s.services[0].conns, 21,
+        service(&s, web()).counters.conns,
+        21,
         "one connection per flow, not per packet"
     );
-    assert_eq!(s.services[0].packets, 41);
+    assert_eq!(service(&s, web()).counters.packets, 41);
 }
 
 #[test]
@@ -577,7 +615,7 @@ fn counters_add_up() {
         Frame::tcp(LB, CLIENT, 1, "10.0.0.20", 80).build(),
     ];
     for f in &frames {
-        b.test_run(f).unwrap();
+        b.balancer().test_run(f).unwrap();
     }
     let s = b.snapshot().unwrap();
     assert_eq!(s.total_packets(), frames.len() as u64);
@@ -592,20 +630,21 @@ fn counters_add_up() {
     // Service and real-server counters cover exactly the forwarded packets.
     let fwd = s.reason(reason::FORWARDED);
     assert_eq!(fwd.packets, 4);
-    let svc_packets: u64 = s.services.iter().map(|c| c.packets - c.drops).sum();
-    let real_packets: u64 = s.reals.iter().map(|c| c.packets).sum();
-    let real_bytes: u64 = s.reals.iter().map(|c| c.bytes).sum();
+    let svc_packets: u64 = s
+        .services
+        .iter()
+        .map(|v| v.counters.packets - v.counters.drops)
+        .sum();
+    let reals = || s.services.iter().flat_map(|v| v.reals.iter());
+    let real_packets: u64 = reals().map(|r| r.counters.packets).sum();
+    let real_bytes: u64 = reals().map(|r| r.counters.bytes).sum();
     assert_eq!(svc_packets, fwd.packets);
     assert_eq!(real_packets, fwd.packets);
     assert_eq!(real_bytes, fwd.bytes);
-    let l = b.layout();
-    assert_eq!(
-        s.reals[l.real_slots[0][0] as usize].bytes,
-        (frames[0].len() + frames[2].len()) as u64
-    );
-    assert_eq!(s.reals[l.real_slots[0][0] as usize].conns, 1);
-    assert_eq!(s.reals[l.real_slots[0][0] as usize].packets, 2);
-    assert_eq!(s.services[2].drops, 1);
+    let rs1 = real(&s, web(), "10.0.0.3");
+    assert_eq!(rs1.bytes, (frames[0].len() + frames[2].len()) as u64);
+    assert_eq!((rs1.conns, rs1.packets), (1, 2));
+    assert_eq!(service(&s, empty_service()).counters.drops, 1);
 }
 
 /// A flow table far smaller than the flows: every bucket fills, the flows that find no room
@@ -617,17 +656,17 @@ fn a_full_flow_table_moves_flows_to_the_overflow_hash_and_forgets_none() {
     let (buckets, _) = lvs_xdp_common::flow_table::sizes(16);
     let ways = u64::from(buckets) * lvs_xdp_common::flow_table::WAYS as u64;
     let n = 300u16;
-    assert!(u64::from(n) > ways && u64::from(n) < b.flow_capacity());
+    assert!(u64::from(n) > ways && u64::from(n) < b.balancer().flow_capacity());
     let frame = |i: u16| Frame::tcp(LB, CLIENT, 20000 + i, VIP, 80).build();
     let mut chosen = Vec::new();
     for i in 0..n {
-        let (action, out) = b.test_run(&frame(i)).unwrap();
+        let (action, out) = b.balancer().test_run(&frame(i)).unwrap();
         assert_eq!(action, XDP_TX, "new flow {i}");
         chosen.push(<[u8; 6]>::try_from(&out[0..6]).unwrap());
     }
-    assert_eq!(b.flows_v4().unwrap().len(), usize::from(n));
+    assert_eq!(b.balancer().flows_v4().unwrap().len(), usize::from(n));
     assert_eq!(
-        b.flow_table_counts().unwrap(),
+        b.balancer().flow_table_counts().unwrap(),
         (ways, u64::from(n) - ways),
         "(flows in buckets, in the overflow hash)"
     );
@@ -635,16 +674,20 @@ fn a_full_flow_table_moves_flows_to_the_overflow_hash_and_forgets_none() {
         tx(&b, &format!("flow {i} again"), &frame(i as u16), *rs);
     }
     let s = b.snapshot().unwrap();
-    assert_eq!(s.services[0].conns, u64::from(n), "no flow scheduled twice");
+    assert_eq!(
+        service(&s, web()).counters.conns,
+        u64::from(n),
+        "no flow scheduled twice"
+    );
     assert_eq!(s.reason(reason::EVENT_FLOW_INSERT_FAILED).packets, 0);
     assert_eq!(s.reason(reason::EVENT_FLOW_RESCHEDULED).packets, 0);
 
     // Replacing RS1 reschedules its flows wherever they are kept, and only those.
     let mut b = b;
-    b.replace_real(0, 0, rs7()).unwrap();
+    replace_rs1_with_rs7(&mut b);
     let mut moved = 0;
     for (i, rs) in chosen.iter().enumerate() {
-        let (_, out) = b.test_run(&frame(i as u16)).unwrap();
+        let (_, out) = b.balancer().test_run(&frame(i as u16)).unwrap();
         if *rs == RS1 {
             assert_ne!(&out[0..6], &RS1, "flow {i} still sent to the replaced RS1");
             moved += 1;
@@ -655,7 +698,7 @@ fn a_full_flow_table_moves_flows_to_the_overflow_hash_and_forgets_none() {
     assert_eq!(moved, u64::from(n) / 2);
     let s = b.snapshot().unwrap();
     assert_eq!(s.reason(reason::EVENT_FLOW_RESCHEDULED).packets, moved);
-    assert_eq!(b.flows_v4().unwrap().len(), usize::from(n));
+    assert_eq!(b.balancer().flows_v4().unwrap().len(), usize::from(n));
 }
 
 #[test]
@@ -668,19 +711,19 @@ fn replacing_a_real_server_moves_only_its_own_flows() {
     tx(&b, "flow B", &flow_b, RS2);
     let before = b.snapshot().unwrap();
 
-    b.replace_real(0, 0, rs7()).unwrap();
+    replace_rs1_with_rs7(&mut b);
 
     // B's real server did not change: B stays where it was.
     tx(&b, "flow B after the change", &flow_b, RS2);
-    // A's did: A is scheduled again (the rotation continues: RS7's turn, in RS1's place).
-    let (action, out) = b.test_run(&flow_a).unwrap();
+    // A's did: A is scheduled again, onto a real server the service has now.
+    let (action, out) = b.balancer().test_run(&flow_a).unwrap();
     assert_eq!(action, XDP_TX);
-    assert_eq!(
-        &out[0..6],
-        &RS7,
-        "flow A rescheduled onto the new real server"
+    let a_now: [u8; 6] = out[0..6].try_into().unwrap();
+    assert!(
+        a_now == RS7 || a_now == RS2,
+        "flow A rescheduled to {a_now:02x?}"
     );
-    tx(&b, "flow A stays on its new real server", &flow_a, RS7);
+    tx(&b, "flow A stays on its new real server", &flow_a, a_now);
     let after = b.snapshot().unwrap();
     assert_eq!(
         after.reason(reason::EVENT_FLOW_RESCHEDULED).packets
@@ -690,6 +733,7 @@ fn replacing_a_real_server_moves_only_its_own_flows() {
     // New flows rotate over RS7 and RS2; RS1 gets none.
     for i in 0..4u16 {
         let (_, out) = b
+            .balancer()
             .test_run(&Frame::tcp(LB, CLIENT, 61000 + i, VIP, 80).build())
             .unwrap();
         assert!(
@@ -701,42 +745,85 @@ fn replacing_a_real_server_moves_only_its_own_flows() {
     }
     // Totals stay monotonic and add up: the old real server's counts stay in the service's.
     let last = b.snapshot().unwrap();
-    assert!(last.services[0].packets >= before.services[0].packets + 7);
-    assert_eq!(last.services[0].conns, before.services[0].conns + 5);
+    let (was, now) = (service(&before, web()), service(&last, web()));
+    assert!(now.counters.packets >= was.counters.packets + 7);
+    assert_eq!(now.counters.conns, was.counters.conns + 5);
     let fwd = last.reason(reason::FORWARDED);
-    let real_sum: u64 = b
-        .layout()
-        .real_slots
+    let real_sum: u64 = last
+        .services
         .iter()
-        .flatten()
-        .map(|s| last.reals[*s as usize].packets)
+        .flat_map(|v| v.reals.iter())
+        .map(|r| r.counters.packets)
         .sum();
     assert_eq!(
         fwd.packets,
-        real_sum + before.reals[0].packets,
-        "live slots plus the retired one"
+        real_sum + real(&before, web(), "10.0.0.3").packets,
+        "live real servers plus the removed one"
     );
-    assert_eq!(
-        b.config().services[0].real_servers[0].address.to_string(),
-        "10.0.0.7"
-    );
-    // Refusals leave everything as it was.
-    let dup = lvs_xdp::config::RealServer {
-        address: "10.0.0.4".parse().unwrap(),
-        mac: Some(Mac(RS2)),
+    let reals = &b.state().services[&web()].reals;
+    assert!(reals.contains_key(&ip("10.0.0.7")) && !reals.contains_key(&ip("10.0.0.3")));
+    // A refusal leaves everything as it was.
+    let dup = RealOpts {
         weight: 1,
+        mac: Some(Mac(RS2)),
     };
+    let state = b.state().clone();
+    let err = b
+        .apply(&[
+            Op::DeleteReal(web(), ip("10.0.0.7")),
+            Op::AddReal(web(), ip("10.0.0.4"), dup),
+        ])
+        .unwrap_err();
     assert!(
-        b.replace_real(0, 0, dup)
-            .unwrap_err()
-            .to_string()
-            .contains("duplicate real server 10.0.0.4")
+        matches!(
+            err,
+            ApplyError::Refused {
+                op: 1,
+                refusal: Refusal::RealExists(..)
+            }
+        ),
+        "{err:?}"
     );
-    let quiesce = lvs_xdp::config::RealServer {
-        address: "10.0.0.8".parse().unwrap(),
-        mac: Some(Mac(RS7)),
+    assert_eq!(err.to_string(), "Destination already exists");
+    assert_eq!(b.state(), &state);
+    tx(&b, "flow A unchanged after a refusal", &flow_a, a_now);
+}
+
+/// Weight 0 quiesces a real server live: its connections go on, new ones go elsewhere; a
+/// weight above 0 brings it back.
+#[test]
+fn a_weight_set_to_zero_quiesces_a_real_server_live() {
+    pin_to_cpu0();
+    let mut b = balancer();
+    let flow_a = Frame::tcp(LB, CLIENT, 62000, VIP, 80).build();
+    tx(&b, "flow A", &flow_a, RS1);
+    let quiesced = RealOpts {
         weight: 0,
+        mac: Some(Mac(RS1)),
     };
-    assert!(b.replace_real(0, 0, quiesce).is_err());
-    tx(&b, "flow A unchanged after refusals", &flow_a, RS7);
+    b.apply(&[Op::EditReal(web(), ip("10.0.0.3"), quiesced)])
+        .unwrap();
+    tx(
+        &b,
+        "flow A continues on its quiesced real server",
+        &flow_a,
+        RS1,
+    );
+    for i in 0..4u16 {
+        let f = Frame::tcp(LB, CLIENT, 62100 + i, VIP, 80).build();
+        tx(&b, &format!("new flow {i}"), &f, RS2);
+    }
+    let back = RealOpts {
+        weight: 1,
+        mac: Some(Mac(RS1)),
+    };
+    b.apply(&[Op::EditReal(web(), ip("10.0.0.3"), back)])
+        .unwrap();
+    let mut seen = Vec::new();
+    for i in 0..4u16 {
+        let f = Frame::tcp(LB, CLIENT, 62200 + i, VIP, 80).build();
+        let (_, out) = b.balancer().test_run(&f).unwrap();
+        seen.push(<[u8; 6]>::try_from(&out[0..6]).unwrap());
+    }
+    assert!(seen.contains(&RS1) && seen.contains(&RS2), "{seen:02x?}");
 }

@@ -7,18 +7,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lvs_xdp::{
-    AttachMode, Balancer, Config,
-    bench::{BenchPrograms, Traffic},
-    iface::Interface,
-    layout::Layout,
-};
+#[allow(dead_code)]
+#[path = "../benches/programs.rs"]
+mod programs;
+
+use lvs_xdp::{AttachMode, Config, Director, iface::Interface};
 use lvs_xdp_common::PROTO_TCP;
 use lvs_xdp_tests::{
     lab::{self, Lab},
     netns::{self, Netns, in_netns},
     xdp_pass,
 };
+use programs::{BenchPrograms, Traffic};
 
 const FLOOD: u32 = 1_000_000;
 /// At nginx's 4 MB/s for `/slow/`, 16 s: longer than the flood's passes take even on a busy
@@ -82,12 +82,11 @@ fn flood(flow_table_size: Option<u32>) {
         toml = format!("flow_table_size = {size}\n{toml}");
     }
     let config = Config::from_toml(&toml).unwrap();
-    let layout = Layout::build(&config, &Default::default()).unwrap();
-    let mut balancer = in_netns(&lab.lb.name, || {
+    let mut director = in_netns(&lab.lb.name, || {
         let eth0 = Interface::lookup("eth0")?;
-        let mut b = Balancer::load(&config, layout, &[eth0])?;
-        b.attach(AttachMode::Native)?;
-        Ok(b)
+        let mut d = Director::load(&config, &[eth0], None)?;
+        d.balancer_mut().attach(AttachMode::Native)?;
+        Ok(d)
     })
     .expect("lvs-xdp on the LB");
 
@@ -121,8 +120,8 @@ fn flood(flow_table_size: Option<u32>) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let before = balancer.snapshot().unwrap();
-    let flows_before = balancer.flows_v4().unwrap();
+    let before = director.snapshot().unwrap();
+    let flows_before = director.balancer().flows_v4().unwrap();
     let transfer_key = flows_before
         .iter()
         .find(|(k, _)| {
@@ -157,7 +156,8 @@ fn flood(flow_table_size: Option<u32>) {
     let flood_start = Instant::now();
     let mut passes = 0;
     while passes < 10
-        && balancer.snapshot().unwrap().services[0].conns - before.services[0].conns
+        && director.snapshot().unwrap().services[0].counters.conns
+            - before.services[0].counters.conns
             < u64::from(FLOOD)
     {
         in_netns(&gen_ns.name, || programs.generate_frames(gen_if, FLOOD)).expect("flood");
@@ -181,9 +181,9 @@ fn flood(flow_table_size: Option<u32>) {
     assert_eq!(got.len(), SIZE, "downloaded size");
     assert!(got == big, "downloaded bytes differ");
 
-    let after = balancer.snapshot().unwrap();
-    let flows_after = balancer.flows_v4().unwrap();
-    let counts = balancer.flow_table_counts().unwrap();
+    let after = director.snapshot().unwrap();
+    let flows_after = director.balancer().flows_v4().unwrap();
+    let counts = director.balancer().flow_table_counts().unwrap();
     let (_, flow_after) = flows_after
         .iter()
         .find(|(k, _)| *k == transfer_key.0)
@@ -209,12 +209,12 @@ fn flood(flow_table_size: Option<u32>) {
     assert_eq!(served.len(), 1, "the file was requested from {served:?}");
     assert_eq!(served[0].1, 1, "one request");
     assert_eq!(
-        layout_slot_of(&balancer, served[0].0),
+        layout_slot_of(&director, served[0].0),
         transfer_key.1.real,
         "the flow table's real server is the one that served the file"
     );
 
-    let conns = after.services[0].conns - before.services[0].conns;
+    let conns = after.services[0].counters.conns - before.services[0].counters.conns;
     let inserted = conns;
     let present = flows_after.len() as u64;
     let resched = after
@@ -226,7 +226,7 @@ fn flood(flow_table_size: Option<u32>) {
          (in buckets {}, in the overflow hash {}; evicted ~{}), flows rescheduled {resched}, transfer intact ({SIZE} bytes) on the same real server",
         f64::from(FLOOD) * f64::from(passes) / flood_secs / 1e6,
         during,
-        balancer.flow_capacity(),
+        director.balancer().flow_capacity(),
         counts.0,
         counts.1,
         (flows_before.len() as u64 + inserted).saturating_sub(present)
@@ -248,7 +248,7 @@ fn flood(flow_table_size: Option<u32>) {
         // The table (buckets plus overflow hash) filled up and its LRU hash evicted the rest
         // of the flood, never the transfer's flow.
         Some(size) => {
-            let capacity = balancer.flow_capacity();
+            let capacity = director.balancer().flow_capacity();
             assert!(
                 present <= capacity,
                 "{present} entries in a table of {capacity}"
@@ -259,9 +259,12 @@ fn flood(flow_table_size: Option<u32>) {
             );
         }
     }
-    balancer.detach().unwrap();
+    director.balancer_mut().detach().unwrap();
 }
 
-fn layout_slot_of(b: &Balancer, real_index: usize) -> u32 {
-    b.layout().real_slots[0][real_index]
+/// The real-server slot of the lab's real server `real_index` (REAL_SERVERS' order).
+fn layout_slot_of(d: &Director, real_index: usize) -> u32 {
+    let addr: std::net::Ipv4Addr = lab::REAL_SERVERS[real_index].1.parse().unwrap();
+    d.slot_of(&d.state().services.keys().next().copied().unwrap(), addr)
+        .expect("the real server is placed")
 }

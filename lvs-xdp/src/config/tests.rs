@@ -1,4 +1,13 @@
 use super::*;
+use crate::model::Service;
+
+fn tcp(a: [u8; 4], port: u16) -> ServiceKey {
+    ServiceKey::new(Protocol::Tcp, Ipv4Addr::from(a), port)
+}
+
+fn udp(a: [u8; 4], port: u16) -> ServiceKey {
+    ServiceKey::new(Protocol::Udp, Ipv4Addr::from(a), port)
+}
 
 const ISSUE_EXAMPLE: &str = r#"
 [[service]]
@@ -24,27 +33,19 @@ fn service(extra: &str) -> String {
 #[test]
 fn issue_example_parses_exactly() {
     let config = Config::from_toml(ISSUE_EXAMPLE).unwrap();
-    assert_eq!(config.flow_table_size, DEFAULT_FLOW_TABLE_SIZE);
-    assert_eq!(
-        config.services,
-        vec![Service {
-            vip: Ipv4Addr::new(10, 99, 0, 10),
-            port: 80,
-            protocol: Protocol::Tcp,
+    assert_eq!(config.capacity, Capacity::default());
+    let reals = [[10, 99, 0, 3], [10, 99, 0, 4]]
+        .map(|a| (Ipv4Addr::from(a), RealOpts::default()))
+        .into();
+    let service = Service {
+        opts: ServiceOpts {
             scheduler: Scheduler::RoundRobin,
-            real_servers: vec![
-                RealServer {
-                    address: Ipv4Addr::new(10, 99, 0, 3),
-                    mac: None,
-                    weight: 1
-                },
-                RealServer {
-                    address: Ipv4Addr::new(10, 99, 0, 4),
-                    mac: None,
-                    weight: 1
-                },
-            ],
-        }]
+        },
+        reals,
+    };
+    assert_eq!(
+        config.state.services,
+        [(tcp([10, 99, 0, 10], 80), service)].into()
     );
 }
 
@@ -65,13 +66,14 @@ vip = "192.168.0.10"
 port = 53
 "#;
     let config = Config::from_toml(text).unwrap();
-    assert_eq!(config.flow_table_size, 4096);
-    assert_eq!(config.services.len(), 2);
-    assert_eq!(config.services[0].protocol, Protocol::Udp);
-    assert_eq!(config.services[1].protocol, Protocol::Tcp);
-    assert_eq!(config.services[1].scheduler, Scheduler::RoundRobin);
-    assert!(config.services[1].real_servers.is_empty());
-    let real = &config.services[0].real_servers[0];
+    assert_eq!(config.capacity.flow_table_size, 4096);
+    let services = &config.state.services;
+    assert_eq!(services.len(), 2);
+    let dns = &services[&udp([192, 168, 0, 10], 53)];
+    let web = &services[&tcp([192, 168, 0, 10], 53)];
+    assert_eq!(web.opts.scheduler, Scheduler::RoundRobin);
+    assert!(web.reals.is_empty());
+    let real = &dns.reals[&Ipv4Addr::new(192, 168, 0, 3)];
     assert_eq!(real.mac, Some(Mac([2, 0, 0, 0, 0, 0x0a])));
     assert_eq!(real.weight, 0);
 }
@@ -192,7 +194,7 @@ fn refuses_duplicates() {
     assert_eq!(refused(&text), "duplicate service TCP 10.0.0.1:80");
     // Same address and port but another protocol is another service.
     let text = format!("{}{}", service(""), service("protocol = \"udp\""));
-    assert_eq!(Config::from_toml(&text).unwrap().services.len(), 2);
+    assert_eq!(Config::from_toml(&text).unwrap().state.services.len(), 2);
     let err = refused(&service(
         "real_servers = [ { address = \"10.0.0.3\" }, { address = \"10.0.0.3\" } ]",
     ));
@@ -200,6 +202,20 @@ fn refuses_duplicates() {
         err,
         "service 1: duplicate real server 10.0.0.3 in service TCP 10.0.0.1:80"
     );
+}
+
+#[test]
+fn capacities() {
+    let config = Config::from_toml("max_services = 10000\nmax_real_servers = 20\n").unwrap();
+    assert_eq!(config.capacity.services, 10000);
+    assert_eq!(config.capacity.real_servers, 20);
+    let err = refused("max_services = 0\n");
+    assert_eq!(
+        err,
+        format!("max_services 0 out of range (1..={MAX_CAPACITY})")
+    );
+    let err = refused("max_real_servers = -1\n");
+    assert!(err.contains("max_real_servers -1 out of range"), "{err}");
 }
 
 #[test]
@@ -222,11 +238,10 @@ fn cli_services() {
             ("10.0.0.1:53/udp".into(), vec![]),
         ])
         .unwrap();
-    assert_eq!(config.services.len(), 2);
-    assert_eq!(config.services[0].protocol, Protocol::Tcp);
-    assert_eq!(config.services[0].real_servers.len(), 2);
-    assert_eq!(config.services[1].protocol, Protocol::Udp);
-    assert_eq!(config.services[1].port, 53);
+    let services = &config.state.services;
+    assert_eq!(services.len(), 2);
+    assert_eq!(services[&tcp([10, 0, 0, 1], 80)].reals.len(), 2);
+    assert!(services[&udp([10, 0, 0, 1], 53)].reals.is_empty());
 }
 
 #[test]

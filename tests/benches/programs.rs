@@ -1,4 +1,5 @@
-//! Benchmark programs (object `lvs-xdp-bench`): a live-frame traffic generator, a sink counting
+//! Benchmark support, shared by the benchmarks and the tests that use them (through `#[path]`):
+//! the benchmark programs (object `lvs-xdp-bench`): a live-frame traffic generator, a sink counting
 //! frames per destination MAC, a bare XDP_TX bounce and a pass program. Used by the veth
 //! benchmark (`cargo xtask bench`) and the flood test.
 //!
@@ -20,11 +21,7 @@ use lvs_xdp_common::{
     bench::{self as contract, GenConfig},
 };
 
-use crate::AttachMode;
-
-/// The benchmark object, embedded at build time.
-pub static BENCH_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lvs-xdp-bench"));
+use lvs_xdp::{AttachMode, BENCH_OBJECT};
 
 /// Bytes of every generated frame: Ethernet + IPv6 + TCP, the largest header set. Shorter
 /// header sets (IPv4, UDP) are followed by zero padding, as short frames are on a wire.

@@ -1,20 +1,38 @@
-//! Counter snapshots and the stats table, in ipvsadm's words (`ipvsadm -L -n --stats --rate`).
-use std::{fmt::Write as _, time::Instant};
+//! What the director shows: every service and real server with its counters at one instant
+//! ([`Snapshot`], made by [`crate::director::Director::snapshot`]), and the ways it is printed.
+use std::{fmt::Write as _, net::Ipv4Addr, time::Instant};
 
 use lvs_xdp_common::{Counters, reason};
 
-use crate::{config::Config, layout::Layout};
+use crate::model::{Mac, RealOpts, ServiceKey, ServiceOpts};
 
-/// Every counter, summed over CPUs, at one instant.
+/// A real server and its counters.
+#[derive(Clone, Debug)]
+pub struct RealView {
+    pub addr: Ipv4Addr,
+    pub opts: RealOpts,
+    /// The MAC frames are sent to (explicit or from the neighbour table).
+    pub mac: Mac,
+    pub counters: Counters,
+}
+
+/// A service, its counters (over its real servers, present and past, plus its drops) and its
+/// real servers.
+#[derive(Clone, Debug)]
+pub struct ServiceView {
+    pub key: ServiceKey,
+    pub opts: ServiceOpts,
+    pub counters: Counters,
+    pub reals: Vec<RealView>,
+}
+
+/// Every counter, summed over CPUs, at one instant. Services in ipvsadm's order.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub at: Instant,
     /// Indexed by `lvs_xdp_common::reason`.
     pub global: Vec<Counters>,
-    /// Indexed by service id (position in the configuration).
-    pub services: Vec<Counters>,
-    /// Indexed by real-server slot.
-    pub reals: Vec<Counters>,
+    pub services: Vec<ServiceView>,
 }
 
 impl Snapshot {
@@ -28,6 +46,10 @@ impl Snapshot {
 
     pub fn reason(&self, r: u32) -> Counters {
         self.global[r as usize]
+    }
+
+    pub fn service(&self, key: &ServiceKey) -> Option<&ServiceView> {
+        self.services.iter().find(|s| s.key == *key)
     }
 }
 
@@ -54,9 +76,9 @@ fn rate(now: u64, before: Option<u64>, secs: f64) -> f64 {
     }
 }
 
-/// The stats table: one line per service, one per real server, then the non-zero verdicts.
-/// Rates are over the interval since `prev`.
-pub fn render(config: &Config, layout: &Layout, now: &Snapshot, prev: Option<&Snapshot>) -> String {
+/// The stats table `run` prints: one line per service, one per real server, then the non-zero
+/// verdicts. Rates are over the interval since `prev` (matched by service and address).
+pub fn render_table(now: &Snapshot, prev: Option<&Snapshot>) -> String {
     let secs = prev.map_or(0.0, |p| now.at.duration_since(p.at).as_secs_f64());
     let mut out = String::new();
     let _ = writeln!(
@@ -86,15 +108,16 @@ pub fn render(config: &Config, layout: &Layout, now: &Snapshot, prev: Option<&Sn
             c.drops,
         );
     };
-    for (id, svc) in config.services.iter().enumerate() {
-        let c = &now.services[id];
-        let p = prev.map(|p| &p.services[id]);
-        line(&mut out, format!("{} {}", svc.name(), svc.scheduler), c, p);
-        for (real, slot) in svc.real_servers.iter().zip(&layout.real_slots[id]) {
-            let c = &now.reals[*slot as usize];
-            let p = prev.map(|p| &p.reals[*slot as usize]);
-            let name = format!("  -> {}:{} {}", real.address, svc.port, real.weight);
-            line(&mut out, name, c, p);
+    for svc in &now.services {
+        let before = prev.and_then(|p| p.service(&svc.key));
+        let name = format!("{} {}", svc.key, svc.opts.scheduler);
+        line(&mut out, name, &svc.counters, before.map(|b| &b.counters));
+        for real in &svc.reals {
+            let p = before
+                .and_then(|b| b.reals.iter().find(|r| r.addr == real.addr))
+                .map(|r| &r.counters);
+            let name = format!("  -> {}:{} {}", real.addr, svc.key.port, real.opts.weight);
+            line(&mut out, name, &real.counters, p);
         }
     }
     let mut verdicts = Vec::new();

@@ -1,12 +1,11 @@
 //! The `lvs-xdp` command: a thin layer of flags over the library.
+mod daemon;
+
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result};
 use clap::{ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
-use lvs_xdp::{
-    Config, logger,
-    run::{self, RunOptions},
-};
+use lvs_xdp::{Config, director::StartOptions, logger};
 use lvs_xdp_common::flow_table;
 
 /// XDP direct-routing (LVS-DR) load balancer.
@@ -57,6 +56,12 @@ struct ServiceArgs {
     /// Flows the flow table holds at least (connections remembered at once).
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     flow_table_size: Option<i64>,
+    /// Virtual services the maps have room for.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    max_services: Option<i64>,
+    /// Real servers (over all services) the maps have room for.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    max_real_servers: Option<i64>,
 }
 
 fn main() -> ExitCode {
@@ -86,22 +91,25 @@ fn dispatch(matches: &ArgMatches) -> Result<()> {
             if !(0.0..=600.0).contains(&resolve_timeout) {
                 anyhow::bail!("--resolve-timeout {resolve_timeout} out of range (0..=600)");
             }
-            let opts = RunOptions {
+            let opts = StartOptions {
                 interfaces: ifaces,
                 mode: mode.parse()?,
                 resolve_timeout: Duration::from_secs_f64(resolve_timeout),
-                interval: Duration::from_secs(interval),
             };
             let mut names = Vec::new();
-            run::run(&config, &opts, |balancer| {
-                names = balancer.attached().map(|i| i.name.clone()).collect();
+            daemon::run(&config, &opts, Duration::from_secs(interval), |director| {
+                names = director
+                    .balancer()
+                    .attached()
+                    .map(|i| i.name.clone())
+                    .collect();
                 say(format_args!(
                     "lvs-xdp: attached to {} ({} mode): {} service(s), {} real server(s), flow table {}; SIGINT/SIGTERM to stop",
                     names.join(", "),
                     opts.mode,
-                    config.services.len(),
-                    config.real_server_count(),
-                    config.flow_table_size,
+                    config.state.services.len(),
+                    config.state.real_count(),
+                    config.capacity.flow_table_size,
                 ));
             })?;
             say(format_args!("lvs-xdp: detached from {}", names.join(", ")));
@@ -155,7 +163,13 @@ fn build_config(args: &ServiceArgs, matches: &ArgMatches) -> Result<Config> {
     if let Some(size) = args.flow_table_size {
         config.set_flow_table_size(size)?;
     }
-    if config.services.is_empty() {
+    if let Some(n) = args.max_services {
+        config.set_max_services(n)?;
+    }
+    if let Some(n) = args.max_real_servers {
+        config.set_max_real_servers(n)?;
+    }
+    if config.state.services.is_empty() {
         match &args.config {
             Some(path) => anyhow::bail!(
                 "{}: no service configured (add [[service]] or --service VIP:PORT --real RIP)",
@@ -173,24 +187,25 @@ fn describe(config: &Config) -> String {
     let mut out = String::from(
         "Prot LocalAddress:Port Scheduler\n  -> RemoteAddress:Port Forward Weight Mac\n",
     );
-    for svc in &config.services {
-        out += &format!("{} {}\n", svc.name(), svc.scheduler);
-        for real in &svc.real_servers {
+    for (key, svc) in &config.state.services {
+        out += &format!("{key} {}\n", svc.opts.scheduler);
+        for (addr, real) in &svc.reals {
             let mac = real
                 .mac
                 .map_or("(neighbour table)".to_string(), |m| m.to_string());
-            out += &format!(
-                "  -> {}:{} Route {} {}\n",
-                real.address, svc.port, real.weight, mac
-            );
+            out += &format!("  -> {addr}:{} Route {} {mac}\n", key.port, real.weight);
         }
     }
-    let (buckets, overflow) = flow_table::sizes(config.flow_table_size);
+    let size = config.capacity.flow_table_size;
+    let (buckets, overflow) = flow_table::sizes(size);
     out += &format!(
-        "flow table: {} flows at least ({buckets} buckets of {}, {overflow} overflow entries; {:.1} MiB of kernel memory)\n",
-        config.flow_table_size,
+        "flow table: {size} flows at least ({buckets} buckets of {}, {overflow} overflow entries; {:.1} MiB of kernel memory)\n",
         flow_table::WAYS,
-        flow_table::memory(config.flow_table_size) as f64 / f64::from(1 << 20)
+        flow_table::memory(size) as f64 / f64::from(1 << 20)
+    );
+    out += &format!(
+        "capacity: {} services, {} real servers\n",
+        config.capacity.services, config.capacity.real_servers
     );
     out
 }

@@ -1,0 +1,681 @@
+//! The director: the services of [`crate::model`] kept in the kernel's maps ([`Balancer`]).
+//!
+//! Every change goes through [`Director::apply`] (ipvsadm's operations) or
+//! [`Director::reconcile`] (a whole new state, as a configuration gives it): the change is
+//! checked whole against the current state, everything it needs (MACs, places in the maps) is
+//! found before anything is written, new entries are written where no packet looks yet, and then
+//! each service is switched over with one replacement of its `SERVICES` entry. A packet sees a
+//! service as it was or as it is, never half of each.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    fmt,
+    net::Ipv4Addr,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, anyhow, bail};
+use lvs_xdp_common::{self as common, Counters, reason, service_flags};
+
+use crate::{
+    alloc::{Pool, Ranges},
+    balancer::{AttachMode, Balancer, add, sched_capacity},
+    config::Config,
+    iface::Interface,
+    listing::{RealView, ServiceView, Snapshot},
+    model::{Mac, Op, Protocol, RealOpts, Refusal, Scheduler, ServiceKey, State},
+    neigh,
+};
+
+/// Where real servers without an explicit MAC are looked up.
+#[derive(Clone, Debug)]
+pub struct Resolver {
+    pub ifindex: u32,
+    pub ifname: String,
+    /// How long to wait for ARP to answer.
+    pub timeout: Duration,
+}
+
+/// How [`Director::start`] brings a director up.
+#[derive(Clone, Debug)]
+pub struct StartOptions {
+    /// Interfaces to attach to; real servers are resolved on the first.
+    pub interfaces: Vec<String>,
+    pub mode: AttachMode,
+    /// How long to wait for ARP to resolve the real servers' MACs.
+    pub resolve_timeout: Duration,
+}
+
+/// Why an operation did not happen.
+#[derive(Debug)]
+pub enum ApplyError {
+    /// The state refused op number `op` of the batch (ipvsadm's "No such service", ...).
+    Refused { op: usize, refusal: Refusal },
+    /// The operation was valid, but could not be carried out (a MAC that did not resolve, no
+    /// room left in the maps, a map write the kernel refused). Nothing was applied, except
+    /// where the message says otherwise.
+    Failed(anyhow::Error),
+}
+
+impl fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApplyError::Refused { refusal, .. } => write!(f, "{refusal}"),
+            ApplyError::Failed(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for ApplyError {}
+
+/// A real server as placed in the maps.
+#[derive(Clone, Copy, Debug)]
+struct PlacedReal {
+    slot: u32,
+    mac: Mac,
+    generation: u32,
+}
+
+/// A service as placed in the maps.
+#[derive(Clone, Debug)]
+struct Placed {
+    id: u32,
+    /// Its range of scheduling slots and what they hold.
+    sched_start: u32,
+    scheduled: Vec<u32>,
+    value: common::Service,
+    reals: BTreeMap<Ipv4Addr, PlacedReal>,
+    /// Counters of real servers it no longer has.
+    retired: Counters,
+}
+
+/// What one service becomes in a reconcile, before anything is written.
+struct Plan {
+    key: ServiceKey,
+    id: u32,
+    new_id: bool,
+    reals: BTreeMap<Ipv4Addr, PlacedReal>,
+    /// Fresh slots, to write before the service points at them.
+    new_slots: Vec<u32>,
+    /// Kept slots whose MAC changes (written in place: their flows stay).
+    new_macs: Vec<u32>,
+    /// A new scheduling range (start, slots), when the scheduled real servers change.
+    sched: Option<(u32, Vec<u32>)>,
+    value: common::Service,
+    /// Slots of real servers the service no longer has.
+    gone: Vec<u32>,
+}
+
+/// The director: its state, and that state in the kernel's maps.
+pub struct Director {
+    balancer: Balancer,
+    state: State,
+    placed: BTreeMap<ServiceKey, Placed>,
+    ids: Pool,
+    slots: Pool,
+    sched: Ranges,
+    /// The generation the next fresh slot gets (never 0).
+    generation: u32,
+    markers: BTreeSet<(Ipv4Addr, Protocol)>,
+    /// Slots given up and not yet reused, with the service (key, id) they belonged to: their
+    /// counters still count in that service's totals until they are folded into `retired`.
+    retiring: HashMap<u32, Option<(ServiceKey, u32)>>,
+    /// Forwarded traffic of slots given up (the `forwarded` verdict stays monotonic).
+    retired_forwarded: Counters,
+    resolver: Option<Resolver>,
+}
+
+fn kernel_key(key: &ServiceKey) -> common::ServiceKey {
+    common::ServiceKey {
+        addr: [u32::from_ne_bytes(key.addr.octets()), 0, 0, 0],
+        port: u16::from_ne_bytes(key.port.to_be_bytes()),
+        proto: key.protocol.number(),
+        family: common::FAMILY_V4,
+    }
+}
+
+/// The marker of (address, protocol): port 0, never a service's (see `ADDRESS_MARKER`).
+fn marker_key(addr: Ipv4Addr, protocol: Protocol) -> common::ServiceKey {
+    kernel_key(&ServiceKey {
+        protocol,
+        addr,
+        port: 0,
+    })
+}
+
+fn scheduler_id(s: Scheduler) -> u16 {
+    match s {
+        Scheduler::RoundRobin => common::scheduler::RR,
+    }
+}
+
+impl Director {
+    /// Loads the program sized for `config`, serving `interfaces`, and places `config`'s
+    /// services. Real servers without a MAC are resolved with `resolver`.
+    pub fn load(
+        config: &Config,
+        interfaces: &[Interface],
+        resolver: Option<Resolver>,
+    ) -> Result<Director> {
+        let balancer = Balancer::load(&config.capacity, interfaces)?;
+        let mut director = Director::new(balancer, resolver);
+        director.reconcile(config.state.clone())?;
+        Ok(director)
+    }
+
+    /// Checks the interfaces, resolves every real server's MAC, loads and fills the maps, and
+    /// attaches. Any failure leaves nothing attached.
+    pub fn start(config: &Config, opts: &StartOptions) -> Result<Director> {
+        if opts.interfaces.is_empty() {
+            bail!("no interface given (--iface)");
+        }
+        let mut seen = HashSet::new();
+        let mut interfaces = Vec::new();
+        for name in &opts.interfaces {
+            if !seen.insert(name) {
+                bail!("interface {name} given twice");
+            }
+            interfaces.push(Interface::lookup(name)?);
+        }
+        let primary = &interfaces[0];
+        let resolver = Resolver {
+            ifindex: primary.index,
+            ifname: primary.name.clone(),
+            timeout: opts.resolve_timeout,
+        };
+        let mut director = Director::load(config, &interfaces, Some(resolver))?;
+        director.balancer.attach(opts.mode)?;
+        for iface in &interfaces {
+            if opts.mode != AttachMode::Generic
+                && crate::iface::driver(&iface.name).as_deref() == Some("veth")
+            {
+                log::warn!(
+                    "{} is a veth: in native mode, frames sent back with XDP_TX reach its peer only if the peer runs an XDP program too (or use --mode generic)",
+                    iface.name
+                );
+            }
+        }
+        Ok(director)
+    }
+
+    /// A director with no service over a loaded program.
+    pub fn new(balancer: Balancer, resolver: Option<Resolver>) -> Director {
+        let capacity = *balancer.capacity();
+        Director {
+            balancer,
+            state: State::default(),
+            placed: BTreeMap::new(),
+            ids: Pool::new(capacity.services),
+            slots: Pool::new(capacity.real_servers),
+            sched: Ranges::new(sched_capacity(capacity.real_servers)),
+            generation: 1,
+            markers: BTreeSet::new(),
+            retiring: HashMap::new(),
+            retired_forwarded: Counters::default(),
+            resolver,
+        }
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+
+    pub fn balancer_mut(&mut self) -> &mut Balancer {
+        &mut self.balancer
+    }
+
+    /// The real-server slot that real server `addr` of service `key` uses (flows in the flow
+    /// table name real servers by slot).
+    pub fn slot_of(&self, key: &ServiceKey, addr: Ipv4Addr) -> Option<u32> {
+        Some(self.placed.get(key)?.reals.get(&addr)?.slot)
+    }
+
+    /// Applies ipvsadm's operations `ops`, all or none.
+    pub fn apply(&mut self, ops: &[Op]) -> Result<(), ApplyError> {
+        let next = self
+            .state
+            .after(ops)
+            .map_err(|(op, refusal)| ApplyError::Refused { op, refusal })?;
+        self.reconcile(next).map_err(ApplyError::Failed)
+    }
+
+    /// Makes the kernel hold `next`, changing only what differs from the current state. Fails
+    /// before writing anything visible when a MAC does not resolve or the maps have no room.
+    pub fn reconcile(&mut self, next: State) -> Result<()> {
+        self.reclaim(Instant::now())?;
+        let macs = self.macs_for(&next)?;
+        self.make_room(&next)?;
+        let mut plans = Vec::new();
+        for (key, svc) in &next.services {
+            match self.plan(key, svc, &macs) {
+                Ok(plan) => plans.push(plan),
+                Err(e) => {
+                    self.unplan(&plans);
+                    return Err(e);
+                }
+            }
+        }
+        // Hidden: nothing points at these entries yet.
+        if let Err(e) = self.write_hidden(&plans) {
+            self.unplan(&plans);
+            return Err(e);
+        }
+        // Visible: one service at a time; the bookkeeping follows each switch.
+        let now = Instant::now();
+        for plan in plans {
+            self.switch(plan, &next, now)?;
+        }
+        let gone: Vec<ServiceKey> = self
+            .placed
+            .keys()
+            .filter(|k| !next.services.contains_key(k))
+            .copied()
+            .collect();
+        for key in gone {
+            self.remove(&key, now)?;
+        }
+        self.sync_markers()
+    }
+
+    /// Every real server's MAC in `next`: explicit, already placed, or resolved now.
+    fn macs_for(&self, next: &State) -> Result<HashMap<Ipv4Addr, Mac>> {
+        let mut macs = HashMap::new();
+        let mut missing = Vec::new();
+        for (key, svc) in &next.services {
+            for (addr, real) in &svc.reals {
+                if real.mac.is_some() || macs.contains_key(addr) {
+                    continue;
+                }
+                let placed = self.placed.get(key).and_then(|p| p.reals.get(addr));
+                let was_explicit = self
+                    .state
+                    .services
+                    .get(key)
+                    .and_then(|s| s.reals.get(addr))
+                    .is_some_and(|r| r.mac.is_some());
+                match placed {
+                    Some(p) if !was_explicit => {
+                        macs.insert(*addr, p.mac);
+                    }
+                    _ => missing.push(*addr),
+                }
+            }
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        missing.retain(|a| !macs.contains_key(a));
+        if !missing.is_empty() {
+            let Some(r) = &self.resolver else {
+                bail!("no MAC for real server {}", missing[0]);
+            };
+            macs.extend(neigh::resolve(r.ifindex, &r.ifname, &missing, r.timeout)?);
+        }
+        Ok(macs)
+    }
+
+    /// Waits (at most the grace of freed places) until the maps have room for `next`, or fails
+    /// saying which capacity is short.
+    fn make_room(&mut self, next: &State) -> Result<()> {
+        let new_ids = next
+            .services
+            .keys()
+            .filter(|k| !self.placed.contains_key(k))
+            .count();
+        let new_slots: usize = next
+            .services
+            .iter()
+            .map(|(k, s)| match self.placed.get(k) {
+                Some(p) => s.reals.keys().filter(|a| !p.reals.contains_key(a)).count(),
+                None => s.reals.len(),
+            })
+            .sum();
+        let short = |d: &Director| d.ids.available() < new_ids || d.slots.available() < new_slots;
+        let deadline = Instant::now() + crate::alloc::GRACE * 2;
+        while short(self) && (self.ids.waiting() > 0 || self.slots.waiting() > 0) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+            self.reclaim(Instant::now())?;
+        }
+        if self.ids.available() < new_ids {
+            bail!(
+                "no room for {new_ids} more service(s): {} of {} in use (raise max_services)",
+                self.placed.len(),
+                self.ids.capacity()
+            );
+        }
+        if self.slots.available() < new_slots {
+            bail!(
+                "no room for {new_slots} more real server(s): {} of {} in use (raise max_real_servers)",
+                self.state.real_count(),
+                self.slots.capacity()
+            );
+        }
+        Ok(())
+    }
+
+    fn next_generation(&mut self) -> u32 {
+        let g = self.generation;
+        self.generation = self.generation.wrapping_add(1).max(1);
+        g
+    }
+
+    /// What `key` becomes, with its new places allocated (not written).
+    fn plan(
+        &mut self,
+        key: &ServiceKey,
+        svc: &crate::model::Service,
+        macs: &HashMap<Ipv4Addr, Mac>,
+    ) -> Result<Plan> {
+        let placed = self.placed.get(key).cloned();
+        let (id, new_id) = match &placed {
+            Some(p) => (p.id, false),
+            None => (
+                self.ids.alloc().ok_or_else(|| anyhow!("no service id"))?,
+                true,
+            ),
+        };
+        let mut plan = Plan {
+            key: *key,
+            id,
+            new_id,
+            reals: BTreeMap::new(),
+            new_slots: Vec::new(),
+            new_macs: Vec::new(),
+            sched: None,
+            value: common::Service {
+                id,
+                sched_start: 0,
+                sched_len: 0,
+                scheduler: scheduler_id(svc.opts.scheduler),
+                flags: 0,
+            },
+            gone: Vec::new(),
+        };
+        let old_reals = placed.as_ref().map(|p| p.reals.clone()).unwrap_or_default();
+        for (addr, real) in &svc.reals {
+            let mac = real.mac.or_else(|| macs.get(addr).copied());
+            let mac = mac.ok_or_else(|| anyhow!("no MAC for real server {addr}"))?;
+            let placed_real = match old_reals.get(addr) {
+                Some(p) => {
+                    if p.mac != mac {
+                        plan.new_macs.push(p.slot);
+                    }
+                    PlacedReal { mac, ..*p }
+                }
+                None => {
+                    let slot = match self.slots.alloc() {
+                        Some(s) => s,
+                        None => {
+                            self.unplan(std::slice::from_ref(&plan));
+                            bail!("no free real-server slot");
+                        }
+                    };
+                    plan.new_slots.push(slot);
+                    PlacedReal {
+                        slot,
+                        mac,
+                        generation: self.next_generation(),
+                    }
+                }
+            };
+            plan.reals.insert(*addr, placed_real);
+        }
+        plan.gone = old_reals
+            .iter()
+            .filter(|(a, _)| !svc.reals.contains_key(a))
+            .map(|(_, p)| p.slot)
+            .collect();
+        // Weight 0: kept (its connections go on) but given no new ones, as in IPVS.
+        let scheduled: Vec<u32> = svc
+            .reals
+            .iter()
+            .filter(|(_, r)| r.weight > 0)
+            .map(|(a, _)| plan.reals[a].slot)
+            .collect();
+        match &placed {
+            Some(p) if p.scheduled == scheduled => {
+                plan.value.sched_start = p.sched_start;
+            }
+            _ => {
+                let len = scheduled.len() as u32;
+                let Some(start) = self.sched.alloc(len) else {
+                    self.unplan(std::slice::from_ref(&plan));
+                    bail!("no room in the scheduling table");
+                };
+                plan.value.sched_start = start;
+                plan.sched = Some((start, scheduled.clone()));
+            }
+        }
+        plan.value.sched_len = scheduled.len() as u32;
+        Ok(plan)
+    }
+
+    /// Gives back what `plans` allocated (nothing of it was published).
+    fn unplan(&mut self, plans: &[Plan]) {
+        for plan in plans {
+            if plan.new_id {
+                self.ids.unalloc(plan.id);
+            }
+            for slot in &plan.new_slots {
+                self.slots.unalloc(*slot);
+            }
+            if let Some((start, slots)) = &plan.sched {
+                self.sched.unalloc(*start, slots.len() as u32);
+            }
+        }
+    }
+
+    fn write_hidden(&mut self, plans: &[Plan]) -> Result<()> {
+        for plan in plans {
+            if plan.new_id {
+                self.balancer.zero_service(plan.id)?;
+            }
+            for p in plan.reals.values() {
+                if plan.new_slots.contains(&p.slot) {
+                    self.balancer.zero_real_counters(p.slot)?;
+                    self.balancer.write_real(p.slot, &real_entry(p, plan.id))?;
+                }
+            }
+            if let Some((start, slots)) = &plan.sched {
+                self.balancer.write_sched(*start, slots)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Switches one service over to its plan, then gives up what it no longer uses.
+    fn switch(&mut self, plan: Plan, next: &State, now: Instant) -> Result<()> {
+        let old = self.placed.get(&plan.key).cloned();
+        for p in plan.reals.values() {
+            if plan.new_macs.contains(&p.slot) {
+                self.balancer.write_real(p.slot, &real_entry(p, plan.id))?;
+            }
+        }
+        if old.as_ref().is_none_or(|o| o.value != plan.value) {
+            self.balancer
+                .put_service(&kernel_key(&plan.key), &plan.value)?;
+        }
+        let owner = Some((plan.key, plan.id));
+        if let Some(old) = &old {
+            for slot in &plan.gone {
+                self.retire(*slot, &old.reals, owner, now)?;
+            }
+            if plan.sched.is_some() {
+                self.sched
+                    .release(old.sched_start, old.scheduled.len() as u32, now);
+            }
+        }
+        let scheduled = match &plan.sched {
+            Some((_, slots)) => slots.clone(),
+            None => old
+                .as_ref()
+                .map(|o| o.scheduled.clone())
+                .unwrap_or_default(),
+        };
+        self.placed.insert(
+            plan.key,
+            Placed {
+                id: plan.id,
+                sched_start: plan.value.sched_start,
+                scheduled,
+                value: plan.value,
+                reals: plan.reals,
+                retired: old.map(|o| o.retired).unwrap_or_default(),
+            },
+        );
+        self.state
+            .services
+            .insert(plan.key, next.services[&plan.key].clone());
+        Ok(())
+    }
+
+    /// Marks `slot` unused (its flows are scheduled again) and gives it up.
+    fn retire(
+        &mut self,
+        slot: u32,
+        reals: &BTreeMap<Ipv4Addr, PlacedReal>,
+        owner: Option<(ServiceKey, u32)>,
+        now: Instant,
+    ) -> Result<()> {
+        let Some(p) = reals.values().find(|p| p.slot == slot) else {
+            return Ok(());
+        };
+        let dead = common::RealServer {
+            generation: 0,
+            ..real_entry(p, owner.map_or(0, |(_, id)| id))
+        };
+        self.balancer.write_real(slot, &dead)?;
+        self.slots.release(slot, now);
+        self.retiring.insert(slot, owner);
+        Ok(())
+    }
+
+    /// Takes service `key` out of the maps and gives up its places.
+    fn remove(&mut self, key: &ServiceKey, now: Instant) -> Result<()> {
+        let Some(placed) = self.placed.get(key).cloned() else {
+            return Ok(());
+        };
+        self.balancer.remove_service(&kernel_key(key))?;
+        for p in placed.reals.values() {
+            self.retire(p.slot, &placed.reals, Some((*key, placed.id)), now)?;
+        }
+        self.sched
+            .release(placed.sched_start, placed.scheduled.len() as u32, now);
+        self.ids.release(placed.id, now);
+        self.placed.remove(key);
+        self.state.services.remove(key);
+        Ok(())
+    }
+
+    /// One marker per (VIP, protocol) in use, none other.
+    fn sync_markers(&mut self) -> Result<()> {
+        let want: BTreeSet<(Ipv4Addr, Protocol)> =
+            self.placed.keys().map(|k| (k.addr, k.protocol)).collect();
+        let marker = common::Service {
+            id: u32::MAX,
+            sched_start: 0,
+            sched_len: 0,
+            scheduler: common::scheduler::RR,
+            flags: service_flags::ADDRESS_MARKER,
+        };
+        for (addr, proto) in want.difference(&self.markers) {
+            self.balancer
+                .put_service(&marker_key(*addr, *proto), &marker)?;
+        }
+        for (addr, proto) in self.markers.difference(&want) {
+            self.balancer.remove_service(&marker_key(*addr, *proto))?;
+        }
+        self.markers = want;
+        Ok(())
+    }
+
+    /// Reuses places whose grace has passed; a real-server slot's counters are folded into its
+    /// former service's totals first.
+    fn reclaim(&mut self, now: Instant) -> Result<()> {
+        for slot in self.slots.reclaim(now) {
+            let c = self.balancer.real_counters(slot)?;
+            self.retired_forwarded = add(self.retired_forwarded, c);
+            if let Some(Some((key, id))) = self.retiring.remove(&slot)
+                && let Some(p) = self.placed.get_mut(&key)
+                && p.id == id
+            {
+                p.retired = add(p.retired, c);
+            }
+            self.balancer.zero_real_counters(slot)?;
+        }
+        self.ids.reclaim(now);
+        self.sched.reclaim(now);
+        Ok(())
+    }
+
+    /// Every counter, summed over the CPUs, by service and real server. Forwarded traffic is
+    /// counted in the kernel per real server only: the service totals and the `forwarded`
+    /// verdict are sums of those (and of real servers given up).
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let mut global = self.balancer.global_counters()?;
+        let mut forwarded = self.retired_forwarded;
+        let mut retiring_by_service: HashMap<(ServiceKey, u32), Counters> = HashMap::new();
+        for (slot, owner) in &self.retiring {
+            let c = self.balancer.real_counters(*slot)?;
+            forwarded = add(forwarded, c);
+            if let Some(owner) = owner {
+                let e = retiring_by_service.entry(*owner).or_default();
+                *e = add(*e, c);
+            }
+        }
+        let mut services = Vec::with_capacity(self.placed.len());
+        for (key, placed) in &self.placed {
+            let svc = &self.state.services[key];
+            let mut total = add(self.balancer.service_counters(placed.id)?, placed.retired);
+            if let Some(c) = retiring_by_service.get(&(*key, placed.id)) {
+                total = add(total, *c);
+            }
+            let mut reals = Vec::with_capacity(placed.reals.len());
+            for (addr, p) in &placed.reals {
+                let c = self.balancer.real_counters(p.slot)?;
+                total = add(total, c);
+                forwarded = add(forwarded, c);
+                reals.push(RealView {
+                    addr: *addr,
+                    opts: RealOpts {
+                        weight: svc.reals[addr].weight,
+                        mac: svc.reals[addr].mac,
+                    },
+                    mac: p.mac,
+                    counters: c,
+                });
+            }
+            services.push(ServiceView {
+                key: *key,
+                opts: svc.opts,
+                counters: total,
+                reals,
+            });
+        }
+        global[reason::FORWARDED as usize] = Counters {
+            conns: 0,
+            ..forwarded
+        };
+        Ok(Snapshot {
+            at: Instant::now(),
+            global,
+            services,
+        })
+    }
+}
+
+fn real_entry(p: &PlacedReal, service: u32) -> common::RealServer {
+    common::RealServer {
+        mac: p.mac.0,
+        _pad: [0; 2],
+        service,
+        generation: p.generation,
+    }
+}

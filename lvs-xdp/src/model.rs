@@ -1,0 +1,442 @@
+//! The director as ipvsadm sees it: virtual services keyed by (protocol, address, port), each with
+//! its real servers keyed by address, and the operations that change them. Pure data: every
+//! operation is checked against the state and refused whole, with ipvsadm's words, or applied.
+//! The kernel side ([`crate::director`]) follows this state; nothing here touches the kernel.
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    str::FromStr,
+};
+
+use anyhow::{Result, anyhow, bail};
+
+/// Largest real-server weight, as in IPVS.
+pub const MAX_WEIGHT: u32 = 65535;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lvs_xdp_common::PROTO_TCP,
+            Protocol::Udp => lvs_xdp_common::PROTO_UDP,
+        }
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            _ => bail!("unknown protocol {s:?} (expected \"tcp\" or \"udp\")"),
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Scheduler {
+    /// Round-robin (ipvsadm `-s rr`).
+    #[default]
+    RoundRobin,
+}
+
+impl FromStr for Scheduler {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "rr" => Ok(Scheduler::RoundRobin),
+            _ => bail!("unknown scheduler {s:?} (supported: \"rr\")"),
+        }
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scheduler::RoundRobin => "rr",
+        })
+    }
+}
+
+/// An Ethernet address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+}
+
+impl FromStr for Mac {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let bad = || anyhow!("bad MAC {s:?} (expected six hex bytes like 02:00:00:00:00:01)");
+        if parts.len() != 6 {
+            return Err(bad());
+        }
+        let mut mac = [0u8; 6];
+        for (byte, part) in mac.iter_mut().zip(parts) {
+            if part.is_empty() || part.len() > 2 {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        let mac = Mac(mac);
+        if !mac.is_unicast() {
+            bail!("bad MAC {s:?}: a real server needs a unicast, non-zero address");
+        }
+        Ok(mac)
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// A virtual service's identity. Ordered as ipvsadm sorts services: protocol, address, port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub protocol: Protocol,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+}
+
+impl ServiceKey {
+    pub fn new(protocol: Protocol, addr: Ipv4Addr, port: u16) -> ServiceKey {
+        ServiceKey {
+            protocol,
+            addr,
+            port,
+        }
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    /// `TCP 10.0.0.1:80`, as ipvsadm names a service.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}:{}", self.protocol, self.addr, self.port)
+    }
+}
+
+/// What `-A`/`-E` set on a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceOpts {
+    pub scheduler: Scheduler,
+}
+
+/// What `-a`/`-e` set on a real server. The forwarding method is always direct routing, and the
+/// port always the service's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RealOpts {
+    /// 0 takes no new connections (as in IPVS); existing ones continue.
+    pub weight: u32,
+    /// Explicit MAC; `None`: followed in the kernel's neighbour table.
+    pub mac: Option<Mac>,
+}
+
+impl Default for RealOpts {
+    fn default() -> Self {
+        RealOpts {
+            weight: 1,
+            mac: None,
+        }
+    }
+}
+
+/// A service and its real servers.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Service {
+    pub opts: ServiceOpts,
+    pub reals: BTreeMap<Ipv4Addr, RealOpts>,
+}
+
+/// One change, as ipvsadm's commands make them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `-A`
+    AddService(ServiceKey, ServiceOpts),
+    /// `-E`
+    EditService(ServiceKey, ServiceOpts),
+    /// `-D`
+    DeleteService(ServiceKey),
+    /// `-a`
+    AddReal(ServiceKey, Ipv4Addr, RealOpts),
+    /// `-e`
+    EditReal(ServiceKey, Ipv4Addr, RealOpts),
+    /// `-d`
+    DeleteReal(ServiceKey, Ipv4Addr),
+    /// `-C`
+    Clear,
+}
+
+/// Why the state refused an operation. The messages are ipvsadm's (its `ipvs_strerror`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    ServiceExists(ServiceKey),
+    NoService(ServiceKey),
+    RealExists(ServiceKey, Ipv4Addr),
+    NoReal(ServiceKey, Ipv4Addr),
+    /// A value out of range in an otherwise well-formed operation (a weight, say).
+    Invalid(String),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::ServiceExists(_) => f.write_str("Service already exists"),
+            Refusal::NoService(_) => f.write_str("No such service"),
+            Refusal::RealExists(..) => f.write_str("Destination already exists"),
+            Refusal::NoReal(..) => f.write_str("No such destination"),
+            Refusal::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+impl Refusal {
+    /// The refusal with the service (and real server) it is about, for logs and config errors.
+    pub fn detail(&self) -> String {
+        match self {
+            Refusal::ServiceExists(k) => format!("duplicate service {k}"),
+            Refusal::NoService(k) => format!("no service {k}"),
+            Refusal::RealExists(k, a) => format!("duplicate real server {a} in service {k}"),
+            Refusal::NoReal(k, a) => format!("no real server {a} in service {k}"),
+            Refusal::Invalid(why) => why.clone(),
+        }
+    }
+}
+
+/// Every service of the director.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct State {
+    pub services: BTreeMap<ServiceKey, Service>,
+}
+
+fn check_real(addr: Ipv4Addr, opts: &RealOpts) -> Result<(), Refusal> {
+    if opts.weight > MAX_WEIGHT {
+        return Err(Refusal::Invalid(format!(
+            "weight {} out of range (0..={MAX_WEIGHT})",
+            opts.weight
+        )));
+    }
+    check_unicast(addr, "real server")
+}
+
+/// A VIP or real server must be a unicast address.
+pub fn check_unicast(addr: Ipv4Addr, what: &str) -> Result<(), Refusal> {
+    if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
+        return Err(Refusal::Invalid(format!(
+            "bad {what} {addr}: not a unicast address"
+        )));
+    }
+    Ok(())
+}
+
+impl State {
+    /// Applies `op`, or refuses it and changes nothing.
+    pub fn apply(&mut self, op: &Op) -> Result<(), Refusal> {
+        match op {
+            Op::AddService(key, opts) => {
+                check_unicast(key.addr, "vip")?;
+                if key.port == 0 {
+                    return Err(Refusal::Invalid("port 0 is not a service port".into()));
+                }
+                if self.services.contains_key(key) {
+                    return Err(Refusal::ServiceExists(*key));
+                }
+                self.services.insert(
+                    *key,
+                    Service {
+                        opts: *opts,
+                        reals: BTreeMap::new(),
+                    },
+                );
+            }
+            Op::EditService(key, opts) => self.service_mut(key)?.opts = *opts,
+            Op::DeleteService(key) => {
+                self.services.remove(key).ok_or(Refusal::NoService(*key))?;
+            }
+            Op::AddReal(key, addr, opts) => {
+                check_real(*addr, opts)?;
+                let svc = self.service_mut(key)?;
+                if svc.reals.contains_key(addr) {
+                    return Err(Refusal::RealExists(*key, *addr));
+                }
+                svc.reals.insert(*addr, *opts);
+            }
+            Op::EditReal(key, addr, opts) => {
+                check_real(*addr, opts)?;
+                let real = self
+                    .service_mut(key)?
+                    .reals
+                    .get_mut(addr)
+                    .ok_or(Refusal::NoReal(*key, *addr))?;
+                *real = *opts;
+            }
+            Op::DeleteReal(key, addr) => {
+                self.service_mut(key)?
+                    .reals
+                    .remove(addr)
+                    .ok_or(Refusal::NoReal(*key, *addr))?;
+            }
+            Op::Clear => self.services.clear(),
+        }
+        Ok(())
+    }
+
+    /// The state after every op of `ops`, or the first refusal (with its position) and no
+    /// change: a batch is applied whole or not at all.
+    pub fn after(&self, ops: &[Op]) -> Result<State, (usize, Refusal)> {
+        let mut next = self.clone();
+        for (i, op) in ops.iter().enumerate() {
+            next.apply(op).map_err(|r| (i, r))?;
+        }
+        Ok(next)
+    }
+
+    fn service_mut(&mut self, key: &ServiceKey) -> Result<&mut Service, Refusal> {
+        self.services.get_mut(key).ok_or(Refusal::NoService(*key))
+    }
+
+    /// Real servers over all services.
+    pub fn real_count(&self) -> usize {
+        self.services.values().map(|s| s.reals.len()).sum()
+    }
+
+    /// Real-server addresses without an explicit MAC (to find in the neighbour table), each once.
+    pub fn addresses_to_resolve(&self) -> Vec<Ipv4Addr> {
+        let mut out: Vec<Ipv4Addr> = self
+            .services
+            .values()
+            .flat_map(|s| s.reals.iter())
+            .filter(|(_, r)| r.mac.is_none())
+            .map(|(a, _)| *a)
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The ops that build this state from an empty one (what `-S` saves).
+    pub fn to_ops(&self) -> Vec<Op> {
+        let mut ops = Vec::new();
+        for (key, svc) in &self.services {
+            ops.push(Op::AddService(*key, svc.opts));
+            for (addr, real) in &svc.reals {
+                ops.push(Op::AddReal(*key, *addr, *real));
+            }
+        }
+        ops
+    }
+}
+
+/// An address as a VIP or real server of this version (IPv4 only, unicast).
+pub fn ipv4(s: &str, field: &str) -> Result<Ipv4Addr> {
+    match s.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) => {
+            check_unicast(a, field)
+                .map_err(|_| anyhow!("bad {field} {s:?}: not a unicast address"))?;
+            Ok(a)
+        }
+        Ok(IpAddr::V6(_)) => bail!("bad {field} {s:?}: IPv6 is not supported yet"),
+        Err(_) => bail!("bad {field} {s:?}: not an IPv4 address"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(port: u16) -> ServiceKey {
+        ServiceKey::new(Protocol::Tcp, Ipv4Addr::new(10, 0, 0, 10), port)
+    }
+    const RS1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
+    const RS2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
+
+    #[test]
+    fn operations_are_checked_against_the_state() {
+        let mut s = State::default();
+        let opts = ServiceOpts::default();
+        s.apply(&Op::AddService(key(80), opts)).unwrap();
+        assert_eq!(
+            s.apply(&Op::AddService(key(80), opts)),
+            Err(Refusal::ServiceExists(key(80)))
+        );
+        assert_eq!(
+            s.apply(&Op::AddReal(key(81), RS1, RealOpts::default())),
+            Err(Refusal::NoService(key(81)))
+        );
+        s.apply(&Op::AddReal(key(80), RS1, RealOpts::default()))
+            .unwrap();
+        assert_eq!(
+            s.apply(&Op::AddReal(key(80), RS1, RealOpts::default())),
+            Err(Refusal::RealExists(key(80), RS1))
+        );
+        assert_eq!(
+            s.apply(&Op::DeleteReal(key(80), RS2)),
+            Err(Refusal::NoReal(key(80), RS2))
+        );
+        let heavy = RealOpts {
+            weight: MAX_WEIGHT + 1,
+            mac: None,
+        };
+        assert!(matches!(
+            s.apply(&Op::EditReal(key(80), RS1, heavy)),
+            Err(Refusal::Invalid(_))
+        ));
+        assert_eq!(s.services[&key(80)].reals[&RS1].weight, 1);
+        s.apply(&Op::DeleteService(key(80))).unwrap();
+        assert!(s.services.is_empty());
+        assert_eq!(Refusal::NoService(key(80)).to_string(), "No such service");
+    }
+
+    #[test]
+    fn a_batch_is_applied_whole_or_not_at_all() {
+        let s = State::default();
+        let ops = [
+            Op::AddService(key(80), ServiceOpts::default()),
+            Op::AddReal(key(80), RS1, RealOpts::default()),
+            Op::AddReal(key(80), RS1, RealOpts::default()),
+        ];
+        assert_eq!(s.after(&ops), Err((2, Refusal::RealExists(key(80), RS1))));
+        let ok = s.after(&ops[..2]).unwrap();
+        assert_eq!(ok.real_count(), 1);
+        assert_eq!(State::default().after(&ok.to_ops()).unwrap(), ok);
+    }
+
+    #[test]
+    fn services_sort_as_ipvsadm_sorts_them() {
+        let udp = ServiceKey::new(Protocol::Udp, Ipv4Addr::new(10, 0, 0, 1), 53);
+        let tcp_b = ServiceKey::new(Protocol::Tcp, Ipv4Addr::new(10, 0, 0, 2), 80);
+        let tcp_a = ServiceKey::new(Protocol::Tcp, Ipv4Addr::new(10, 0, 0, 2), 443);
+        let mut keys = vec![udp, tcp_a, tcp_b];
+        keys.sort();
+        assert_eq!(keys, vec![tcp_b, tcp_a, udp]);
+    }
+}
