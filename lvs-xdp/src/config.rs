@@ -84,12 +84,37 @@ struct RawReal {
 }
 
 impl Config {
-    /// Reads and validates a TOML file. Errors are one line, starting with `FILE:LINE:COL:` when
-    /// the problem has a position.
+    /// Reads and validates a configuration file: TOML, or the rules `lvs-xdp -S` (and
+    /// `ipvsadm-save`) write, told apart by the first line that is not blank or a comment.
+    /// Errors are one line, starting with `FILE:LINE:COL:` (TOML) or `FILE: line N:` (rules).
     pub fn from_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
-        Config::from_toml(&text).map_err(|e| anyhow!("{}: {e:#}", path.display()))
+        let rules = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .is_some_and(|l| l.starts_with('-'));
+        let config = if rules {
+            Config::from_rules(&text)
+        } else {
+            Config::from_toml(&text)
+        };
+        config.map_err(|e| anyhow!("{}: {e:#}", path.display()))
+    }
+
+    /// Parses and validates ipvsadm rules (`-A ...`, `-a ...`, one per line), as `-R` reads
+    /// them. The capacities keep their defaults.
+    pub fn from_rules(text: &str) -> Result<Config> {
+        let ops = crate::ipvsadm::parse::restore_ops(text).map_err(|u| anyhow!("{}", u.message))?;
+        let mut config = Config::default();
+        for (line, op) in ops {
+            config
+                .state
+                .apply(&op)
+                .map_err(|r| anyhow!("line {line}: {}", r.detail()))?;
+        }
+        Ok(config)
     }
 
     /// Parses and validates TOML text.

@@ -27,6 +27,17 @@ use crate::{
     neigh,
 };
 
+/// A connection in the flow table.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Connection {
+    pub protocol: Protocol,
+    pub client: Ipv4Addr,
+    pub client_port: u16,
+    pub service: ServiceKey,
+    /// The real server (its port is the service's).
+    pub real: Ipv4Addr,
+}
+
 /// Where real servers without an explicit MAC are looked up.
 #[derive(Clone, Debug)]
 pub struct Resolver {
@@ -44,6 +55,24 @@ pub struct StartOptions {
     pub mode: AttachMode,
     /// How long to wait for ARP to resolve the real servers' MACs.
     pub resolve_timeout: Duration,
+}
+
+impl StartOptions {
+    /// The interfaces, each once, each an Ethernet interface of this network namespace.
+    pub fn lookup_interfaces(&self) -> Result<Vec<Interface>> {
+        if self.interfaces.is_empty() {
+            bail!("no interface given (--iface)");
+        }
+        let mut seen = HashSet::new();
+        let mut interfaces = Vec::new();
+        for name in &self.interfaces {
+            if !seen.insert(name) {
+                bail!("interface {name} given twice");
+            }
+            interfaces.push(Interface::lookup(name)?);
+        }
+        Ok(interfaces)
+    }
 }
 
 /// Why an operation did not happen.
@@ -166,17 +195,7 @@ impl Director {
     /// Checks the interfaces, resolves every real server's MAC, loads and fills the maps, and
     /// attaches. Any failure leaves nothing attached.
     pub fn start(config: &Config, opts: &StartOptions) -> Result<Director> {
-        if opts.interfaces.is_empty() {
-            bail!("no interface given (--iface)");
-        }
-        let mut seen = HashSet::new();
-        let mut interfaces = Vec::new();
-        for name in &opts.interfaces {
-            if !seen.insert(name) {
-                bail!("interface {name} given twice");
-            }
-            interfaces.push(Interface::lookup(name)?);
-        }
+        let interfaces = opts.lookup_interfaces()?;
         let primary = &interfaces[0];
         let resolver = Resolver {
             ifindex: primary.index,
@@ -278,6 +297,7 @@ impl Director {
         for key in gone {
             self.remove(&key, now)?;
         }
+        self.state.timeouts = next.timeouts;
         self.sync_markers()
     }
 
@@ -615,6 +635,37 @@ impl Director {
         Ok(())
     }
 
+    /// The flow table's IPv4 connections, named by service and real server (as `ipvsadm -L -c`
+    /// lists them). A flow whose real server was removed since is left out: its next packet
+    /// is scheduled again.
+    pub fn connections(&self) -> Result<Vec<Connection>> {
+        let mut by_slot = HashMap::new();
+        for (key, placed) in &self.placed {
+            for (addr, p) in &placed.reals {
+                by_slot.insert(p.slot, (*key, *addr, p.generation));
+            }
+        }
+        let mut out = Vec::new();
+        for (k, flow) in self.balancer.flows_v4()? {
+            let Some((service, real, generation)) = by_slot.get(&flow.real) else {
+                continue;
+            };
+            if *generation != flow.generation {
+                continue;
+            }
+            let ports = k.ports.to_ne_bytes();
+            out.push(Connection {
+                protocol: service.protocol,
+                client: Ipv4Addr::from(k.saddr.to_ne_bytes()),
+                client_port: u16::from_be_bytes([ports[0], ports[1]]),
+                service: *service,
+                real: *real,
+            });
+        }
+        out.sort_by_key(|c| (c.service, c.client, c.client_port));
+        Ok(out)
+    }
+
     /// Every counter, summed over the CPUs, by service and real server. Forwarded traffic is
     /// counted in the kernel per real server only: the service totals and the `forwarded`
     /// verdict are sums of those (and of real servers given up).
@@ -633,7 +684,8 @@ impl Director {
         let mut services = Vec::with_capacity(self.placed.len());
         for (key, placed) in &self.placed {
             let svc = &self.state.services[key];
-            let mut total = add(self.balancer.service_counters(placed.id)?, placed.retired);
+            let dropped = self.balancer.service_counters(placed.id)?;
+            let mut total = add(dropped, placed.retired);
             if let Some(c) = retiring_by_service.get(&(*key, placed.id)) {
                 total = add(total, *c);
             }
@@ -656,6 +708,7 @@ impl Director {
                 key: *key,
                 opts: svc.opts,
                 counters: total,
+                dropped,
                 reals,
             });
         }

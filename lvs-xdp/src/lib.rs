@@ -15,8 +15,10 @@
 mod alloc;
 pub mod balancer;
 pub mod config;
+pub mod control;
 pub mod director;
 pub mod iface;
+pub mod ipvsadm;
 pub mod listing;
 pub mod logger;
 pub mod model;

@@ -4,7 +4,9 @@ use std::{fmt::Write as _, net::Ipv4Addr, time::Instant};
 
 use lvs_xdp_common::{Counters, reason};
 
-use crate::model::{Mac, RealOpts, ServiceKey, ServiceOpts};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Mac, Protocol, RealOpts, Scheduler, ServiceKey, ServiceOpts, Timeouts};
 
 /// A real server and its counters.
 #[derive(Clone, Debug)]
@@ -23,6 +25,8 @@ pub struct ServiceView {
     pub key: ServiceKey,
     pub opts: ServiceOpts,
     pub counters: Counters,
+    /// The part of `counters` that new connections dropped for want of a real server make.
+    pub dropped: Counters,
     pub reals: Vec<RealView>,
 }
 
@@ -50,6 +54,159 @@ impl Snapshot {
 
     pub fn service(&self, key: &ServiceKey) -> Option<&ServiceView> {
         self.services.iter().find(|s| s.key == *key)
+    }
+}
+
+/// Totals as ipvsadm `--stats` shows them. A direct-routing director never sees the replies:
+/// `out_pkts` and `out_bytes` are always 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub conns: u64,
+    pub in_pkts: u64,
+    pub out_pkts: u64,
+    pub in_bytes: u64,
+    pub out_bytes: u64,
+}
+
+impl From<Counters> for Stats {
+    fn from(c: Counters) -> Stats {
+        Stats {
+            conns: c.conns,
+            in_pkts: c.packets,
+            out_pkts: 0,
+            in_bytes: c.bytes,
+            out_bytes: 0,
+        }
+    }
+}
+
+/// Rates per second as ipvsadm `--rate` shows them (bytes per second for the `bps` ones, as in
+/// IPVS), over the daemon's last estimation interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rates {
+    pub cps: u64,
+    pub in_pps: u64,
+    pub out_pps: u64,
+    pub in_bps: u64,
+    pub out_bps: u64,
+}
+
+impl Rates {
+    fn between(before: &Counters, after: &Counters, secs: f64) -> Rates {
+        let r = |a: u64, b: u64| (rate(b, Some(a), secs)).round() as u64;
+        Rates {
+            cps: r(before.conns, after.conns),
+            in_pps: r(before.packets, after.packets),
+            out_pps: 0,
+            in_bps: r(before.bytes, after.bytes),
+            out_bps: 0,
+        }
+    }
+}
+
+/// A real server as the control commands list it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RealEntry {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub weight: u32,
+    /// The MAC frames go to.
+    pub mac: Mac,
+    /// Connections by state (filled by connection tracking; 0 until then).
+    pub active_conns: u64,
+    pub inact_conns: u64,
+    pub stats: Stats,
+    pub rates: Rates,
+}
+
+/// A service as the control commands list it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    pub protocol: Protocol,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub scheduler: Scheduler,
+    /// New connections dropped for want of a real server.
+    pub drops: u64,
+    pub stats: Stats,
+    pub rates: Rates,
+    pub reals: Vec<RealEntry>,
+}
+
+impl ServiceEntry {
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey::new(self.protocol, self.addr, self.port)
+    }
+}
+
+/// What `lvs-xdp -L` shows: every service in ipvsadm's order (also the `--json` output).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    pub services: Vec<ServiceEntry>,
+    pub timeouts: Timeouts,
+}
+
+impl Listing {
+    /// `now`, with rates over the interval between `base.0` and `base.1` (none: zero rates).
+    pub fn new(
+        now: &Snapshot,
+        base: Option<(&Snapshot, &Snapshot)>,
+        timeouts: Timeouts,
+    ) -> Listing {
+        let secs = base.map_or(0.0, |(a, b)| b.at.duration_since(a.at).as_secs_f64());
+        let services = now
+            .services
+            .iter()
+            .map(|svc| {
+                let pair =
+                    base.and_then(|(a, b)| Some((a.service(&svc.key)?, b.service(&svc.key)?)));
+                let rates = pair.map_or(Rates::default(), |(a, b)| {
+                    Rates::between(&a.counters, &b.counters, secs)
+                });
+                let reals = svc
+                    .reals
+                    .iter()
+                    .map(|r| {
+                        let find = |v: &ServiceView| {
+                            v.reals
+                                .iter()
+                                .find(|x| x.addr == r.addr)
+                                .map(|x| x.counters)
+                        };
+                        let rates = pair
+                            .and_then(|(a, b)| Some((find(a)?, find(b)?)))
+                            .map_or(Rates::default(), |(a, b)| Rates::between(&a, &b, secs));
+                        RealEntry {
+                            addr: r.addr,
+                            port: svc.key.port,
+                            weight: r.opts.weight,
+                            mac: r.mac,
+                            active_conns: 0,
+                            inact_conns: 0,
+                            stats: r.counters.into(),
+                            rates,
+                        }
+                    })
+                    .collect();
+                ServiceEntry {
+                    protocol: svc.key.protocol,
+                    addr: svc.key.addr,
+                    port: svc.key.port,
+                    scheduler: svc.opts.scheduler,
+                    drops: svc.counters.drops,
+                    // As IPVS counts them: what was forwarded, not what was dropped.
+                    stats: Stats {
+                        conns: svc.counters.conns,
+                        in_pkts: svc.counters.packets - svc.dropped.packets,
+                        in_bytes: svc.counters.bytes - svc.dropped.bytes,
+                        ..Stats::default()
+                    },
+                    rates,
+                    reals,
+                }
+            })
+            .collect();
+        Listing { services, timeouts }
     }
 }
 

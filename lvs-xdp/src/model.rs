@@ -10,11 +10,13 @@ use std::{
 };
 
 use anyhow::{Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
 
 /// Largest real-server weight, as in IPVS.
 pub const MAX_WEIGHT: u32 = 65535;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
     Udp,
@@ -49,10 +51,11 @@ impl fmt::Display for Protocol {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Scheduler {
     /// Round-robin (ipvsadm `-s rr`).
     #[default]
+    #[serde(rename = "rr")]
     RoundRobin,
 }
 
@@ -75,7 +78,7 @@ impl fmt::Display for Scheduler {
 }
 
 /// An Ethernet address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Mac(pub [u8; 6]);
 
 impl Mac {
@@ -119,7 +122,7 @@ impl fmt::Display for Mac {
 }
 
 /// A virtual service's identity. Ordered as ipvsadm sorts services: protocol, address, port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ServiceKey {
     pub protocol: Protocol,
     pub addr: Ipv4Addr,
@@ -144,14 +147,14 @@ impl fmt::Display for ServiceKey {
 }
 
 /// What `-A`/`-E` set on a service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ServiceOpts {
     pub scheduler: Scheduler,
 }
 
 /// What `-a`/`-e` set on a real server. The forwarding method is always direct routing, and the
 /// port always the service's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RealOpts {
     /// 0 takes no new connections (as in IPVS); existing ones continue.
     pub weight: u32,
@@ -175,8 +178,27 @@ pub struct Service {
     pub reals: BTreeMap<Ipv4Addr, RealOpts>,
 }
 
+/// Idle timeouts in seconds, as `ipvsadm --set TCP TCPFIN UDP` sets them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeouts {
+    pub tcp: u32,
+    pub tcp_fin: u32,
+    pub udp: u32,
+}
+
+impl Default for Timeouts {
+    /// IPVS's defaults.
+    fn default() -> Self {
+        Timeouts {
+            tcp: 900,
+            tcp_fin: 120,
+            udp: 300,
+        }
+    }
+}
+
 /// One change, as ipvsadm's commands make them.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// `-A`
     AddService(ServiceKey, ServiceOpts),
@@ -192,6 +214,8 @@ pub enum Op {
     DeleteReal(ServiceKey, Ipv4Addr),
     /// `-C`
     Clear,
+    /// `--set TCP TCPFIN UDP`: a 0 leaves that timeout as it is (as in IPVS).
+    SetTimeouts(Timeouts),
 }
 
 /// Why the state refused an operation. The messages are ipvsadm's (its `ipvs_strerror`).
@@ -201,6 +225,8 @@ pub enum Refusal {
     NoService(ServiceKey),
     RealExists(ServiceKey, Ipv4Addr),
     NoReal(ServiceKey, Ipv4Addr),
+    /// A real-server operation on a service that does not exist.
+    ServiceNotDefined(ServiceKey),
     /// A value out of range in an otherwise well-formed operation (a weight, say).
     Invalid(String),
 }
@@ -212,6 +238,7 @@ impl fmt::Display for Refusal {
             Refusal::NoService(_) => f.write_str("No such service"),
             Refusal::RealExists(..) => f.write_str("Destination already exists"),
             Refusal::NoReal(..) => f.write_str("No such destination"),
+            Refusal::ServiceNotDefined(_) => f.write_str("Service not defined"),
             Refusal::Invalid(why) => f.write_str(why),
         }
     }
@@ -227,15 +254,17 @@ impl Refusal {
             Refusal::NoService(k) => format!("no service {k}"),
             Refusal::RealExists(k, a) => format!("duplicate real server {a} in service {k}"),
             Refusal::NoReal(k, a) => format!("no real server {a} in service {k}"),
+            Refusal::ServiceNotDefined(k) => format!("no service {k}"),
             Refusal::Invalid(why) => why.clone(),
         }
     }
 }
 
-/// Every service of the director.
+/// Every service of the director, and its timeouts.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct State {
     pub services: BTreeMap<ServiceKey, Service>,
+    pub timeouts: Timeouts,
 }
 
 fn check_real(addr: Ipv4Addr, opts: &RealOpts) -> Result<(), Refusal> {
@@ -284,7 +313,7 @@ impl State {
             }
             Op::AddReal(key, addr, opts) => {
                 check_real(*addr, opts)?;
-                let svc = self.service_mut(key)?;
+                let svc = self.real_service_mut(key)?;
                 if svc.reals.contains_key(addr) {
                     return Err(Refusal::RealExists(*key, *addr));
                 }
@@ -293,19 +322,30 @@ impl State {
             Op::EditReal(key, addr, opts) => {
                 check_real(*addr, opts)?;
                 let real = self
-                    .service_mut(key)?
+                    .real_service_mut(key)?
                     .reals
                     .get_mut(addr)
                     .ok_or(Refusal::NoReal(*key, *addr))?;
                 *real = *opts;
             }
             Op::DeleteReal(key, addr) => {
-                self.service_mut(key)?
+                self.real_service_mut(key)?
                     .reals
                     .remove(addr)
                     .ok_or(Refusal::NoReal(*key, *addr))?;
             }
             Op::Clear => self.services.clear(),
+            Op::SetTimeouts(t) => {
+                for (have, want) in [
+                    (&mut self.timeouts.tcp, t.tcp),
+                    (&mut self.timeouts.tcp_fin, t.tcp_fin),
+                    (&mut self.timeouts.udp, t.udp),
+                ] {
+                    if want > 0 {
+                        *have = want;
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -322,6 +362,12 @@ impl State {
 
     fn service_mut(&mut self, key: &ServiceKey) -> Result<&mut Service, Refusal> {
         self.services.get_mut(key).ok_or(Refusal::NoService(*key))
+    }
+
+    fn real_service_mut(&mut self, key: &ServiceKey) -> Result<&mut Service, Refusal> {
+        self.services
+            .get_mut(key)
+            .ok_or(Refusal::ServiceNotDefined(*key))
     }
 
     /// Real servers over all services.
@@ -390,7 +436,7 @@ mod tests {
         );
         assert_eq!(
             s.apply(&Op::AddReal(key(81), RS1, RealOpts::default())),
-            Err(Refusal::NoService(key(81)))
+            Err(Refusal::ServiceNotDefined(key(81)))
         );
         s.apply(&Op::AddReal(key(80), RS1, RealOpts::default()))
             .unwrap();

@@ -308,7 +308,7 @@ pub fn resolve(
         }
         if Instant::now() >= deadline {
             bail!(
-                "real server {} did not resolve to a MAC on {ifname} within {:.1}s (is it up and on the same L2 segment? set `mac` to skip resolution)",
+                "real server {} did not resolve to a MAC on {ifname} within {:.1}s (is it up and on the same L2 segment? give its MAC to skip resolution: `mac` in the config, --mac on the command line)",
                 missing[0],
                 timeout.as_secs_f64()
             );

@@ -94,7 +94,11 @@ fn config_refusals_name_the_problem() {
             "[[service]]\nvip = \"10.9.0.10\"\nport = 80\nreal_servers = [ { address = \"10.9.0.3\" }, { address = \"10.9.0.3\" } ]\n",
             "duplicate real server 10.9.0.3",
         ),
-        ("no service", "", "no service configured"),
+        (
+            "rules",
+            "-A -t 10.9.0.10:80 -s rr\n-a -t 10.9.0.10:80 -w 1\n",
+            "line 2: You need to supply the 'real-server' option for the 'add-server' command",
+        ),
     ];
     for (name, text, want) in cases {
         let path = dir.0.join(format!("{}.toml", name.replace(' ', "-")));

@@ -81,6 +81,11 @@ pub const PROGRAMS: &[Program] = &[
         "nginx",
         "lab, tests: the real servers' web servers",
     ),
+    deb(
+        "setpriv",
+        "util-linux",
+        "tests: runs a command as another user",
+    ),
     deb("ss", "iproute2", "lab: waits for nginx to listen"),
     deb(
         "sysctl",

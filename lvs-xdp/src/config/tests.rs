@@ -205,6 +205,28 @@ fn refuses_duplicates() {
 }
 
 #[test]
+fn rules_as_save_writes_them() {
+    let text = "-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.0.3:80 -g -w 2\n-a -t 10.0.0.1:80 -r 10.0.0.4:80 -g -w 1 --mac 02:00:00:00:00:04\n";
+    let config = Config::from_rules(text).unwrap();
+    let svc = &config.state.services[&tcp([10, 0, 0, 1], 80)];
+    assert_eq!(svc.reals[&Ipv4Addr::new(10, 0, 0, 3)].weight, 2);
+    assert_eq!(
+        svc.reals[&Ipv4Addr::new(10, 0, 0, 4)].mac,
+        Some(Mac([2, 0, 0, 0, 0, 4]))
+    );
+    let err = Config::from_rules("-A -t 10.0.0.1:80 -s rr\n-A -t 10.0.0.1:80 -s rr\n").unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        "line 2: duplicate service TCP 10.0.0.1:80"
+    );
+    let err = Config::from_rules("-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -w 1\n").unwrap_err();
+    assert!(
+        format!("{err:#}").starts_with("line 2: You need"),
+        "{err:#}"
+    );
+}
+
+#[test]
 fn capacities() {
     let config = Config::from_toml("max_services = 10000\nmax_real_servers = 20\n").unwrap();
     assert_eq!(config.capacity.services, 10000);

@@ -1,18 +1,25 @@
-//! `lvs-xdp run`: bring the director up on interfaces, report, and take it down on a signal.
-use std::{io::Write as _, time::Duration};
+//! `lvs-xdp run`: bring the director up on interfaces, answer the control commands, report, and
+//! take it down on a signal.
+use std::{collections::VecDeque, io::Write as _, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use lvs_xdp::{
     Config, Director,
+    control::{self, Listeners, NOT_ROOT, RATE_INTERVAL, Reply, Request},
     director::StartOptions,
     listing::{self, Snapshot},
 };
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::UnixStream,
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
 
 /// The whole of `lvs-xdp run`: handle SIGINT/SIGTERM from the start (a signal that arrives
-/// while loading or attaching still ends in a clean detach and exit 0), start the director, call
-/// `on_attached`, print the stats table every `interval` until a signal, then detach and print
-/// the final table.
+/// while loading or attaching still ends in a clean detach and exit 0), open the control
+/// sockets, start the director, call `on_attached`, then serve control commands and print the
+/// stats table every `interval` until a signal; then detach and print the final table.
 pub fn run(
     config: &Config,
     opts: &StartOptions,
@@ -25,6 +32,21 @@ pub fn run(
     runtime.block_on(async {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
+        opts.lookup_interfaces()?;
+        let listeners = Listeners::bind(&opts.interfaces)?;
+        let (tx, mut requests) = mpsc::channel::<UnixStream>(16);
+        for (_, listener) in &listeners.sockets {
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::UnixListener::from_std(listener.try_clone()?)?;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    if tx.send(stream).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         let mut director = Director::start(config, opts)?;
         // Parsing a large configuration leaves tens of MiB freed but kept by the allocator:
         // give them back, the process runs for a long time.
@@ -34,12 +56,28 @@ pub fn run(
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut prev: Option<Snapshot> = None;
         let mut last_print = tokio::time::Instant::now();
+        // The last two rate samples (oldest first).
+        let mut samples: VecDeque<Snapshot> = VecDeque::new();
+        let mut last_sample = tokio::time::Instant::now() - RATE_INTERVAL;
         loop {
             tokio::select! {
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
+                Some(stream) = requests.recv() => {
+                    let rates = (samples.len() == 2).then(|| (&samples[0], &samples[1]));
+                    if let Err(e) = serve(&mut director, stream, rates).await {
+                        log::warn!("control connection: {e:#}");
+                    }
+                }
                 _ = tick.tick() => {
                     director.balancer_mut().flush_log();
+                    if last_sample.elapsed() >= RATE_INTERVAL {
+                        last_sample = tokio::time::Instant::now();
+                        samples.push_back(director.snapshot()?);
+                        if samples.len() > 2 {
+                            samples.pop_front();
+                        }
+                    }
                     if !interval.is_zero() && last_print.elapsed() >= interval {
                         last_print = tokio::time::Instant::now();
                         let now = director.snapshot()?;
@@ -52,9 +90,37 @@ pub fn run(
         let last = director.snapshot()?;
         director.balancer_mut().detach()?;
         director.balancer_mut().flush_log();
+        drop(listeners);
         print_table(&last, prev.as_ref());
         Ok(())
     })
+}
+
+/// Answers one control connection: one request line, one reply line. Only root may drive the
+/// director; a client that says nothing for 5 s is dropped.
+async fn serve(
+    director: &mut Director,
+    mut stream: UnixStream,
+    rates: Option<(&Snapshot, &Snapshot)>,
+) -> Result<()> {
+    let reply = if control::peer_uid(&stream)? != 0 {
+        Reply::Failed(NOT_ROOT.into())
+    } else {
+        let mut line = String::new();
+        let (read, _) = stream.split();
+        let mut reader = BufReader::new(read);
+        tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
+            .await
+            .context("no request within 5 s")??;
+        match serde_json::from_str::<Request>(&line) {
+            Ok(request) => control::answer(director, request, rates),
+            Err(e) => Reply::Failed(format!("malformed request: {e}")),
+        }
+    };
+    let mut out = serde_json::to_string(&reply)?;
+    out.push('\n');
+    stream.write_all(out.as_bytes()).await?;
+    Ok(())
 }
 
 fn print_table(now: &Snapshot, prev: Option<&Snapshot>) {

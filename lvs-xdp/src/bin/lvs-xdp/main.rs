@@ -1,5 +1,6 @@
 //! The `lvs-xdp` command: a thin layer of flags over the library.
 mod daemon;
+mod ipvsadm;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -10,7 +11,12 @@ use lvs_xdp_common::flow_table;
 
 /// XDP direct-routing (LVS-DR) load balancer.
 #[derive(Parser)]
-#[command(name = "lvs-xdp", version)]
+#[command(
+    name = "lvs-xdp",
+    version,
+    after_help = "A running director is driven with ipvsadm's words: lvs-xdp -A -t VIP:PORT -s rr, \
+lvs-xdp -a -t VIP:PORT -r RIP -g, lvs-xdp -L -n, lvs-xdp -S, lvs-xdp -R (lvs-xdp -h lists them)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -66,6 +72,17 @@ struct ServiceArgs {
 
 fn main() -> ExitCode {
     logger::init();
+    // ipvsadm's words (`lvs-xdp -A -t VIP:80 -s rr`, `lvs-xdp -L -n`, or nothing at all) drive a
+    // running director; subcommands (`run`, `check`) are the daemon and the offline checks.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let ipvsadm_words = match args.first().map(String::as_str) {
+        None => true,
+        Some("--help" | "-V" | "--version") => false,
+        Some(first) => first.starts_with('-'),
+    };
+    if ipvsadm_words {
+        return ipvsadm::main(&args);
+    }
     let matches = Cli::command().get_matches();
     match dispatch(&matches) {
         Ok(()) => ExitCode::SUCCESS,
@@ -169,17 +186,7 @@ fn build_config(args: &ServiceArgs, matches: &ArgMatches) -> Result<Config> {
     if let Some(n) = args.max_real_servers {
         config.set_max_real_servers(n)?;
     }
-    if config.state.services.is_empty() {
-        match &args.config {
-            Some(path) => anyhow::bail!(
-                "{}: no service configured (add [[service]] or --service VIP:PORT --real RIP)",
-                path.display()
-            ),
-            None => anyhow::bail!(
-                "no service configured (use --config FILE or --service VIP:PORT --real RIP)"
-            ),
-        }
-    }
+    // No service is valid: an empty director, driven later with `lvs-xdp -A ...`.
     Ok(config)
 }
 
