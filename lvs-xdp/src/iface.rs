@@ -16,6 +16,19 @@ pub struct Interface {
 }
 
 impl Interface {
+    /// The index of interface `name` (any kind), or an error naming it.
+    pub fn index_of(name: &str) -> Result<u32> {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', '\0', ' ']) {
+            bail!("bad interface name {name:?}");
+        }
+        let c_name = CString::new(name)?;
+        // SAFETY: c_name is a valid NUL-terminated string.
+        match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
+            0 => bail!("interface {name} not found"),
+            index => Ok(index),
+        }
+    }
+
     /// Looks the interface up; refuses a missing or non-Ethernet one.
     pub fn lookup(name: &str) -> Result<Interface> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', '\0', ' ']) {

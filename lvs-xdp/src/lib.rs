@@ -23,6 +23,8 @@ pub mod listing;
 pub mod logger;
 pub mod model;
 pub mod neigh;
+pub mod netlink;
+pub mod realserver;
 
 pub use balancer::{AttachMode, Balancer};
 pub use config::Config;

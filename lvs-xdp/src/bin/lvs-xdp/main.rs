@@ -46,6 +46,27 @@ enum Command {
         #[command(flatten)]
         services: ServiceArgs,
     },
+    /// The real-server half of the LVS-DR recipe (run on each real server).
+    Realserver {
+        #[command(subcommand)]
+        action: RealserverAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RealserverAction {
+    /// Put each VIP on lo as a /32; arp_ignore=1 and arp_announce=2 on all, lo and the
+    /// interfaces given. What was there before is recorded for `down`.
+    Up {
+        /// A VIP this real server serves (repeatable).
+        #[arg(long = "vip", value_name = "VIP", required = true)]
+        vips: Vec<std::net::Ipv4Addr>,
+        /// An interface that receives the VIP's traffic (repeatable).
+        #[arg(long = "iface", value_name = "IFACE")]
+        ifaces: Vec<String>,
+    },
+    /// Restore exactly the addresses and values `up` found.
+    Down,
 }
 
 #[derive(Args)]
@@ -130,6 +151,32 @@ fn dispatch(matches: &ArgMatches) -> Result<()> {
                 ));
             })?;
             say(format_args!("lvs-xdp: detached from {}", names.join(", ")));
+            Ok(())
+        }
+        Command::Realserver { action } => {
+            match action {
+                RealserverAction::Up { vips, ifaces } => {
+                    let record = lvs_xdp::realserver::up(&vips, &ifaces)?;
+                    say(format_args!(
+                        "lvs-xdp: real server up: VIP(s) {} on lo, arp_ignore=1 and arp_announce=2 on all, lo{}; `lvs-xdp realserver down` restores {} setting(s) and removes {} address(es)",
+                        vips.iter()
+                            .map(|v| v.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        ifaces.iter().map(|i| format!(", {i}")).collect::<String>(),
+                        record.sysctls.len(),
+                        record.addresses.len(),
+                    ));
+                }
+                RealserverAction::Down => {
+                    let record = lvs_xdp::realserver::down()?;
+                    say(format_args!(
+                        "lvs-xdp: real server down: {} setting(s) restored, {} address(es) removed",
+                        record.sysctls.len(),
+                        record.addresses.len()
+                    ));
+                }
+            }
             Ok(())
         }
         Command::Check { services } => {
