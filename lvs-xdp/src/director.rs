@@ -247,6 +247,38 @@ impl Director {
         &mut self.balancer
     }
 
+    /// The interface whose neighbour table real servers without an explicit MAC come from.
+    pub fn resolver(&self) -> Option<&Resolver> {
+        self.resolver.as_ref()
+    }
+
+    /// Follows a neighbour-table change: every real server at `addr` without an explicit MAC
+    /// is sent to `mac` from now on, its connections kept (its slot and generation stay; the
+    /// MAC is rewritten in place). Returns how many real servers moved.
+    pub fn follow_neighbour(&mut self, addr: Ipv4Addr, mac: Mac) -> Result<usize> {
+        if !mac.is_unicast() {
+            return Ok(0);
+        }
+        let mut moved = 0;
+        for (key, placed) in self.placed.iter_mut() {
+            let explicit = self.state.services[key]
+                .reals
+                .get(&addr)
+                .is_some_and(|r| r.mac.is_some());
+            let Some(real) = placed.reals.get_mut(&addr) else {
+                continue;
+            };
+            if explicit || real.mac == mac {
+                continue;
+            }
+            real.mac = mac;
+            self.balancer
+                .write_real(real.slot, &real_entry(real, placed.id))?;
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
     /// The real-server slot that real server `addr` of service `key` uses (flows in the flow
     /// table name real servers by slot).
     pub fn slot_of(&self, key: &ServiceKey, addr: Ipv4Addr) -> Option<u32> {

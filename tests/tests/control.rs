@@ -311,3 +311,89 @@ fn refusals_are_ipvsadms_with_its_exit_codes() {
     let r = ipvsadm_in(&lab.lb, "-L -n", "");
     assert_eq!(r.code, 2);
 }
+
+/// A real server's address moves to another MAC (a standby host took it over): lvs-xdp follows
+/// the neighbour table live, and a download in flight through it completes intact.
+#[test]
+fn a_real_servers_new_mac_is_followed_with_no_connection_lost() {
+    root();
+    let bin = bins::lvs_xdp();
+    let mut lab = Lab::new("ctlmac").expect("the lab topology");
+    let big: Vec<u8> = (0..8 << 20)
+        .map(|i: u32| (i % 253) as u8 ^ (i >> 9) as u8)
+        .collect();
+    lab.start_nginx(Some(&big)).expect("nginx");
+    lab.start_lb(&bin, &["--mode", "native", "--interval", "0"])
+        .expect("lvs-xdp run");
+    let lb = &lab.lb;
+    ok(lb, &format!("-A -t {VIP}:80 -s rr"));
+    // No --mac: both come from the neighbour table.
+    ok(lb, &format!("-a -t {VIP}:80 -r 192.168.0.3 -g"));
+    ok(lb, &format!("-a -t {VIP}:80 -r 192.168.0.4 -g"));
+
+    // 8 MiB at nginx's 4 MB/s for /slow/: about two seconds in flight.
+    let dest = lab.dir.0.join("moving.bin");
+    let curl = lab
+        .client
+        .command("curl")
+        .unwrap()
+        .args(["-sS", "--fail", "--max-time", "30", "-o"])
+        .arg(&dest)
+        .arg(format!("http://{VIP}/slow/big.bin"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while std::fs::metadata(&dest).map_or(0, |m| m.len()) < (1 << 20) {
+        assert!(t0.elapsed().as_secs() < 10, "the download did not start");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Both real servers' addresses move to new MACs; the LB learns it from its neighbour table.
+    let new_macs = ["02:00:00:00:01:03", "02:00:00:00:01:04"];
+    for ((ns, (_, ip, _)), mac) in lab
+        .real_servers
+        .iter()
+        .zip(lvs_xdp_tests::lab::REAL_SERVERS)
+        .zip(new_macs)
+    {
+        ns.ip(&["link", "set", "eth0", "address", mac]).unwrap();
+        lb.ip(&[
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            mac,
+            "dev",
+            "eth0",
+            "nud",
+            "reachable",
+        ])
+        .unwrap();
+    }
+    let out = curl.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the download broke: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        lab.lb_output()
+    );
+    assert!(
+        std::fs::read(&dest).unwrap() == big,
+        "downloaded bytes differ"
+    );
+    let json = ok(lb, "-L -n --json");
+    for mac in new_macs {
+        assert!(
+            json.contains(&format!("\"mac\": \"{mac}\"")),
+            "MAC {mac} not listed: {json}"
+        );
+    }
+    assert!(
+        lab.lb_output().contains("is now at 02:00:00:00:01:03"),
+        "{}",
+        lab.lb_output()
+    );
+    let status = lab.stop_lb().unwrap();
+    assert!(status.success(), "{}", lab.lb_output());
+}

@@ -1,6 +1,6 @@
 //! `lvs-xdp run`: bring the director up on interfaces, answer the control commands, report, and
 //! take it down on a signal.
-use std::{collections::VecDeque, io::Write as _, time::Duration};
+use std::{collections::VecDeque, io::Write as _, net::IpAddr, time::Duration};
 
 use anyhow::{Context as _, Result};
 use lvs_xdp::{
@@ -8,7 +8,9 @@ use lvs_xdp::{
     control::{self, Listeners, NOT_ROOT, RATE_INTERVAL, Reply, Request},
     director::StartOptions,
     listing::{self, Snapshot},
+    netlink::{self, GROUP_NEIGH, Rtnl},
 };
+use netlink_packet_route::RouteNetlinkMessage;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::UnixStream,
@@ -48,6 +50,12 @@ pub fn run(
             });
         }
         let mut director = Director::start(config, opts)?;
+        // Real servers' MACs follow the neighbour table (an address moved to a standby host).
+        let socket = Rtnl::subscribe(&[GROUP_NEIGH])?;
+        // SAFETY: the netlink socket owns its descriptor, which stays open and the same for as
+        // long as the AsyncFd that owns the socket lives.
+        let neighbours = unsafe { tokio::io::unix::AsyncFd::register(socket) }
+            .map_err(|e| anyhow::anyhow!("cannot watch the neighbour table: {e}"))?;
         // Parsing a large configuration leaves tens of MiB freed but kept by the allocator:
         // give them back, the process runs for a long time.
         // SAFETY: malloc_trim only releases free memory.
@@ -63,6 +71,12 @@ pub fn run(
             tokio::select! {
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
+                ready = neighbours.readable() => {
+                    let mut guard = ready?;
+                    let events = netlink::drain_events(guard.get_inner())?;
+                    guard.clear_ready();
+                    follow(&mut director, &events);
+                }
                 Some(stream) = requests.recv() => {
                     let rates = (samples.len() == 2).then(|| (&samples[0], &samples[1]));
                     if let Err(e) = serve(&mut director, stream, rates).await {
@@ -94,6 +108,32 @@ pub fn run(
         print_table(&last, prev.as_ref());
         Ok(())
     })
+}
+
+/// Applies neighbour-table events to the real servers' MACs.
+fn follow(director: &mut Director, events: &[RouteNetlinkMessage]) {
+    let Some(ifindex) = director.resolver().map(|r| r.ifindex) else {
+        return;
+    };
+    for event in events {
+        let RouteNetlinkMessage::NewNeighbour(m) = event else {
+            continue;
+        };
+        let Some(n) = netlink::Neighbour::from_message(m) else {
+            continue;
+        };
+        let (IpAddr::V4(addr), Some(mac)) = (n.address, n.usable_mac()) else {
+            continue;
+        };
+        if n.ifindex != ifindex {
+            continue;
+        }
+        match director.follow_neighbour(addr, mac) {
+            Ok(0) => {}
+            Ok(n) => log::info!("real server {addr} is now at {mac} ({n} service(s))"),
+            Err(e) => log::warn!("real server {addr} moved to {mac}, but: {e:#}"),
+        }
+    }
 }
 
 /// Answers one control connection: one request line, one reply line. Only root may drive the
