@@ -33,6 +33,17 @@ impl Pool {
         }
     }
 
+    /// A pool of `capacity` whose indexes `used` are taken (a director adopted from its pins).
+    pub fn with_used(capacity: u32, used: &std::collections::BTreeSet<u32>) -> Pool {
+        let next = used.last().map_or(0, |m| m + 1).min(capacity);
+        Pool {
+            capacity,
+            next,
+            free: (0..next).rev().filter(|i| !used.contains(i)).collect(),
+            waiting: VecDeque::new(),
+        }
+    }
+
     pub fn capacity(&self) -> u32 {
         self.capacity
     }
@@ -100,6 +111,30 @@ impl Ranges {
             free,
             waiting: VecDeque::new(),
         }
+    }
+
+    /// Ranges of `0..capacity` with `used` (start, length) taken.
+    pub fn with_used(capacity: u32, used: &[(u32, u32)]) -> Ranges {
+        let mut r = Ranges::new(capacity);
+        for &(start, len) in used {
+            if len == 0 {
+                continue;
+            }
+            let Some((&s, &l)) = r.free.range(..=start).next_back() else {
+                continue;
+            };
+            if s + l < start + len {
+                continue;
+            }
+            r.free.remove(&s);
+            if start > s {
+                r.free.insert(s, start - s);
+            }
+            if s + l > start + len {
+                r.free.insert(start + len, s + l - start - len);
+            }
+        }
+        r
     }
 
     /// A range of `len` (0 is always granted, at 0).
@@ -172,6 +207,17 @@ mod tests {
         assert_eq!(p.alloc(), Some(0));
         p.unalloc(0);
         assert_eq!(p.available(), 1);
+    }
+
+    #[test]
+    fn adopted_places_stay_taken() {
+        let mut p = Pool::with_used(5, &[1, 3].into());
+        let got: Vec<u32> = std::iter::from_fn(|| p.alloc()).collect();
+        assert_eq!(got, vec![0, 2, 4]);
+        let mut r = Ranges::with_used(10, &[(2, 3), (7, 1)]);
+        assert_eq!(r.alloc(3), None);
+        let got: Vec<Option<u32>> = (0..4).map(|_| r.alloc(2)).collect();
+        assert_eq!(got, vec![Some(0), Some(5), Some(8), None]);
     }
 
     #[test]

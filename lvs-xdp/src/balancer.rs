@@ -2,10 +2,16 @@
 use std::{fmt, str::FromStr};
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use std::path::Path;
+
 use aya::{
     Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use lvs_xdp_common::{self as common, Counters, flow_table, map, reason};
 
@@ -73,6 +79,42 @@ struct Maps {
     global_stats: PerCpuArray<MapData, Counters>,
 }
 
+/// Every map this program shares with userspace, by name: what `keep` pins.
+pub const PINNED_MAPS: [&str; 10] = [
+    map::SERVICES,
+    map::REALS,
+    map::SCHED,
+    map::FLOW_CACHE_V4,
+    map::FLOWS_V4,
+    map::IFACES,
+    map::RR,
+    map::SERVICE_STATS,
+    map::REAL_STATS,
+    map::GLOBAL_STATS,
+];
+
+/// A second handle on each map of [`PINNED_MAPS`] (the typed handles cannot pin).
+fn map_handles(ebpf: &Ebpf) -> Result<Vec<(&'static str, MapData)>> {
+    use std::os::fd::AsFd as _;
+    PINNED_MAPS
+        .iter()
+        .map(|name| {
+            let map = ebpf
+                .map(name)
+                .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+            let data = match map {
+                aya::maps::Map::Array(d)
+                | aya::maps::Map::HashMap(d)
+                | aya::maps::Map::LruHashMap(d)
+                | aya::maps::Map::PerCpuArray(d) => d,
+                _ => bail!("map {name} has an unexpected type"),
+            };
+            let fd = data.fd().as_fd().try_clone_to_owned()?;
+            Ok((*name, MapData::from_fd(fd)?))
+        })
+        .collect()
+}
+
 impl Maps {
     fn take(ebpf: &mut Ebpf, interfaces: &[Interface]) -> Result<Maps> {
         let mut ifaces: Array<MapData, common::Iface> = take(ebpf, map::IFACES)?;
@@ -119,6 +161,8 @@ pub struct Balancer {
     ebpf: Ebpf,
     logger: aya_log::EbpfLogger<&'static dyn log::Log>,
     maps: Maps,
+    handles: Vec<(&'static str, MapData)>,
+    seed: u32,
     capacity: Capacity,
     cpus: usize,
     interfaces: Vec<Interface>,
@@ -149,6 +193,18 @@ impl Balancer {
     /// Loads the program with maps sized for `capacity`, serving `interfaces` (their MACs are
     /// the program's own addresses). No service yet, nothing attached.
     pub fn load(capacity: &Capacity, interfaces: &[Interface]) -> Result<Balancer> {
+        Balancer::load_with(capacity, interfaces, None, None)
+    }
+
+    /// [`Balancer::load`], with the flow-hash `seed` given (a random one when `None`) and, with
+    /// `reuse`, the maps a kept director pinned in that directory instead of new ones: the flow
+    /// table, counters and services carry over.
+    pub fn load_with(
+        capacity: &Capacity,
+        interfaces: &[Interface],
+        seed: Option<u32>,
+        reuse: Option<&Path>,
+    ) -> Result<Balancer> {
         let max_ifindex = interfaces.iter().map(|i| i.index).max().unwrap_or(0);
         if capacity.real_servers > flow_table::SLOT_MASK {
             bail!(
@@ -159,8 +215,19 @@ impl Balancer {
         }
         let (buckets, overflow) = flow_table::sizes(capacity.flow_table_size);
         let front = buckets.min(flow_table::MAX_FRONT_BUCKETS);
-        let seed = random_u32()?;
-        let mut ebpf = EbpfLoader::new()
+        let seed = match seed {
+            Some(s) => s,
+            None => random_u32()?,
+        };
+        let pins: Vec<(&str, std::path::PathBuf)> = match reuse {
+            Some(dir) => PINNED_MAPS.iter().map(|n| (*n, dir.join(n))).collect(),
+            None => Vec::new(),
+        };
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
             .override_global(flow_table::SEED, &seed, true)
             .override_global(flow_table::BUCKET_MASK, &(buckets - 1), true)
             .override_global(flow_table::FRONT_MASK, &(front - 1), true)
@@ -181,11 +248,14 @@ impl Balancer {
         program
             .load()
             .map_err(|e| anyhow!("the kernel refused the XDP program: {e:#}"))?;
+        let handles = map_handles(&ebpf)?;
         let maps = Maps::take(&mut ebpf, interfaces)?;
         Ok(Balancer {
             ebpf,
             logger,
             maps,
+            handles,
+            seed,
             capacity: *capacity,
             cpus: aya::util::nr_cpus().map_err(|(_, e)| e)?,
             interfaces: interfaces.to_vec(),
@@ -195,6 +265,78 @@ impl Balancer {
 
     pub fn capacity(&self) -> &Capacity {
         &self.capacity
+    }
+
+    /// The flow table's hash seed (a restart that keeps the flows must use it again).
+    pub fn seed(&self) -> u32 {
+        self.seed
+    }
+
+    /// Like [`Balancer::attach`], but an interface with a link pinned in `dir` (by
+    /// [`Balancer::keep`]) is taken over: its program is replaced by this one in one step
+    /// (BPF_LINK_UPDATE), so no packet meets an interface without a program.
+    pub fn attach_adopting(&mut self, mode: AttachMode, dir: &Path) -> Result<()> {
+        let interfaces = self.interfaces.clone();
+        for iface in interfaces {
+            let pin = link_pin(dir, &iface.name);
+            if !pin.exists() {
+                continue;
+            }
+            let pinned = PinnedLink::from_pin(&pin)
+                .with_context(|| format!("cannot open the kept link {}", pin.display()))?;
+            let fd_link: FdLink = pinned
+                .unpin()
+                .with_context(|| format!("cannot unpin {}", pin.display()))?;
+            let link = XdpLink::try_from(fd_link).context("the kept link is not an XDP link")?;
+            let program: &mut Xdp = program_mut(&mut self.ebpf)?;
+            let id = program
+                .attach_to_link(link)
+                .map_err(|e| anyhow!("cannot take over {}'s program: {e:#}", iface.name))?;
+            self.attached.push((iface, id));
+        }
+        let pending: Vec<Interface> = self
+            .interfaces
+            .iter()
+            .filter(|i| !self.attached.iter().any(|(a, _)| a.name == i.name))
+            .cloned()
+            .collect();
+        for iface in pending {
+            let program: &mut Xdp = program_mut(&mut self.ebpf)?;
+            match program.attach_to_if_index(iface.index, mode.xdp_mode()) {
+                Ok(link) => self.attached.push((iface, link)),
+                Err(e) => {
+                    let err = anyhow!("attach to {} ({mode} mode) refused: {e:#}", iface.name);
+                    let _ = self.detach();
+                    return Err(err);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves the program attached and its maps alive after this process exits: every map and
+    /// every interface's link pinned in `dir` (which must exist on a bpffs). The next
+    /// [`Balancer::load_with`] and [`Balancer::attach_adopting`] on `dir` take them over.
+    pub fn keep(&mut self, dir: &Path) -> Result<()> {
+        for (name, data) in &self.handles {
+            let path = dir.join(name);
+            data.pin(&path)
+                .map_err(|e| anyhow!("cannot pin map {name} at {}: {e}", path.display()))?;
+        }
+        let program: &mut Xdp = program_mut(&mut self.ebpf)?;
+        for (iface, id) in self.attached.drain(..) {
+            let link = program.take_link(id)?;
+            let fd_link = FdLink::try_from(link).context("the XDP attachment is not a bpf_link")?;
+            let path = link_pin(dir, &iface.name);
+            fd_link.pin(&path).map_err(|e| {
+                anyhow!(
+                    "cannot pin {}'s link at {}: {e}",
+                    iface.name,
+                    path.display()
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// The interfaces the program serves (attached or not).
@@ -415,6 +557,11 @@ fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
         .ok_or_else(|| anyhow!("program {} missing from the object", common::PROGRAM))?
         .try_into()
         .context("program has an unexpected type")
+}
+
+/// Where interface `iface`'s link is pinned in a kept director's directory.
+fn link_pin(dir: &Path, iface: &str) -> std::path::PathBuf {
+    dir.join(format!("link-{iface}"))
 }
 
 /// The sum of two sets of counters.

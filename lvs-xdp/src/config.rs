@@ -27,7 +27,7 @@ pub const MAX_CAPACITY: u32 = 1 << 20;
 
 /// How large the kernel's tables are made when the program is loaded. A running director can
 /// change its services, but not these.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct Capacity {
     /// Connections the flow table holds at least.
     pub flow_table_size: u32,

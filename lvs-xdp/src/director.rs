@@ -55,6 +55,9 @@ pub struct StartOptions {
     pub mode: AttachMode,
     /// How long to wait for ARP to resolve the real servers' MACs.
     pub resolve_timeout: Duration,
+    /// When a director kept on these interfaces is taken over: make it hold the
+    /// configuration's services (true), or keep its own (false: no configuration was given).
+    pub reconcile_kept: bool,
 }
 
 impl StartOptions {
@@ -98,7 +101,7 @@ impl fmt::Display for ApplyError {
 impl std::error::Error for ApplyError {}
 
 /// A real server as placed in the maps.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 struct PlacedReal {
     slot: u32,
     mac: Mac,
@@ -116,6 +119,44 @@ struct Placed {
     reals: BTreeMap<Ipv4Addr, PlacedReal>,
     /// Counters of real servers it no longer has.
     retired: Counters,
+}
+
+/// Counters as plain numbers (packets, bytes, conns, drops), for an [`Image`].
+fn to_array(c: Counters) -> [u64; 4] {
+    [c.packets, c.bytes, c.conns, c.drops]
+}
+
+fn from_array(a: [u64; 4]) -> Counters {
+    Counters {
+        packets: a[0],
+        bytes: a[1],
+        conns: a[2],
+        drops: a[3],
+    }
+}
+
+/// A service's placement, as an [`Image`] keeps it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct PlacedImage {
+    key: ServiceKey,
+    id: u32,
+    sched_start: u32,
+    scheduled: Vec<u32>,
+    scheduler: u16,
+    reals: Vec<(Ipv4Addr, PlacedReal)>,
+    retired: [u64; 4],
+}
+
+/// Everything a director knows that its maps do not say: its state, where each service and
+/// real server is placed, and the counters of what is gone. Saved by a restart that keeps the
+/// program and maps, and taken up by the next `run` ([`Director::adopt`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Image {
+    ops: Vec<Op>,
+    placed: Vec<PlacedImage>,
+    generation: u32,
+    retiring: Vec<(u32, Option<(ServiceKey, u32)>)>,
+    retired_forwarded: [u64; 4],
 }
 
 /// What one service becomes in a reconcile, before anything is written.
@@ -194,6 +235,10 @@ impl Director {
 
     /// Checks the interfaces, resolves every real server's MAC, loads and fills the maps, and
     /// attaches. Any failure leaves nothing attached.
+    ///
+    /// A director that `run --keep` left on these interfaces is taken over instead: its maps
+    /// (flow table included) and seed are reused, its program replaced in one step, and then
+    /// it is reconciled with `config` (when `opts.reconcile_kept`).
     pub fn start(config: &Config, opts: &StartOptions) -> Result<Director> {
         let interfaces = opts.lookup_interfaces()?;
         let primary = &interfaces[0];
@@ -202,8 +247,14 @@ impl Director {
             ifname: primary.name.clone(),
             timeout: opts.resolve_timeout,
         };
-        let mut director = Director::load(config, &interfaces, Some(resolver))?;
-        director.balancer.attach(opts.mode)?;
+        let director = match crate::keep::kept(&primary.name)? {
+            Some(kept) => Director::take_over(kept, config, opts, &interfaces, resolver)?,
+            None => {
+                let mut d = Director::load(config, &interfaces, Some(resolver))?;
+                d.balancer.attach(opts.mode)?;
+                d
+            }
+        };
         for iface in &interfaces {
             if opts.mode != AttachMode::Generic
                 && crate::iface::driver(&iface.name).as_deref() == Some("veth")
@@ -213,6 +264,146 @@ impl Director {
                     iface.name
                 );
             }
+        }
+        Ok(director)
+    }
+
+    fn take_over(
+        kept: crate::keep::Kept,
+        config: &Config,
+        opts: &StartOptions,
+        interfaces: &[Interface],
+        resolver: Resolver,
+    ) -> Result<Director> {
+        if kept.interfaces != opts.interfaces {
+            bail!(
+                "a director was kept on {}: run on the same interfaces (or remove {})",
+                kept.interfaces.join(", "),
+                crate::keep::state_path(&kept.interfaces[0]).display()
+            );
+        }
+        if kept.capacity != config.capacity {
+            log::warn!(
+                "the kept director's tables stay as they were made ({} services, {} real servers, {} flows); restart without --keep to resize them",
+                kept.capacity.services,
+                kept.capacity.real_servers,
+                kept.capacity.flow_table_size
+            );
+        }
+        let first = &opts.interfaces[0];
+        let dir = crate::keep::pin_dir(first);
+        let balancer =
+            Balancer::load_with(&kept.capacity, interfaces, Some(kept.seed), Some(&dir))?;
+        let mut director = Director::adopt(balancer, kept.director, Some(resolver))?;
+        director.balancer.attach_adopting(opts.mode, &dir)?;
+        // Taken over: from here on this process holds everything; a crash leaves nothing.
+        crate::keep::forget(first)?;
+        log::info!(
+            "took over the director kept on {}: {} service(s), flow table kept",
+            opts.interfaces.join(", "),
+            director.state.services.len()
+        );
+        if opts.reconcile_kept {
+            director.reconcile(config.state.clone())?;
+        }
+        Ok(director)
+    }
+
+    /// What must be saved to take this director over after a restart.
+    pub fn image(&self) -> Image {
+        let mut ops = self.state.to_ops();
+        ops.push(Op::SetTimeouts(self.state.timeouts));
+        Image {
+            ops,
+            placed: self
+                .placed
+                .iter()
+                .map(|(key, p)| PlacedImage {
+                    key: *key,
+                    id: p.id,
+                    sched_start: p.sched_start,
+                    scheduled: p.scheduled.clone(),
+                    scheduler: p.value.scheduler,
+                    reals: p.reals.iter().map(|(a, r)| (*a, *r)).collect(),
+                    retired: to_array(p.retired),
+                })
+                .collect(),
+            generation: self.generation,
+            retiring: self.retiring.iter().map(|(s, o)| (*s, *o)).collect(),
+            retired_forwarded: to_array(self.retired_forwarded),
+        }
+    }
+
+    /// Takes over the services that `image` describes, over a program loaded with the maps
+    /// they are in. Refuses an image that does not match its own state, or the maps' capacity.
+    pub fn adopt(balancer: Balancer, image: Image, resolver: Option<Resolver>) -> Result<Director> {
+        let state = State::default().after(&image.ops).map_err(|(i, r)| {
+            anyhow!(
+                "the kept state is inconsistent (op {}): {}",
+                i + 1,
+                r.detail()
+            )
+        })?;
+        let capacity = *balancer.capacity();
+        let mut placed = BTreeMap::new();
+        let (mut ids, mut slots, mut ranges) = (BTreeSet::new(), BTreeSet::new(), Vec::new());
+        for p in image.placed {
+            let svc = state.services.get(&p.key).ok_or_else(|| {
+                anyhow!("the kept placement names {} but the state does not", p.key)
+            })?;
+            let reals: BTreeMap<Ipv4Addr, PlacedReal> = p.reals.into_iter().collect();
+            if reals.len() != svc.reals.len() || reals.keys().any(|a| !svc.reals.contains_key(a)) {
+                bail!(
+                    "the kept placement of {} does not match its real servers",
+                    p.key
+                );
+            }
+            let too_big = p.id >= capacity.services
+                || reals.values().any(|r| r.slot >= capacity.real_servers)
+                || p.sched_start as usize + p.scheduled.len()
+                    > sched_capacity(capacity.real_servers) as usize;
+            if too_big {
+                bail!("the kept placement of {} does not fit the maps", p.key);
+            }
+            ids.insert(p.id);
+            slots.extend(reals.values().map(|r| r.slot));
+            ranges.push((p.sched_start, p.scheduled.len() as u32));
+            placed.insert(
+                p.key,
+                Placed {
+                    id: p.id,
+                    sched_start: p.sched_start,
+                    value: common::Service {
+                        id: p.id,
+                        sched_start: p.sched_start,
+                        sched_len: p.scheduled.len() as u32,
+                        scheduler: p.scheduler,
+                        flags: 0,
+                    },
+                    scheduled: p.scheduled,
+                    reals,
+                    retired: from_array(p.retired),
+                },
+            );
+        }
+        slots.extend(image.retiring.iter().map(|(s, _)| *s));
+        let mut director = Director {
+            ids: Pool::with_used(capacity.services, &ids),
+            slots: Pool::with_used(capacity.real_servers, &slots),
+            sched: Ranges::with_used(sched_capacity(capacity.real_servers), &ranges),
+            balancer,
+            markers: placed.keys().map(|k| (k.addr, k.protocol)).collect(),
+            placed,
+            state,
+            generation: image.generation.max(1),
+            retiring: image.retiring.iter().copied().collect(),
+            retired_forwarded: from_array(image.retired_forwarded),
+            resolver,
+        };
+        // Slots that were waiting out their grace wait once more, from now.
+        let now = Instant::now();
+        for (slot, _) in &image.retiring {
+            director.slots.release(*slot, now);
         }
         Ok(director)
     }

@@ -19,6 +19,7 @@ pub mod control;
 pub mod director;
 pub mod iface;
 pub mod ipvsadm;
+pub mod keep;
 pub mod listing;
 pub mod logger;
 pub mod model;

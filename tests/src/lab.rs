@@ -200,10 +200,18 @@ impl Lab {
     }
 
     /// Starts `lvs-xdp run` on the LB's eth0 with `args` after `run --iface eth0`, its stdout and
-    /// stderr in `lvs-xdp.log`; returns once the program is attached.
+    /// stderr appended to `lvs-xdp.log`; returns once it says it is attached. It runs under
+    /// `nsenter --net`, so it sees the host's /sys/fs/bpf as on a real host.
     pub fn start_lb(&mut self, bin: &Path, args: &[&str]) -> Result<()> {
-        let log = fs::File::create(self.lb_log())?;
-        let mut cmd = self.lb.command(bin.to_str().context("binary path")?)?;
+        let attached = |out: &str| out.matches("lvs-xdp: attached to eth0").count();
+        let before = attached(&self.lb_output());
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.lb_log())?;
+        let mut cmd = self
+            .lb
+            .nsenter_command(bin.to_str().context("binary path")?)?;
         cmd.args(["run", "--iface", "eth0"]).args(args);
         cmd.stdout(log.try_clone()?)
             .stderr(log)
@@ -211,7 +219,7 @@ impl Lab {
         let mut child = cmd.spawn().context("cannot start lvs-xdp")?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if self.xdp_attached()? {
+            if attached(&self.lb_output()) > before && self.xdp_attached()? {
                 break;
             }
             if let Some(status) = child.try_wait()? {

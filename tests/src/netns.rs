@@ -141,6 +141,16 @@ impl Netns {
         Ok(cmd)
     }
 
+    /// A command to run listed program `name` (or a workspace binary by path) with only the
+    /// network namespace switched (`nsenter --net`): unlike `ip netns exec`, which mounts a
+    /// fresh /sys, it sees the host's /sys/fs/bpf, as a daemon on a real host does.
+    pub fn nsenter_command(&self, name: &str) -> Result<Command> {
+        let path = crate::programs::resolve(name).map_err(anyhow::Error::msg)?;
+        let mut cmd = program("nsenter")?;
+        cmd.arg(format!("--net=/run/netns/{}", self.name)).arg(path);
+        Ok(cmd)
+    }
+
     /// Runs `program args` inside; fails on a non-zero exit.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
         run(self.command(program)?.args(args))

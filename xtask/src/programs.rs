@@ -82,6 +82,11 @@ pub const PROGRAMS: &[Program] = &[
         "lab, tests: the real servers' web servers",
     ),
     deb(
+        "nsenter",
+        "util-linux",
+        "lab, tests: lvs-xdp run in a namespace, seeing the host's bpffs",
+    ),
+    deb(
         "setpriv",
         "util-linux",
         "tests: runs a command as another user",

@@ -26,6 +26,7 @@ pub fn run(
     config: &Config,
     opts: &StartOptions,
     interval: Duration,
+    keep: bool,
     on_attached: impl FnOnce(&Director),
 ) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -102,7 +103,11 @@ pub fn run(
             }
         }
         let last = director.snapshot()?;
-        director.balancer_mut().detach()?;
+        if keep {
+            lvs_xdp::keep::keep(&mut director, &opts.interfaces)?;
+        } else {
+            director.balancer_mut().detach()?;
+        }
         director.balancer_mut().flush_log();
         drop(listeners);
         print_table(&last, prev.as_ref());

@@ -38,6 +38,10 @@ enum Command {
         /// Seconds to wait for ARP to resolve the real servers.
         #[arg(long, default_value_t = 3.0, value_name = "SECS")]
         resolve_timeout: f64,
+        /// On stop, leave the program attached and its maps pinned for the next `run` on these
+        /// interfaces to take over: a restart that loses no connection.
+        #[arg(long)]
+        keep: bool,
         #[command(flatten)]
         services: ServiceArgs,
     },
@@ -123,6 +127,7 @@ fn dispatch(matches: &ArgMatches) -> Result<()> {
             mode,
             interval,
             resolve_timeout,
+            keep,
             services,
         } => {
             let config = build_config(&services, sub)?;
@@ -133,24 +138,39 @@ fn dispatch(matches: &ArgMatches) -> Result<()> {
                 interfaces: ifaces,
                 mode: mode.parse()?,
                 resolve_timeout: Duration::from_secs_f64(resolve_timeout),
+                reconcile_kept: services.config.is_some() || !services.service.is_empty(),
             };
             let mut names = Vec::new();
-            daemon::run(&config, &opts, Duration::from_secs(interval), |director| {
-                names = director
-                    .balancer()
-                    .attached()
-                    .map(|i| i.name.clone())
-                    .collect();
+            daemon::run(
+                &config,
+                &opts,
+                Duration::from_secs(interval),
+                keep,
+                |director| {
+                    names = director
+                        .balancer()
+                        .attached()
+                        .map(|i| i.name.clone())
+                        .collect();
+                    say(format_args!(
+                        "lvs-xdp: attached to {} ({} mode): {} service(s), {} real server(s), flow table {}; SIGINT/SIGTERM to stop",
+                        names.join(", "),
+                        opts.mode,
+                        config.state.services.len(),
+                        config.state.real_count(),
+                        config.capacity.flow_table_size,
+                    ));
+                },
+            )?;
+            if keep {
                 say(format_args!(
-                    "lvs-xdp: attached to {} ({} mode): {} service(s), {} real server(s), flow table {}; SIGINT/SIGTERM to stop",
+                    "lvs-xdp: kept on {}: the program stays attached, its maps pinned in {}",
                     names.join(", "),
-                    opts.mode,
-                    config.state.services.len(),
-                    config.state.real_count(),
-                    config.capacity.flow_table_size,
+                    lvs_xdp::keep::pin_dir(&names[0]).display()
                 ));
-            })?;
-            say(format_args!("lvs-xdp: detached from {}", names.join(", ")));
+            } else {
+                say(format_args!("lvs-xdp: detached from {}", names.join(", ")));
+            }
             Ok(())
         }
         Command::Realserver { action } => {
