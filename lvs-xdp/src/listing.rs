@@ -147,6 +147,42 @@ pub struct Listing {
 }
 
 impl Listing {
+    /// A state's services without counters (what `check` prints, before anything runs). MACs
+    /// not given explicitly are unknown here and show as zero.
+    pub fn from_state(state: &crate::model::State) -> Listing {
+        let services = state
+            .services
+            .iter()
+            .map(|(key, svc)| ServiceEntry {
+                protocol: key.protocol,
+                addr: key.addr,
+                port: key.port,
+                scheduler: svc.opts.scheduler,
+                drops: 0,
+                stats: Stats::default(),
+                rates: Rates::default(),
+                reals: svc
+                    .reals
+                    .iter()
+                    .map(|(addr, r)| RealEntry {
+                        addr: *addr,
+                        port: key.port,
+                        weight: r.weight,
+                        mac: r.mac.unwrap_or(Mac([0; 6])),
+                        active_conns: 0,
+                        inact_conns: 0,
+                        stats: Stats::default(),
+                        rates: Rates::default(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Listing {
+            services,
+            timeouts: state.timeouts,
+        }
+    }
+
     /// `now`, with rates over the interval between `base.0` and `base.1` (none: zero rates).
     pub fn new(
         now: &Snapshot,

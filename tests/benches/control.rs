@@ -141,5 +141,95 @@ pub fn run() -> Result<String> {
         "| its RSS once running | {:.1} MiB |",
         rss as f64 / 1024.0
     );
+    live(&mut out)?;
     Ok(out)
+}
+
+/// `-R` rules for `services` services of `reals` real servers each, with explicit MACs.
+fn rules(services: usize, reals: usize) -> String {
+    let mut t = String::new();
+    for i in 0..services {
+        let vip = format!("10.{}.{}.{}", 100 + i / 65536, (i / 256) % 256, i % 256);
+        let _ = writeln!(t, "-A -t {vip}:80 -s rr");
+        for r in 1..=reals {
+            let (a, b, c) = (r / 65536, (r / 256) % 256, r % 256);
+            let _ = writeln!(
+                t,
+                "-a -t {vip}:80 -r 172.{}.{b}.{c} -g -w 1 --mac 02:00:00:{a:02x}:{b:02x}:{c:02x}",
+                16 + a
+            );
+        }
+    }
+    t
+}
+
+/// Runs `lvs-xdp WORDS` in `ns` with `stdin`; returns how long the whole command took.
+fn timed(ns: &Netns, words: &[&str], stdin: &str) -> Result<Duration> {
+    use std::io::Write as _;
+    let bin = lvs_xdp_tests::bins::lvs_xdp();
+    let t = Instant::now();
+    let mut child = ns
+        .command(bin.to_str().context("binary path")?)?
+        .args(words)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(stdin.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let took = t.elapsed();
+    anyhow::ensure!(
+        out.status.success(),
+        "lvs-xdp {words:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(took)
+}
+
+/// Live changes through the control socket, the whole command each time (process start,
+/// socket, apply, reply): 10 000 services of 10 real servers restored with `-R` into a running,
+/// empty director, and one real server added to a service of 1 000 with `-a`.
+fn live(out: &mut String) -> Result<()> {
+    let ns = Netns::with_veth_pair("live", "veth0", "veth1")?;
+    let path = std::env::temp_dir().join(format!("lvsx-{}-live.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "flow_table_size = 65536\nmax_services = 10001\nmax_real_servers = 102000\n",
+    )?;
+    let started = lvs_xdp_tests::bins::start_run(&ns, "veth0", 0, &path, Stdio::inherit());
+    let _ = std::fs::remove_file(&path);
+    let (mut child, _) = started?;
+    let result = (|| -> Result<()> {
+        let restore = timed(&ns, &["-R"], &rules(10_000, 10))?;
+        let _ = writeln!(
+            out,
+            "| `lvs-xdp -R` of 10 000 services x 10 real servers into a running director | {:.2} s |",
+            restore.as_secs_f64()
+        );
+        let big = rules(1, 1000).replace("10.100.0.0", "10.200.0.1");
+        timed(&ns, &["-R"], &big)?;
+        let mut adds = Vec::new();
+        for i in 0..20u8 {
+            let rip = format!("172.31.2.{}", i + 1);
+            let mac = format!("02:00:00:31:02:{:02x}", i + 1);
+            adds.push(timed(
+                &ns,
+                &["-a", "-t", "10.200.0.1:80", "-r", &rip, "-g", "--mac", &mac],
+                "",
+            )?);
+        }
+        adds.sort();
+        let _ = writeln!(
+            out,
+            "| `lvs-xdp -a` of one real server to a service of 1 000, the whole command (median of 20) | {:.1} ms |",
+            adds[adds.len() / 2].as_secs_f64() * 1e3
+        );
+        Ok(())
+    })();
+    lvs_xdp_tests::netns::stop(&mut child, Duration::from_secs(10));
+    result
 }

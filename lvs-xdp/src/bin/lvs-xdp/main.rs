@@ -45,7 +45,8 @@ enum Command {
         #[command(flatten)]
         services: ServiceArgs,
     },
-    /// Validate the configuration and print it as ipvsadm -L -n would; touches no kernel state.
+    /// Validate the configuration and print it as ipvsadm's rules (-S -n); touches no kernel
+    /// state.
     Check {
         #[command(flatten)]
         services: ServiceArgs,
@@ -257,19 +258,25 @@ fn build_config(args: &ServiceArgs, matches: &ArgMatches) -> Result<Config> {
     Ok(config)
 }
 
+/// `check`'s output: the services as the rules `-S -n` would save (ipvsadm's words), then the
+/// tables' sizes.
 fn describe(config: &Config) -> String {
-    let mut out = String::from(
-        "Prot LocalAddress:Port Scheduler\n  -> RemoteAddress:Port Forward Weight Mac\n",
-    );
-    for (key, svc) in &config.state.services {
-        out += &format!("{key} {}\n", svc.opts.scheduler);
-        for (addr, real) in &svc.reals {
-            let mac = real
-                .mac
-                .map_or("(neighbour table)".to_string(), |m| m.to_string());
-            out += &format!("  -> {addr}:{} Route {} {mac}\n", key.port, real.weight);
-        }
-    }
+    use lvs_xdp::{
+        ipvsadm::{parse::Format, render},
+        listing::Listing,
+    };
+    let macs: Vec<_> = config
+        .state
+        .services
+        .values()
+        .flat_map(|s| s.reals.iter())
+        .filter_map(|(a, r)| Some((*a, r.mac?)))
+        .collect();
+    let numeric = Format {
+        numeric: true,
+        ..Format::default()
+    };
+    let mut out = render::save(&Listing::from_state(&config.state), &macs, numeric);
     let size = config.capacity.flow_table_size;
     let (buckets, overflow) = flow_table::sizes(size);
     out += &format!(
