@@ -150,6 +150,26 @@ impl Ranges {
         Some(start)
     }
 
+    /// Extends the range `start..start + len` by `extra` in place, if the places after it are
+    /// free.
+    pub fn grow(&mut self, start: u32, len: u32, extra: u32) -> bool {
+        if extra == 0 {
+            return true;
+        }
+        let end = start + len;
+        let Some(&free) = self.free.get(&end) else {
+            return false;
+        };
+        if free < extra {
+            return false;
+        }
+        self.free.remove(&end);
+        if free > extra {
+            self.free.insert(end + extra, free - extra);
+        }
+        true
+    }
+
     /// Gives `start..start + len` up now, reused after its grace.
     pub fn release(&mut self, start: u32, len: u32, now: Instant) {
         if len > 0 {
@@ -160,6 +180,11 @@ impl Ranges {
     /// Takes a range back at once: it was allocated but never published.
     pub fn unalloc(&mut self, start: u32, len: u32) {
         self.insert_free(start, len);
+    }
+
+    /// Ranges given up and still waiting out their grace.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
     }
 
     pub fn reclaim(&mut self, now: Instant) {
@@ -239,5 +264,9 @@ mod tests {
         );
         r.unalloc(0, 10);
         assert_eq!(r.alloc(10), Some(0));
+        r.unalloc(4, 6);
+        assert!(r.grow(0, 4, 3), "the places after the range are free");
+        assert!(!r.grow(0, 7, 4), "only 3 left");
+        assert_eq!(r.alloc(3), Some(7));
     }
 }

@@ -137,13 +137,19 @@ impl Config {
         Ok(config)
     }
 
-    /// Applies `ops` (a service and its real servers) to the configured state, whole or not at
-    /// all; a refusal names the service.
+    /// Adds a new service and its real servers (`ops`: one AddService, then its AddReals),
+    /// whole or not at all; a refusal names the service. The service is built apart and then
+    /// moved in, so a configuration of many services costs no copy of the state per service.
     pub fn add_ops(&mut self, ops: &[Op]) -> Result<()> {
-        self.state = self
-            .state
+        let built = State::default()
             .after(ops)
             .map_err(|(_, refusal)| anyhow!("{}", refusal.detail()))?;
+        for key in built.services.keys() {
+            if self.state.services.contains_key(key) {
+                bail!("{}", Refusal::ServiceExists(*key).detail());
+            }
+        }
+        self.state.services.extend(built.services);
         Ok(())
     }
 

@@ -169,8 +169,10 @@ struct Plan {
     new_slots: Vec<u32>,
     /// Kept slots whose MAC changes (written in place: their flows stay).
     new_macs: Vec<u32>,
-    /// A new scheduling range (start, slots), when the scheduled real servers change.
+    /// Scheduling slots to write (start, slots): a new range when the scheduled real servers
+    /// change, or the new end of the old one when it grows in place (`grown`).
     sched: Option<(u32, Vec<u32>)>,
+    grown: bool,
     value: common::Service,
     /// Slots of real servers the service no longer has.
     gone: Vec<u32>,
@@ -489,10 +491,17 @@ impl Director {
     /// before writing anything visible when a MAC does not resolve or the maps have no room.
     pub fn reconcile(&mut self, next: State) -> Result<()> {
         self.reclaim(Instant::now())?;
-        let macs = self.macs_for(&next)?;
-        self.make_room(&next)?;
+        // Only the services that differ are planned: a change to one service of 10 000 costs
+        // one service's work.
+        let changed: Vec<(&ServiceKey, &crate::model::Service)> = next
+            .services
+            .iter()
+            .filter(|(k, s)| !self.placed.contains_key(k) || self.state.services.get(k) != Some(*s))
+            .collect();
+        let macs = self.macs_for(&changed)?;
+        self.make_room(&changed)?;
         let mut plans = Vec::new();
-        for (key, svc) in &next.services {
+        for (key, svc) in changed {
             match self.plan(key, svc, &macs) {
                 Ok(plan) => plans.push(plan),
                 Err(e) => {
@@ -524,20 +533,23 @@ impl Director {
         self.sync_markers()
     }
 
-    /// Every real server's MAC in `next`: explicit, already placed, or resolved now.
-    fn macs_for(&self, next: &State) -> Result<HashMap<Ipv4Addr, Mac>> {
+    /// Every real server's MAC in `services`: explicit, already placed, or resolved now.
+    fn macs_for(
+        &self,
+        services: &[(&ServiceKey, &crate::model::Service)],
+    ) -> Result<HashMap<Ipv4Addr, Mac>> {
         let mut macs = HashMap::new();
         let mut missing = Vec::new();
-        for (key, svc) in &next.services {
+        for (key, svc) in services {
             for (addr, real) in &svc.reals {
                 if real.mac.is_some() || macs.contains_key(addr) {
                     continue;
                 }
-                let placed = self.placed.get(key).and_then(|p| p.reals.get(addr));
+                let placed = self.placed.get(*key).and_then(|p| p.reals.get(addr));
                 let was_explicit = self
                     .state
                     .services
-                    .get(key)
+                    .get(*key)
                     .and_then(|s| s.reals.get(addr))
                     .is_some_and(|r| r.mac.is_some());
                 match placed {
@@ -560,16 +572,14 @@ impl Director {
         Ok(macs)
     }
 
-    /// Waits (at most the grace of freed places) until the maps have room for `next`, or fails
+    /// Waits (at most the grace of freed places) until the maps have room for `changed`, or fails
     /// saying which capacity is short.
-    fn make_room(&mut self, next: &State) -> Result<()> {
-        let new_ids = next
-            .services
-            .keys()
-            .filter(|k| !self.placed.contains_key(k))
+    fn make_room(&mut self, changed: &[(&ServiceKey, &crate::model::Service)]) -> Result<()> {
+        let new_ids = changed
+            .iter()
+            .filter(|(k, _)| !self.placed.contains_key(k))
             .count();
-        let new_slots: usize = next
-            .services
+        let new_slots: usize = changed
             .iter()
             .map(|(k, s)| match self.placed.get(k) {
                 Some(p) => s.reals.keys().filter(|a| !p.reals.contains_key(a)).count(),
@@ -632,6 +642,7 @@ impl Director {
             new_slots: Vec::new(),
             new_macs: Vec::new(),
             sched: None,
+            grown: false,
             value: common::Service {
                 id,
                 sched_start: 0,
@@ -675,22 +686,59 @@ impl Director {
             .filter(|(a, _)| !svc.reals.contains_key(a))
             .map(|(_, p)| p.slot)
             .collect();
-        // Weight 0: kept (its connections go on) but given no new ones, as in IPVS.
-        let scheduled: Vec<u32> = svc
+        // Weight 0: kept (its connections go on) but given no new ones, as in IPVS. The
+        // scheduled real servers keep their order; new ones come after them.
+        let wanted: BTreeSet<u32> = svc
             .reals
             .iter()
             .filter(|(_, r)| r.weight > 0)
             .map(|(a, _)| plan.reals[a].slot)
             .collect();
+        let old: Vec<u32> = placed
+            .as_ref()
+            .map(|p| p.scheduled.clone())
+            .unwrap_or_default();
+        let mut scheduled: Vec<u32> = old.iter().copied().filter(|s| wanted.contains(s)).collect();
+        let kept_all = scheduled.len() == old.len();
+        let added: Vec<u32> = svc
+            .reals
+            .iter()
+            .filter(|(_, r)| r.weight > 0)
+            .map(|(a, _)| plan.reals[a].slot)
+            .filter(|s| !old.contains(s))
+            .collect();
+        scheduled.extend(&added);
         match &placed {
             Some(p) if p.scheduled == scheduled => {
                 plan.value.sched_start = p.sched_start;
             }
+            // Only additions: the range grows in place when the slots after it are free. The
+            // new slots are written before the service's length covers them.
+            Some(p)
+                if kept_all
+                    && self
+                        .sched
+                        .grow(p.sched_start, old.len() as u32, added.len() as u32) =>
+            {
+                plan.value.sched_start = p.sched_start;
+                plan.sched = Some((p.sched_start + old.len() as u32, added));
+                plan.grown = true;
+            }
             _ => {
                 let len = scheduled.len() as u32;
-                let Some(start) = self.sched.alloc(len) else {
+                let mut start = self.sched.alloc(len);
+                // Ranges given up a moment ago wait out their grace: wait for them.
+                let deadline = Instant::now() + crate::alloc::GRACE * 2;
+                while start.is_none() && self.sched.waiting() > 0 && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(5));
+                    self.sched.reclaim(Instant::now());
+                    start = self.sched.alloc(len);
+                }
+                let Some(start) = start else {
                     self.unplan(std::slice::from_ref(&plan));
-                    bail!("no room in the scheduling table");
+                    bail!(
+                        "no room in the scheduling table for {len} more slots (raise max_real_servers)"
+                    );
                 };
                 plan.value.sched_start = start;
                 plan.sched = Some((start, scheduled.clone()));
@@ -750,17 +798,17 @@ impl Director {
             for slot in &plan.gone {
                 self.retire(*slot, &old.reals, owner, now)?;
             }
-            if plan.sched.is_some() {
+            if plan.sched.is_some() && !plan.grown {
                 self.sched
                     .release(old.sched_start, old.scheduled.len() as u32, now);
             }
         }
-        let scheduled = match &plan.sched {
-            Some((_, slots)) => slots.clone(),
-            None => old
-                .as_ref()
-                .map(|o| o.scheduled.clone())
-                .unwrap_or_default(),
+        let scheduled = match (&plan.sched, &old) {
+            (Some((_, added)), Some(o)) if plan.grown => {
+                o.scheduled.iter().chain(added).copied().collect()
+            }
+            (Some((_, slots)), _) => slots.clone(),
+            (None, o) => o.as_ref().map(|o| o.scheduled.clone()).unwrap_or_default(),
         };
         self.placed.insert(
             plan.key,

@@ -19,7 +19,7 @@ fn config_text(services: usize, reals: usize) -> String {
     let mut t = format!(
         "flow_table_size = 65536\nmax_services = {}\nmax_real_servers = {}\n",
         services.max(1),
-        (services * reals).max(16) + 64
+        (services * reals).max(16) * 2 + 64
     );
     for i in 0..services {
         let _ = write!(

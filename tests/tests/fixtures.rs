@@ -827,3 +827,61 @@ fn a_weight_set_to_zero_quiesces_a_real_server_live() {
     }
     assert!(seen.contains(&RS1) && seen.contains(&RS2), "{seen:02x?}");
 }
+
+/// A batch that is valid but cannot be carried out (a MAC that cannot be found, a full table)
+/// changes nothing: not the state, not a single map entry a packet could see.
+#[test]
+fn a_batch_that_cannot_be_carried_out_changes_nothing() {
+    let new_svc = ServiceKey::new(Protocol::Tcp, "10.0.0.30".parse().unwrap(), 80);
+    let frame = Frame::tcp(LB, CLIENT, 40000, "10.0.0.30", 80).build();
+    let with_rs1 = RealOpts {
+        weight: 1,
+        mac: Some(Mac(RS1)),
+    };
+    // No neighbour table to ask (no resolver): 10.0.0.9 has no MAC.
+    let mut b = balancer();
+    let state = b.state().clone();
+    let err = b
+        .apply(&[
+            Op::AddService(new_svc, Default::default()),
+            Op::AddReal(new_svc, ip("10.0.0.3"), with_rs1),
+            Op::AddReal(web(), ip("10.0.0.9"), RealOpts::default()),
+        ])
+        .unwrap_err();
+    assert!(matches!(err, ApplyError::Failed(_)), "{err:?}");
+    assert_eq!(err.to_string(), "no MAC for real server 10.0.0.9");
+    assert_eq!(b.state(), &state);
+    pass(
+        &b,
+        "the service of a refused batch",
+        &frame,
+        reason::PASS_NO_SERVICE,
+    );
+
+    // A full table: three services of three.
+    let mut b = balancer_from(&format!("max_services = 3\n{CONFIG}"));
+    let err = b
+        .apply(&[
+            Op::AddService(new_svc, Default::default()),
+            Op::AddReal(new_svc, ip("10.0.0.3"), with_rs1),
+        ])
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no room for 1 more service(s): 3 of 3 in use (raise max_services)"
+    );
+    pass(
+        &b,
+        "the service of a refused batch",
+        &frame,
+        reason::PASS_NO_SERVICE,
+    );
+    // Room again once a service is gone (after its grace).
+    b.apply(&[Op::DeleteService(empty_service())]).unwrap();
+    b.apply(&[
+        Op::AddService(new_svc, Default::default()),
+        Op::AddReal(new_svc, ip("10.0.0.3"), with_rs1),
+    ])
+    .unwrap();
+    tx(&b, "the new service", &frame, RS1);
+}
