@@ -1,11 +1,14 @@
 //! Real-server MACs from the kernel's neighbour table.
 //!
-//! For each address: dump the table; if the interface has no usable entry, ask the kernel to
-//! resolve it (NTF_USE: it sends an ARP request exactly as if a packet were waiting), then poll
-//! until an entry appears or the deadline passes. A STALE entry (not confirmed lately: the host
-//! may have gone, or its address moved) is confirmed the same way before it is used.
+//! For each address: dump the table. A confirmed entry (REACHABLE, PERMANENT) is used. A missing
+//! one is resolved: the kernel is asked to (NTF_USE: it sends an ARP request exactly as if a
+//! packet were waiting), then the table is polled until an entry appears or the deadline
+//! passes. An entry not confirmed lately (STALE, DELAY, PROBE: the host may have gone, or its
+//! address moved to another MAC) is confirmed before it is used: probed at once (NUD_PROBE, a
+//! unicast ARP request to the MAC it has), and when that brings no answer within a second,
+//! forgotten and resolved again by broadcast, which finds a new MAC.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr},
     thread,
     time::{Duration, Instant},
@@ -16,7 +19,7 @@ use anyhow::{Result, bail};
 pub use crate::netlink::Neighbour;
 use crate::{
     model::Mac,
-    netlink::{NUD_STALE, Rtnl},
+    netlink::{NUD_UNCONFIRMED, Rtnl},
 };
 
 const POLL: Duration = Duration::from_millis(50);
@@ -28,9 +31,13 @@ pub fn dump() -> Result<Vec<Neighbour>> {
     Ok(Rtnl::open()?.neighbours()?)
 }
 
-/// Resolves each address to a MAC on interface `ifindex` (`ifname` for messages), triggering ARP
-/// for missing and STALE entries and waiting at most `timeout` in all. A STALE entry that is not
-/// confirmed in time is used as it is. Fails naming the first address that could not be resolved.
+/// How long a unicast probe of an unconfirmed entry may take before the entry is forgotten and
+/// resolved by broadcast.
+const PROBE_PATIENCE: Duration = Duration::from_millis(1000);
+
+/// Resolves each address to a MAC on interface `ifindex` (`ifname` for messages), as described
+/// above, waiting at most `timeout` in all. An unconfirmed entry that could not be confirmed in
+/// time is used as it is, with a warning. Fails naming the first address that has no MAC.
 pub fn resolve(
     ifindex: u32,
     ifname: &str,
@@ -38,11 +45,14 @@ pub fn resolve(
     timeout: Duration,
 ) -> Result<HashMap<Ipv4Addr, Mac>> {
     let mut nl = Rtnl::open()?;
-    let deadline = Instant::now() + timeout;
+    let start = Instant::now();
+    let deadline = start + timeout;
     let mut found = HashMap::new();
-    let mut stale = HashMap::new();
+    let mut probed: HashMap<Ipv4Addr, Instant> = HashMap::new();
+    let mut forgotten: HashSet<Ipv4Addr> = HashSet::new();
     let mut last_trigger: Option<Instant> = None;
     loop {
+        let mut unconfirmed = HashMap::new();
         for n in nl.neighbours()? {
             let IpAddr::V4(address) = n.address else {
                 continue;
@@ -51,8 +61,8 @@ pub fn resolve(
                 continue;
             }
             if let Some(mac) = n.usable_mac() {
-                if n.state & NUD_STALE != 0 {
-                    stale.insert(address, mac);
+                if n.state & NUD_UNCONFIRMED != 0 {
+                    unconfirmed.insert(address, mac);
                 } else {
                     found.insert(address, mac);
                 }
@@ -66,31 +76,49 @@ pub fn resolve(
         if missing.is_empty() {
             return Ok(found);
         }
-        if Instant::now() >= deadline {
-            let unresolved: Vec<&Ipv4Addr> =
-                missing.iter().filter(|a| !stale.contains_key(a)).collect();
-            if let Some(first) = unresolved.first() {
-                bail!(
-                    "real server {first} did not resolve to a MAC on {ifname} within {:.1}s (is it up and on the same L2 segment? give its MAC to skip resolution: `mac` in the config, --mac on the command line)",
-                    timeout.as_secs_f64()
-                );
-            }
-            for a in missing {
+        let now = Instant::now();
+        if now >= deadline {
+            for a in &missing {
+                let Some(mac) = unconfirmed.get(a) else {
+                    bail!(
+                        "real server {a} did not resolve to a MAC on {ifname} within {:.1}s (is it up and on the same L2 segment? give its MAC to skip resolution: `mac` in the config, --mac on the command line)",
+                        timeout.as_secs_f64()
+                    );
+                };
                 log::warn!(
-                    "real server {a}: its neighbour entry on {ifname} is STALE and was not confirmed within {:.1}s; using it",
+                    "real server {a}: its neighbour entry on {ifname} ({mac}) was not confirmed within {:.1}s; using it",
                     timeout.as_secs_f64()
                 );
-                found.insert(a, stale[&a]);
+                found.insert(*a, *mac);
             }
             return Ok(found);
         }
-        if last_trigger.is_none_or(|t| t.elapsed() >= RETRIGGER) {
-            for address in &missing {
-                nl.resolve(ifindex, IpAddr::V4(*address)).map_err(|e| {
-                    anyhow::anyhow!("cannot ask the kernel to resolve {address} on {ifname}: {e}")
-                })?;
+        let retrigger = last_trigger.is_none_or(|t| t.elapsed() >= RETRIGGER);
+        for a in &missing {
+            let ask = |e: std::io::Error| {
+                anyhow::anyhow!("cannot ask the kernel to resolve {a} on {ifname}: {e}")
+            };
+            match (unconfirmed.contains_key(a), probed.get(a)) {
+                // Unconfirmed, not probed yet: probe it now.
+                (true, None) => {
+                    nl.probe(ifindex, IpAddr::V4(*a)).map_err(ask)?;
+                    probed.insert(*a, now);
+                }
+                // Probed without an answer: forget it once, and resolve by broadcast.
+                (true, Some(t))
+                    if now.duration_since(*t) >= PROBE_PATIENCE && !forgotten.contains(a) =>
+                {
+                    let _ = nl.forget_neighbour(ifindex, IpAddr::V4(*a));
+                    forgotten.insert(*a);
+                    nl.resolve(ifindex, IpAddr::V4(*a)).map_err(ask)?;
+                }
+                (true, Some(_)) => {}
+                (false, _) if retrigger => nl.resolve(ifindex, IpAddr::V4(*a)).map_err(ask)?,
+                (false, _) => {}
             }
-            last_trigger = Some(Instant::now());
+        }
+        if retrigger {
+            last_trigger = Some(now);
         }
         thread::sleep(POLL);
     }

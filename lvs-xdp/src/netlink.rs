@@ -30,8 +30,8 @@ pub struct Neighbour {
 
 /// States whose link-layer address can be used: REACHABLE, STALE, DELAY, PROBE, PERMANENT.
 const NUD_USABLE: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x80;
-/// NUD_STALE: an address not confirmed lately.
-pub const NUD_STALE: u16 = 0x04;
+/// States whose address was not confirmed lately: STALE, DELAY, PROBE.
+pub const NUD_UNCONFIRMED: u16 = 0x04 | 0x08 | 0x10;
 
 impl Neighbour {
     /// The MAC, when the entry's state makes it usable.
@@ -159,20 +159,32 @@ impl Rtnl {
     /// Asks the kernel to resolve `address` on `ifindex` (creating the entry if needed), as if a
     /// packet were waiting for it (NTF_USE): it sends an ARP request or a neighbour solicitation.
     pub fn resolve(&mut self, ifindex: u32, address: IpAddr) -> io::Result<()> {
-        let mut m = NeighbourMessage::default();
-        m.header.family = family(address);
-        m.header.ifindex = ifindex;
+        let mut m = neighbour_message(ifindex, address);
         m.header.flags = netlink_packet_route::neighbour::NeighbourFlags::Use;
-        m.attributes
-            .push(NeighbourAttribute::Destination(match address {
-                IpAddr::V4(a) => NeighbourAddress::Inet(a),
-                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
-            }));
         self.request(
             RouteNetlinkMessage::NewNeighbour(m),
             NLM_F_ACK | netlink_packet_core::NLM_F_CREATE,
         )
         .map(drop)
+    }
+
+    /// Asks the kernel to confirm the entry of `address` on `ifindex` now (NUD_PROBE: a unicast
+    /// ARP request or neighbour solicitation to the MAC it has).
+    pub fn probe(&mut self, ifindex: u32, address: IpAddr) -> io::Result<()> {
+        let mut m = neighbour_message(ifindex, address);
+        m.header.state = netlink_packet_route::neighbour::NeighbourState::Probe;
+        self.request(
+            RouteNetlinkMessage::NewNeighbour(m),
+            NLM_F_ACK | netlink_packet_core::NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    /// Removes the entry of `address` on `ifindex` (the next resolution asks everyone).
+    pub fn forget_neighbour(&mut self, ifindex: u32, address: IpAddr) -> io::Result<()> {
+        let m = neighbour_message(ifindex, address);
+        self.request(RouteNetlinkMessage::DelNeighbour(m), NLM_F_ACK)
+            .map(drop)
     }
 
     /// Every address of interface `ifindex`, with its prefix length.
@@ -217,6 +229,18 @@ impl Rtnl {
         self.request(RouteNetlinkMessage::DelAddress(m), NLM_F_ACK)
             .map(drop)
     }
+}
+
+fn neighbour_message(ifindex: u32, address: IpAddr) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = family(address);
+    m.header.ifindex = ifindex;
+    m.attributes
+        .push(NeighbourAttribute::Destination(match address {
+            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+        }));
+    m
 }
 
 fn family(addr: IpAddr) -> AddressFamily {

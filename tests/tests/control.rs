@@ -327,9 +327,28 @@ fn a_real_servers_new_mac_is_followed_with_no_connection_lost() {
         .expect("lvs-xdp run");
     let lb = &lab.lb;
     ok(lb, &format!("-A -t {VIP}:80 -s rr"));
+    // A STALE entry with a MAC nobody has any more is confirmed before it is used: the real
+    // server's true MAC is found instead.
+    lb.ip(&[
+        "neigh",
+        "replace",
+        "192.168.0.3",
+        "lladdr",
+        "02:00:00:00:09:09",
+        "dev",
+        "eth0",
+        "nud",
+        "stale",
+    ])
+    .unwrap();
     // No --mac: both come from the neighbour table.
     ok(lb, &format!("-a -t {VIP}:80 -r 192.168.0.3 -g"));
     ok(lb, &format!("-a -t {VIP}:80 -r 192.168.0.4 -g"));
+    let json = ok(lb, "-L -n --json");
+    assert!(
+        json.contains("\"mac\": \"02:00:00:00:00:03\"") && !json.contains("02:00:00:00:09:09"),
+        "{json}"
+    );
 
     // 8 MiB at nginx's 4 MB/s for /slow/: about two seconds in flight.
     let dest = lab.dir.0.join("moving.bin");
