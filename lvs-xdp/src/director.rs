@@ -169,10 +169,20 @@ struct Plan {
     new_slots: Vec<u32>,
     /// Kept slots whose MAC changes (written in place: their flows stay).
     new_macs: Vec<u32>,
-    /// Scheduling slots to write (start, slots): a new range when the scheduled real servers
-    /// change, or the new end of the old one when it grows in place (`grown`).
-    sched: Option<(u32, Vec<u32>)>,
-    grown: bool,
+    /// The scheduled real servers' slots, in range order, after the change.
+    scheduled: Vec<u32>,
+    /// The service's range before the change (start, length).
+    old_range: (u32, u32),
+    /// Scheduling positions to write (position, slot). Those inside the old range are written
+    /// when the service is switched (each one a valid slot of the service at every moment);
+    /// the others (a fresh range, or the grown end of the old one) before.
+    sched_writes: Vec<(u32, u32)>,
+    /// Places taken from the allocator for this plan (start, length): given back if the plan
+    /// is dropped.
+    sched_taken: Option<(u32, u32)>,
+    /// Places given up once the service is switched (start, length): the old range, or the
+    /// tail it shrank by.
+    sched_freed: Option<(u32, u32)>,
     value: common::Service,
     /// Slots of real servers the service no longer has.
     gone: Vec<u32>,
@@ -498,8 +508,8 @@ impl Director {
             .iter()
             .filter(|(k, s)| !self.placed.contains_key(k) || self.state.services.get(k) != Some(*s))
             .collect();
-        let macs = self.macs_for(&changed)?;
         self.make_room(&changed)?;
+        let macs = self.macs_for(&changed)?;
         let mut plans = Vec::new();
         for (key, svc) in changed {
             match self.plan(key, svc, &macs) {
@@ -641,8 +651,11 @@ impl Director {
             reals: BTreeMap::new(),
             new_slots: Vec::new(),
             new_macs: Vec::new(),
-            sched: None,
-            grown: false,
+            scheduled: Vec::new(),
+            old_range: (0, 0),
+            sched_writes: Vec::new(),
+            sched_taken: None,
+            sched_freed: None,
             value: common::Service {
                 id,
                 sched_start: 0,
@@ -686,9 +699,8 @@ impl Director {
             .filter(|(a, _)| !svc.reals.contains_key(a))
             .map(|(_, p)| p.slot)
             .collect();
-        // Weight 0: kept (its connections go on) but given no new ones, as in IPVS. The
-        // scheduled real servers keep their order; new ones come after them.
-        let wanted: BTreeSet<u32> = svc
+        // Weight 0: kept (its connections go on) but given no new ones, as in IPVS.
+        let wanted: Vec<u32> = svc
             .reals
             .iter()
             .filter(|(_, r)| r.weight > 0)
@@ -698,53 +710,65 @@ impl Director {
             .as_ref()
             .map(|p| p.scheduled.clone())
             .unwrap_or_default();
-        let mut scheduled: Vec<u32> = old.iter().copied().filter(|s| wanted.contains(s)).collect();
-        let kept_all = scheduled.len() == old.len();
-        let added: Vec<u32> = svc
-            .reals
-            .iter()
-            .filter(|(_, r)| r.weight > 0)
-            .map(|(a, _)| plan.reals[a].slot)
-            .filter(|s| !old.contains(s))
-            .collect();
-        scheduled.extend(&added);
-        match &placed {
-            Some(p) if p.scheduled == scheduled => {
-                plan.value.sched_start = p.sched_start;
-            }
-            // Only additions: the range grows in place when the slots after it are free. The
-            // new slots are written before the service's length covers them.
-            Some(p)
-                if kept_all
-                    && self
-                        .sched
-                        .grow(p.sched_start, old.len() as u32, added.len() as u32) =>
-            {
-                plan.value.sched_start = p.sched_start;
-                plan.sched = Some((p.sched_start + old.len() as u32, added));
-                plan.grown = true;
-            }
-            _ => {
-                let len = scheduled.len() as u32;
-                let mut start = self.sched.alloc(len);
-                // Ranges given up a moment ago wait out their grace: wait for them.
-                let deadline = Instant::now() + crate::alloc::GRACE * 2;
-                while start.is_none() && self.sched.waiting() > 0 && Instant::now() < deadline {
-                    thread::sleep(Duration::from_millis(5));
-                    self.sched.reclaim(Instant::now());
-                    start = self.sched.alloc(len);
-                }
-                let Some(start) = start else {
-                    self.unplan(std::slice::from_ref(&plan));
-                    bail!(
-                        "no room in the scheduling table for {len} more slots (raise max_real_servers)"
-                    );
-                };
-                plan.value.sched_start = start;
-                plan.sched = Some((start, scheduled.clone()));
+        let old_start = placed.as_ref().map_or(0, |p| p.sched_start);
+        let (old_len, wanted_set) = (
+            old.len() as u32,
+            wanted.iter().copied().collect::<BTreeSet<u32>>(),
+        );
+        // In place where possible: a real server that leaves gives its position to the last
+        // one (swap remove); new ones come after.
+        let mut scheduled = old.clone();
+        let mut i = 0;
+        while i < scheduled.len() {
+            if wanted_set.contains(&scheduled[i]) {
+                i += 1;
+            } else {
+                scheduled.swap_remove(i);
             }
         }
-        plan.value.sched_len = scheduled.len() as u32;
+        scheduled.extend(wanted.iter().filter(|s| !old.contains(s)));
+        let len = scheduled.len() as u32;
+        plan.old_range = (old_start, old_len);
+        let start = if placed.is_some() && scheduled == old {
+            old_start
+        } else if placed.is_some()
+            && (len <= old_len || self.sched.grow(old_start, old_len, len - old_len))
+        {
+            if len > old_len {
+                plan.sched_taken = Some((old_start + old_len, len - old_len));
+            } else if len < old_len {
+                plan.sched_freed = Some((old_start + len, old_len - len));
+            }
+            old_start
+        } else {
+            let mut start = self.sched.alloc(len);
+            // Ranges given up a moment ago wait out their grace: wait for them.
+            let deadline = Instant::now() + crate::alloc::GRACE * 2;
+            while start.is_none() && self.sched.waiting() > 0 && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+                self.sched.reclaim(Instant::now());
+                start = self.sched.alloc(len);
+            }
+            let Some(start) = start else {
+                self.unplan(std::slice::from_ref(&plan));
+                bail!(
+                    "no room in the scheduling table for {len} more slots (raise max_real_servers)"
+                );
+            };
+            plan.sched_taken = Some((start, len));
+            plan.sched_freed = placed.is_some().then_some((old_start, old_len));
+            start
+        };
+        let fresh = plan.sched_taken.is_some_and(|(s, _)| s == start);
+        plan.sched_writes = scheduled
+            .iter()
+            .enumerate()
+            .filter(|(j, slot)| fresh || old.get(*j) != Some(slot))
+            .map(|(j, slot)| (start + j as u32, *slot))
+            .collect();
+        plan.value.sched_start = start;
+        plan.scheduled = scheduled;
+        plan.value.sched_len = len;
         Ok(plan)
     }
 
@@ -757,8 +781,8 @@ impl Director {
             for slot in &plan.new_slots {
                 self.slots.unalloc(*slot);
             }
-            if let Some((start, slots)) = &plan.sched {
-                self.sched.unalloc(*start, slots.len() as u32);
+            if let Some((start, len)) = plan.sched_taken {
+                self.sched.unalloc(start, len);
             }
         }
     }
@@ -774,8 +798,11 @@ impl Director {
                     self.balancer.write_real(p.slot, &real_entry(p, plan.id))?;
                 }
             }
-            if let Some((start, slots)) = &plan.sched {
-                self.balancer.write_sched(*start, slots)?;
+            let (old_start, old_len) = plan.old_range;
+            for (pos, slot) in &plan.sched_writes {
+                if !(old_start..old_start + old_len).contains(pos) {
+                    self.balancer.write_sched(*pos, &[*slot])?;
+                }
             }
         }
         Ok(())
@@ -789,6 +816,12 @@ impl Director {
                 self.balancer.write_real(p.slot, &real_entry(p, plan.id))?;
             }
         }
+        let (old_start, old_len) = plan.old_range;
+        for (pos, slot) in &plan.sched_writes {
+            if (old_start..old_start + old_len).contains(pos) {
+                self.balancer.write_sched(*pos, &[*slot])?;
+            }
+        }
         if old.as_ref().is_none_or(|o| o.value != plan.value) {
             self.balancer
                 .put_service(&kernel_key(&plan.key), &plan.value)?;
@@ -798,18 +831,11 @@ impl Director {
             for slot in &plan.gone {
                 self.retire(*slot, &old.reals, owner, now)?;
             }
-            if plan.sched.is_some() && !plan.grown {
-                self.sched
-                    .release(old.sched_start, old.scheduled.len() as u32, now);
+            if let Some((start, len)) = plan.sched_freed {
+                self.sched.release(start, len, now);
             }
         }
-        let scheduled = match (&plan.sched, &old) {
-            (Some((_, added)), Some(o)) if plan.grown => {
-                o.scheduled.iter().chain(added).copied().collect()
-            }
-            (Some((_, slots)), _) => slots.clone(),
-            (None, o) => o.as_ref().map(|o| o.scheduled.clone()).unwrap_or_default(),
-        };
+        let scheduled = plan.scheduled;
         self.placed.insert(
             plan.key,
             Placed {

@@ -885,3 +885,53 @@ fn a_batch_that_cannot_be_carried_out_changes_nothing() {
     .unwrap();
     tx(&b, "the new service", &frame, RS1);
 }
+
+/// Real servers replaced again and again in a director whose tables are exactly full: every
+/// change finds its places (a slot given up comes back after its grace, which a change waits
+/// for), none leaks, and traffic follows each change.
+#[test]
+fn full_tables_take_change_after_change() {
+    pin_to_cpu0();
+    let mut b = balancer_from(&format!("max_real_servers = 4\n{CONFIG}"));
+    let mut current = ip("10.0.0.3");
+    for i in 0..5u8 {
+        let next = Ipv4Addr::new(10, 0, 1, i + 1);
+        let mac = [0x02, 0, 0, 0, 1, i + 1];
+        // In one batch the new real server would need a fifth slot: the one given up is not
+        // reused before its grace. In two, the second waits for it.
+        b.apply(&[Op::DeleteReal(web(), current)]).unwrap();
+        b.apply(&[Op::AddReal(
+            web(),
+            next,
+            RealOpts {
+                weight: 1,
+                mac: Some(Mac(mac)),
+            },
+        )])
+        .unwrap_or_else(|e| panic!("change {i}: {e}"));
+        current = next;
+        let mut seen = Vec::new();
+        for port in 0..4u16 {
+            let f = Frame::tcp(LB, CLIENT, 30000 + u16::from(i) * 10 + port, VIP, 80).build();
+            let (action, out) = b.balancer().test_run(&f).unwrap();
+            assert_eq!(action, XDP_TX);
+            seen.push(<[u8; 6]>::try_from(&out[0..6]).unwrap());
+        }
+        assert!(
+            seen.contains(&mac) && seen.contains(&RS2),
+            "change {i}: {seen:02x?}"
+        );
+    }
+    // A fifth real server does not fit, and says so.
+    let err = b
+        .apply(&[Op::AddReal(
+            web(),
+            ip("10.0.2.1"),
+            RealOpts {
+                weight: 1,
+                mac: Some(Mac(RS7)),
+            },
+        )])
+        .unwrap_err();
+    assert!(err.to_string().contains("raise max_real_servers"), "{err}");
+}
