@@ -52,22 +52,21 @@ fn experiment(lab: &mut Lab, bin: &Path) -> Result<()> {
     lab.start_nginx(Some(&big))?;
     println!("nginx listening on port 80 in both real servers.");
 
-    let config = lab.write_lvs_config()?;
+    lab.start_lb(bin, &["--mode", "native", "--interval", "0"])?;
     println!(
-        "\nlvs-xdp configuration ({}):\n{}",
-        config.display(),
-        lab::lvs_config()
-    );
-    let config = config.to_str().context("path")?.to_string();
-    lab.start_lb(
-        bin,
-        &["--config", &config, "--mode", "native", "--interval", "0"],
-    )?;
-    println!(
-        "$ lvs-xdp run --iface eth0 --config {config} --mode native   (in {})",
+        "\nOn the LB ({}), lvs-xdp in place of the IPVS module, then ipvsadm's words:\n$ lvs-xdp run --iface eth0 --mode native &",
         lab.lb.name
     );
     println!("{}", lab.lb_output().trim());
+    let vip = lab::VIP;
+    for words in [
+        format!("-A -t {vip}:80 -s rr"),
+        format!("-a -t {vip}:80 -r {} -g", lab::REAL_SERVERS[0].1),
+        format!("-a -t {vip}:80 -r {} -g", lab::REAL_SERVERS[1].1),
+        "-L -n".to_string(),
+    ] {
+        print!("{}", ipvsadm(&lab, bin, &words)?);
+    }
 
     println!(
         "\nFetching http://{}/ {GETS} times from the client:",
@@ -109,6 +108,9 @@ fn experiment(lab: &mut Lab, bin: &Path) -> Result<()> {
     );
     println!("The replies went from the real server straight to the client: they bypassed the LB.");
 
+    print!("\n{}", ipvsadm(&lab, bin, "-L -n --stats")?);
+    print!("{}", ipvsadm(&lab, bin, "-S -n")?);
+
     let status = lab.stop_lb()?;
     println!("\nlvs-xdp stopped with SIGTERM ({status}); its final stats:\n");
     let out = lab.lb_output();
@@ -129,4 +131,17 @@ fn experiment(lab: &mut Lab, bin: &Path) -> Result<()> {
         bail!("the answers did not alternate between the real servers");
     }
     Ok(())
+}
+
+/// `lvs-xdp WORDS` on the LB, echoed as typed and followed by what it printed.
+fn ipvsadm(lab: &Lab, bin: &Path, words: &str) -> Result<String> {
+    let out = lvs_xdp_tests::netns::run(
+        lab.lb
+            .command(bin.to_str().context("binary path")?)?
+            .args(words.split_whitespace()),
+    )?;
+    Ok(format!(
+        "$ lvs-xdp {words}\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    ))
 }
