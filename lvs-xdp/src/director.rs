@@ -207,6 +207,19 @@ pub struct Director {
     resolver: Option<Resolver>,
 }
 
+/// The service an op names (none for `-C` and `--set`).
+fn op_service(op: &Op) -> Option<ServiceKey> {
+    match op {
+        Op::AddService(k, _)
+        | Op::EditService(k, _)
+        | Op::DeleteService(k)
+        | Op::AddReal(k, ..)
+        | Op::EditReal(k, ..)
+        | Op::DeleteReal(k, _) => Some(*k),
+        Op::Clear | Op::SetTimeouts(_) => None,
+    }
+}
+
 fn kernel_key(key: &ServiceKey) -> common::ServiceKey {
     common::ServiceKey {
         addr: [u32::from_ne_bytes(key.addr.octets()), 0, 0, 0],
@@ -490,19 +503,47 @@ impl Director {
 
     /// Applies ipvsadm's operations `ops`, all or none.
     pub fn apply(&mut self, ops: &[Op]) -> Result<(), ApplyError> {
-        let next = self
-            .state
-            .after(ops)
-            .map_err(|(op, refusal)| ApplyError::Refused { op, refusal })?;
-        self.reconcile(next).map_err(ApplyError::Failed)
+        let refused = |(op, refusal)| ApplyError::Refused { op, refusal };
+        if ops.iter().any(|o| matches!(o, Op::Clear)) {
+            let next = self.state.after(ops).map_err(refused)?;
+            return self.reconcile(next).map_err(ApplyError::Failed);
+        }
+        // Only the services the ops name are copied and changed: a change to one service of a
+        // director of 10 000 costs one service's work.
+        let touched: BTreeSet<ServiceKey> = ops.iter().filter_map(op_service).collect();
+        let part = State {
+            services: touched
+                .iter()
+                .filter_map(|k| Some((*k, self.state.services.get(k)?.clone())))
+                .collect(),
+            timeouts: self.state.timeouts,
+        };
+        let next = part.after(ops).map_err(refused)?;
+        let gone: Vec<ServiceKey> = touched
+            .iter()
+            .filter(|k| !next.services.contains_key(k) && self.placed.contains_key(k))
+            .copied()
+            .collect();
+        self.change(&next, &gone).map_err(ApplyError::Failed)
     }
 
     /// Makes the kernel hold `next`, changing only what differs from the current state. Fails
     /// before writing anything visible when a MAC does not resolve or the maps have no room.
     pub fn reconcile(&mut self, next: State) -> Result<()> {
+        let gone: Vec<ServiceKey> = self
+            .placed
+            .keys()
+            .filter(|k| !next.services.contains_key(k))
+            .copied()
+            .collect();
+        self.change(&next, &gone)
+    }
+
+    /// Makes the services of `next` (some or all of the director's) what they are there,
+    /// removes those of `gone`, and takes `next`'s timeouts.
+    fn change(&mut self, next: &State, gone: &[ServiceKey]) -> Result<()> {
         self.reclaim(Instant::now())?;
-        // Only the services that differ are planned: a change to one service of 10 000 costs
-        // one service's work.
+        // Only the services that differ are planned.
         let changed: Vec<(&ServiceKey, &crate::model::Service)> = next
             .services
             .iter()
@@ -528,16 +569,10 @@ impl Director {
         // Visible: one service at a time; the bookkeeping follows each switch.
         let now = Instant::now();
         for plan in plans {
-            self.switch(plan, &next, now)?;
+            self.switch(plan, next, now)?;
         }
-        let gone: Vec<ServiceKey> = self
-            .placed
-            .keys()
-            .filter(|k| !next.services.contains_key(k))
-            .copied()
-            .collect();
         for key in gone {
-            self.remove(&key, now)?;
+            self.remove(key, now)?;
         }
         self.state.timeouts = next.timeouts;
         self.sync_markers()
