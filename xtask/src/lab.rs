@@ -65,7 +65,7 @@ fn experiment(lab: &mut Lab, bin: &Path) -> Result<()> {
         format!("-a -t {vip}:80 -r {} -g", lab::REAL_SERVERS[1].1),
         "-L -n".to_string(),
     ] {
-        print!("{}", ipvsadm(&lab, bin, &words)?);
+        print!("{}", ipvsadm(lab, bin, &words)?);
     }
 
     println!(
@@ -108,8 +108,8 @@ fn experiment(lab: &mut Lab, bin: &Path) -> Result<()> {
     );
     println!("The replies went from the real server straight to the client: they bypassed the LB.");
 
-    print!("\n{}", ipvsadm(&lab, bin, "-L -n --stats")?);
-    print!("{}", ipvsadm(&lab, bin, "-S -n")?);
+    print!("\n{}", ipvsadm(lab, bin, "-L -n --stats")?);
+    print!("{}", ipvsadm(lab, bin, "-S -n")?);
 
     let status = lab.stop_lb()?;
     println!("\nlvs-xdp stopped with SIGTERM ({status}); its final stats:\n");
