@@ -303,6 +303,38 @@ impl Lab {
         Ok(())
     }
 
+    /// Starts `curl http://VIP{path} -o dest` on the client, at most `max_secs` long, and
+    /// returns at once (stderr piped, for the failure message).
+    pub fn start_download(&self, path: &str, dest: &Path, max_secs: u32) -> Result<Child> {
+        let child = self
+            .client
+            .command("curl")?
+            .args(["-sS", "--fail", "--max-time", &max_secs.to_string(), "-o"])
+            .arg(dest)
+            .arg(format!("http://{VIP}{path}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start curl")?;
+        Ok(child)
+    }
+
+    /// Waits until `dest` holds `bytes` at least; fails after `timeout`.
+    pub fn wait_for_bytes(dest: &Path, bytes: u64, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while fs::metadata(dest).map_or(0, |m| m.len()) < bytes {
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} did not reach {bytes} bytes within {timeout:?}",
+                    dest.display()
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
     /// (rx_bytes, tx_bytes) of eth0 in `ns`.
     pub fn eth0_bytes(ns: &Netns) -> Result<(u64, u64)> {
         let read = |what: &str| -> Result<u64> {

@@ -352,22 +352,8 @@ fn a_real_servers_new_mac_is_followed_with_no_connection_lost() {
 
     // 8 MiB at nginx's 4 MB/s for /slow/: about two seconds in flight.
     let dest = lab.dir.0.join("moving.bin");
-    let curl = lab
-        .client
-        .command("curl")
-        .unwrap()
-        .args(["-sS", "--fail", "--max-time", "30", "-o"])
-        .arg(&dest)
-        .arg(format!("http://{VIP}/slow/big.bin"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = std::time::Instant::now();
-    while std::fs::metadata(&dest).map_or(0, |m| m.len()) < (1 << 20) {
-        assert!(t0.elapsed().as_secs() < 10, "the download did not start");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let curl = lab.start_download("/slow/big.bin", &dest, 30).unwrap();
+    Lab::wait_for_bytes(&dest, 1 << 20, std::time::Duration::from_secs(10)).unwrap();
     // Both real servers' addresses move to new MACs; the LB learns it from its neighbour table.
     let new_macs = ["02:00:00:00:01:03", "02:00:00:00:01:04"];
     for ((ns, (_, ip, _)), mac) in lab

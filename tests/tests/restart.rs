@@ -2,13 +2,9 @@
 //! maps pinned; the next `run` takes them over. A rate-limited 20 MB download through the VIP
 //! goes on across two restarts and arrives byte for byte; its connection stays on its real
 //! server; the last run, without --keep, leaves nothing behind. Needs root.
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{path::Path, time::Duration};
 
-use lvs_xdp_tests::{
-    bins,
-    lab::{Lab, VIP},
-    netns::Netns,
-};
+use lvs_xdp_tests::{bins, lab::Lab, netns::Netns};
 
 const SIZE: usize = 20 << 20;
 
@@ -97,27 +93,8 @@ fn a_download_survives_two_restarts_byte_for_byte() {
 
     // 20 MB at nginx's 4 MB/s for /slow/: about five seconds.
     let dest = lab.dir.0.join("kept.bin");
-    let curl = lab
-        .client
-        .command("curl")
-        .unwrap()
-        .args(["-sS", "--fail", "--max-time", "60", "-o"])
-        .arg(&dest)
-        .arg(format!("http://{VIP}/slow/big.bin"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let grown = |bytes: u64| {
-        let t0 = std::time::Instant::now();
-        while std::fs::metadata(&dest).map_or(0, |m| m.len()) < bytes {
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "the download stalled"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
+    let curl = lab.start_download("/slow/big.bin", &dest, 60).unwrap();
+    let grown = |bytes: u64| Lab::wait_for_bytes(&dest, bytes, Duration::from_secs(20)).unwrap();
     grown(2 << 20);
     let before = connections_from(&lab.lb, lvs_xdp_tests::lab::CLIENT_IP);
     assert_eq!(before.len(), 1, "the download's connection: {before:?}");
