@@ -320,6 +320,23 @@ impl Lab {
         Ok(child)
     }
 
+    /// Waits for a download from [`Lab::start_download`] to end, and checks that it succeeded
+    /// and that `dest` holds exactly `want`; the error carries curl's and lvs-xdp's output.
+    pub fn finish_download(&self, curl: Child, dest: &Path, want: &[u8]) -> Result<()> {
+        let out = curl.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "the download broke: {}\n{}",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                self.lb_output()
+            );
+        }
+        if fs::read(dest)? != want {
+            bail!("downloaded bytes differ from the served file");
+        }
+        Ok(())
+    }
+
     /// Waits until `dest` holds `bytes` at least; fails after `timeout`.
     pub fn wait_for_bytes(dest: &Path, bytes: u64, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;

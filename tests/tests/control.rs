@@ -376,17 +376,7 @@ fn a_real_servers_new_mac_is_followed_with_no_connection_lost() {
         ])
         .unwrap();
     }
-    let out = curl.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the download broke: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        lab.lb_output()
-    );
-    assert!(
-        std::fs::read(&dest).unwrap() == big,
-        "downloaded bytes differ"
-    );
+    lab.finish_download(curl, &dest, &big).unwrap();
     let json = ok(lb, "-L -n --json");
     for mac in new_macs {
         assert!(

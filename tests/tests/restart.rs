@@ -127,17 +127,7 @@ fn a_download_survives_two_restarts_byte_for_byte() {
         connections_from(&lab.lb, lvs_xdp_tests::lab::CLIENT_IP),
         before
     );
-    let out = curl.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the download broke: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        lab.lb_output()
-    );
-    assert!(
-        std::fs::read(&dest).unwrap() == big,
-        "downloaded bytes differ"
-    );
+    lab.finish_download(curl, &dest, &big).unwrap();
     assert_eq!(
         lab.lb_output()
             .matches("took over the director kept on eth0")

@@ -45,6 +45,19 @@ fn print(text: &str) {
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
+/// Prints `value` as JSON (`--json`) or as `text` renders it.
+fn show<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> ExitCode {
+    if json {
+        match serde_json::to_string_pretty(value) {
+            Ok(j) => print(&format!("{j}\n")),
+            Err(e) => return say(1, &format!("cannot write JSON: {e}")),
+        }
+    } else {
+        print(&text());
+    }
+    ExitCode::SUCCESS
+}
+
 pub fn main(args: &[String]) -> ExitCode {
     // No arguments at all: list, as ipvsadm does.
     let args = if args.is_empty() {
@@ -102,51 +115,21 @@ pub fn main(args: &[String]) -> ExitCode {
         },
         (Reply::Failed(message), _) => say(255, &message),
         (Reply::Listing(listing), Command::List(ListWhat::Services(None), f)) => {
-            if f.json {
-                print(&format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(&listing).unwrap_or_default()
-                ));
-            } else {
-                print(&render::list_all(&listing, *f));
-            }
-            ExitCode::SUCCESS
+            show(f.json, &listing, || render::list_all(&listing, *f))
         }
         (Reply::Listing(listing), Command::List(ListWhat::Services(Some(key)), f)) => {
             let Some(svc) = listing.services.iter().find(|s| s.key() == *key) else {
                 return say(1, "No such service");
             };
-            if f.json {
-                print(&format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(svc).unwrap_or_default()
-                ));
-            } else {
-                print(&render::list_one(svc, *f));
-            }
-            ExitCode::SUCCESS
+            show(f.json, svc, || render::list_one(svc, *f))
         }
         (Reply::Listing(listing), Command::List(ListWhat::Timeouts, f)) => {
-            if f.json {
-                print(&format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(&listing.timeouts).unwrap_or_default()
-                ));
-            } else {
-                print(&render::timeouts(&listing.timeouts));
-            }
-            ExitCode::SUCCESS
+            show(f.json, &listing.timeouts, || {
+                render::timeouts(&listing.timeouts)
+            })
         }
         (Reply::Connections(conns), Command::List(_, f)) => {
-            if f.json {
-                print(&format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(&conns).unwrap_or_default()
-                ));
-            } else {
-                print(&render::connections(&conns, *f));
-            }
-            ExitCode::SUCCESS
+            show(f.json, &conns, || render::connections(&conns, *f))
         }
         (Reply::Saved { listing, macs }, Command::Save(f)) => {
             print(&render::save(&listing, &macs, *f));
