@@ -52,8 +52,18 @@ impl Snapshot {
         self.global[r as usize]
     }
 
+    /// The service `key` (services are in key order: a binary search).
     pub fn service(&self, key: &ServiceKey) -> Option<&ServiceView> {
-        self.services.iter().find(|s| s.key == *key)
+        let i = self.services.binary_search_by(|s| s.key.cmp(key)).ok()?;
+        Some(&self.services[i])
+    }
+}
+
+impl ServiceView {
+    /// The real server at `addr` (real servers are in address order: a binary search).
+    pub fn real(&self, addr: Ipv4Addr) -> Option<&RealView> {
+        let i = self.reals.binary_search_by(|r| r.addr.cmp(&addr)).ok()?;
+        Some(&self.reals[i])
     }
 }
 
@@ -203,12 +213,7 @@ impl Listing {
                     .reals
                     .iter()
                     .map(|r| {
-                        let find = |v: &ServiceView| {
-                            v.reals
-                                .iter()
-                                .find(|x| x.addr == r.addr)
-                                .map(|x| x.counters)
-                        };
+                        let find = |v: &ServiceView| v.real(r.addr).map(|x| x.counters);
                         let rates = pair
                             .and_then(|(a, b)| Some((find(a)?, find(b)?)))
                             .map_or(Rates::default(), |(a, b)| Rates::between(&a, &b, secs));
@@ -306,9 +311,7 @@ pub fn render_table(now: &Snapshot, prev: Option<&Snapshot>) -> String {
         let name = format!("{} {}", svc.key, svc.opts.scheduler);
         line(&mut out, name, &svc.counters, before.map(|b| &b.counters));
         for real in &svc.reals {
-            let p = before
-                .and_then(|b| b.reals.iter().find(|r| r.addr == real.addr))
-                .map(|r| &r.counters);
+            let p = before.and_then(|b| b.real(real.addr)).map(|r| &r.counters);
             let name = format!("  -> {}:{} {}", real.addr, svc.key.port, real.opts.weight);
             line(&mut out, name, &real.counters, p);
         }
