@@ -423,7 +423,8 @@ fn thread_settle() {
     std::thread::sleep(Duration::from_millis(20));
 }
 
-fn pin_to_cpu(cpu: usize) -> Result<()> {
+/// Pins the calling thread to `cpu` (per-CPU program state, one generator CPU).
+pub fn pin_to_cpu(cpu: usize) -> Result<()> {
     // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();

@@ -38,6 +38,9 @@ fn l4_checksum_ok(frame: &[u8], v6: bool, l4_len: usize) -> bool {
 #[test]
 fn generator_frames_have_the_right_fields_and_checksums() {
     root();
+    // The generator counts flows per CPU: a thread that moves between CPUs would see two
+    // sequences interleaved.
+    harness::pin_to_cpu(0).unwrap();
     let mut programs = BenchPrograms::load().unwrap();
     let cases: [(IpAddr, IpAddr, u8); 4] = [
         (
