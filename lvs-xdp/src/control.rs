@@ -39,6 +39,8 @@ pub enum Request {
     Connections,
     /// What `-S` needs: the listing, and the real servers with an explicit MAC.
     Save,
+    /// `-Z`: zero the listed counters of one service, or all.
+    Zero(Option<crate::model::ServiceKey>),
 }
 
 /// The running director's answer.
@@ -247,11 +249,26 @@ pub fn answer(
     rates: Option<(&Snapshot, &Snapshot)>,
 ) -> Reply {
     let listing = |d: &Director| -> Result<Listing> {
-        Ok(Listing::new(&d.snapshot()?, rates, d.state().timeouts))
+        Ok(Listing::new(
+            &d.snapshot()?,
+            rates,
+            d.state().timeouts,
+            d.zeroed(),
+        ))
     };
     let result = match request {
         Request::Apply(ops) => {
             return match director.apply(&ops) {
+                Ok(()) => Reply::Done,
+                Err(ApplyError::Refused { op, refusal }) => Reply::Refused {
+                    op,
+                    message: refusal.to_string(),
+                },
+                Err(ApplyError::Failed(e)) => Reply::Failed(format!("{e:#}")),
+            };
+        }
+        Request::Zero(key) => {
+            return match director.zero(key) {
                 Ok(()) => Reply::Done,
                 Err(ApplyError::Refused { op, refusal }) => Reply::Refused {
                     op,

@@ -22,7 +22,7 @@ use crate::{
     balancer::{AttachMode, Balancer, add, sched_capacity},
     config::Config,
     iface::Interface,
-    listing::{RealView, ServiceView, Snapshot},
+    listing::{RealView, ServiceView, Snapshot, Zeroed},
     model::{Mac, Op, Protocol, RealOpts, Refusal, Scheduler, ServiceKey, State},
     neigh,
 };
@@ -157,6 +157,7 @@ pub struct Image {
     generation: u32,
     retiring: Vec<(u32, Option<(ServiceKey, u32)>)>,
     retired_forwarded: [u64; 4],
+    zeroed: Zeroed,
 }
 
 /// What one service becomes in a reconcile, before anything is written.
@@ -205,6 +206,8 @@ pub struct Director {
     /// Forwarded traffic of slots given up (the `forwarded` verdict stays monotonic).
     retired_forwarded: Counters,
     resolver: Option<Resolver>,
+    /// What `-Z` zeroed.
+    zeroed: Zeroed,
 }
 
 /// The service an op names (none for `-C` and `--set`).
@@ -356,6 +359,7 @@ impl Director {
             generation: self.generation,
             retiring: self.retiring.iter().map(|(s, o)| (*s, *o)).collect(),
             retired_forwarded: to_array(self.retired_forwarded),
+            zeroed: self.zeroed.clone(),
         }
     }
 
@@ -424,6 +428,7 @@ impl Director {
             retiring: image.retiring.iter().copied().collect(),
             retired_forwarded: from_array(image.retired_forwarded),
             resolver,
+            zeroed: image.zeroed,
         };
         // Slots that were waiting out their grace wait once more, from now.
         let now = Instant::now();
@@ -448,6 +453,7 @@ impl Director {
             retiring: HashMap::new(),
             retired_forwarded: Counters::default(),
             resolver,
+            zeroed: Zeroed::default(),
         }
     }
 
@@ -493,6 +499,33 @@ impl Director {
             moved += 1;
         }
         Ok(moved)
+    }
+
+    /// `-Z`: from now on the listings count service `key`'s traffic (every service's, with
+    /// `None`) from zero.
+    pub fn zero(&mut self, key: Option<ServiceKey>) -> Result<(), ApplyError> {
+        if let Some(k) = key
+            && !self.placed.contains_key(&k)
+        {
+            return Err(ApplyError::Refused {
+                op: 0,
+                refusal: Refusal::NoService(k),
+            });
+        }
+        let snap = self.snapshot().map_err(ApplyError::Failed)?;
+        for svc in snap
+            .services
+            .iter()
+            .filter(|s| key.is_none_or(|k| s.key == k))
+        {
+            self.zeroed.zero(svc);
+        }
+        Ok(())
+    }
+
+    /// What `-Z` zeroed.
+    pub fn zeroed(&self) -> &Zeroed {
+        &self.zeroed
     }
 
     /// The real-server slot that real server `addr` of service `key` uses (flows in the flow
@@ -866,6 +899,9 @@ impl Director {
             for slot in &plan.gone {
                 self.retire(*slot, &old.reals, owner, now)?;
             }
+            for addr in old.reals.keys().filter(|a| !plan.reals.contains_key(a)) {
+                self.zeroed.forget_real(&plan.key, *addr);
+            }
             if let Some((start, len)) = plan.sched_freed {
                 self.sched.release(start, len, now);
             }
@@ -915,6 +951,7 @@ impl Director {
             return Ok(());
         };
         self.balancer.remove_service(&kernel_key(key))?;
+        self.zeroed.forget(key);
         for p in placed.reals.values() {
             self.retire(p.slot, &placed.reals, Some((*key, placed.id)), now)?;
         }

@@ -67,6 +67,66 @@ impl ServiceView {
     }
 }
 
+/// What `-Z` zeroed: the counters at that moment, subtracted from what the listings show (the
+/// kernel's counters, the daemon's table and `forwarded` keep growing).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Zeroed {
+    /// Per service: (its totals, the dropped part of them).
+    pub services: Vec<(ServiceKey, [u64; 4], [u64; 4])>,
+    pub reals: Vec<(ServiceKey, Ipv4Addr, [u64; 4])>,
+}
+
+fn minus(c: Counters, base: [u64; 4]) -> Counters {
+    Counters {
+        packets: c.packets.saturating_sub(base[0]),
+        bytes: c.bytes.saturating_sub(base[1]),
+        conns: c.conns.saturating_sub(base[2]),
+        drops: c.drops.saturating_sub(base[3]),
+    }
+}
+
+/// Counters as plain numbers (packets, bytes, conns, drops).
+pub fn counts(c: Counters) -> [u64; 4] {
+    [c.packets, c.bytes, c.conns, c.drops]
+}
+
+impl Zeroed {
+    /// Zeroes `svc` (and its real servers) as of `now`.
+    pub fn zero(&mut self, svc: &ServiceView) {
+        self.forget(&svc.key);
+        self.services
+            .push((svc.key, counts(svc.counters), counts(svc.dropped)));
+        for r in &svc.reals {
+            self.reals.push((svc.key, r.addr, counts(r.counters)));
+        }
+    }
+
+    /// Forgets what was zeroed of service `key` (it is gone, or zeroed again).
+    pub fn forget(&mut self, key: &ServiceKey) {
+        self.services.retain(|(k, ..)| k != key);
+        self.reals.retain(|(k, ..)| k != key);
+    }
+
+    /// Forgets what was zeroed of real server `addr` of service `key` (it is gone).
+    pub fn forget_real(&mut self, key: &ServiceKey, addr: Ipv4Addr) {
+        self.reals.retain(|(k, a, _)| !(k == key && *a == addr));
+    }
+
+    fn service(&self, key: &ServiceKey) -> ([u64; 4], [u64; 4]) {
+        self.services
+            .iter()
+            .find(|(k, ..)| k == key)
+            .map_or(([0; 4], [0; 4]), |(_, t, d)| (*t, *d))
+    }
+
+    fn real(&self, key: &ServiceKey, addr: Ipv4Addr) -> [u64; 4] {
+        self.reals
+            .iter()
+            .find(|(k, a, _)| k == key && *a == addr)
+            .map_or([0; 4], |(.., c)| *c)
+    }
+}
+
 /// Totals as ipvsadm `--stats` shows them. A direct-routing director never sees the replies:
 /// `out_pkts` and `out_bytes` are always 0.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,10 +254,12 @@ impl Listing {
     }
 
     /// `now`, with rates over the interval between `base.0` and `base.1` (none: zero rates).
+    /// The counters shown are those since the last `-Z` (`zeroed`).
     pub fn new(
         now: &Snapshot,
         base: Option<(&Snapshot, &Snapshot)>,
         timeouts: Timeouts,
+        zeroed: &Zeroed,
     ) -> Listing {
         let secs = base.map_or(0.0, |(a, b)| b.at.duration_since(a.at).as_secs_f64());
         let services = now
@@ -224,7 +286,7 @@ impl Listing {
                             mac: r.mac,
                             active_conns: 0,
                             inact_conns: 0,
-                            stats: r.counters.into(),
+                            stats: minus(r.counters, zeroed.real(&svc.key, r.addr)).into(),
                             rates,
                         }
                     })
@@ -236,11 +298,15 @@ impl Listing {
                     scheduler: svc.opts.scheduler,
                     drops: svc.counters.drops,
                     // As IPVS counts them: what was forwarded, not what was dropped.
-                    stats: Stats {
-                        conns: svc.counters.conns,
-                        in_pkts: svc.counters.packets - svc.dropped.packets,
-                        in_bytes: svc.counters.bytes - svc.dropped.bytes,
-                        ..Stats::default()
+                    stats: {
+                        let (total, dropped) = zeroed.service(&svc.key);
+                        let (c, d) = (minus(svc.counters, total), minus(svc.dropped, dropped));
+                        Stats {
+                            conns: c.conns,
+                            in_pkts: c.packets.saturating_sub(d.packets),
+                            in_bytes: c.bytes.saturating_sub(d.bytes),
+                            ..Stats::default()
+                        }
                     },
                     rates,
                     reals,

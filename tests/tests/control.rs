@@ -140,6 +140,24 @@ fn the_classic_recipe_typed_live_steers_real_traffic() {
     let cols: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(cols[2], "10", "Conns: {stats}");
     assert_eq!(cols[4], "0", "OutPkts is always 0 for DR: {stats}");
+    // -Z: the listing counts from zero again; new traffic counts on.
+    ok(lb, "-Z");
+    let zeroed = ok(lb, "-L -n --stats");
+    assert!(
+        zeroed.contains(
+            "TCP  192.168.0.10:80                     0        0        0        0        0\n"
+        ),
+        "{zeroed}"
+    );
+    lab.get("/index.html").unwrap();
+    let again = ok(lb, "-L -n --stats");
+    let line = again
+        .lines()
+        .find(|l| l.starts_with("TCP  192.168.0.10:80"))
+        .unwrap();
+    assert_eq!(line.split_whitespace().nth(2), Some("1"), "{again}");
+    refused(lb, &format!("-Z -t {VIP}:81"), 255, "No such service");
+    assert_eq!(ok(lb, "-L --daemon"), "");
 
     // Taken out live: every new connection goes to the remaining real server.
     ok(lb, &format!("-d -t {VIP}:80 -r 192.168.0.3"));

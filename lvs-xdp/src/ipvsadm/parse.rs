@@ -42,6 +42,8 @@ pub enum ListWhat {
     Connections,
     /// The timeouts (`-L --timeout`).
     Timeouts,
+    /// The connection-sync daemons (`-L --daemon`): lvs-xdp runs none.
+    Daemons,
 }
 
 /// One ipvsadm command.
@@ -54,6 +56,8 @@ pub enum Command {
     Save(Format),
     /// `-R`: rules from standard input.
     Restore,
+    /// `-Z [-t|-u VIP:PORT]`: zero the listed counters of one service or all.
+    Zero(Option<ServiceKey>),
     Help,
     Version,
 }
@@ -79,6 +83,7 @@ enum Cmd {
     Timeout,
     Restore,
     Save,
+    Zero,
 }
 
 impl Cmd {
@@ -95,27 +100,29 @@ impl Cmd {
             Cmd::Timeout => "set",
             Cmd::Restore => "restore",
             Cmd::Save => "save",
+            Cmd::Zero => "zero",
         }
     }
 
     /// ipvsadm's table of legal options for this command, over [`OPTS`]: '+' compulsory,
     /// 'x' illegal, '1' exclusive, ' ' optional.
     fn legal(self) -> &'static [u8; OPTS.len()] {
-        //                 n    c    svc  s    r    fwd  w    tot  st   rt   thr  pc   srt  ex
+        //                 n    c    svc  s    r    fwd  w    tot  st   rt   thr  pc   srt  ex   dmn
         match self {
-            Cmd::Add | Cmd::Edit => b"xx+ xxxxxxxxxx",
-            Cmd::Del => b"xx+xxxxxxxxxxx",
-            Cmd::Flush | Cmd::Timeout | Cmd::Restore => b"xxxxxxxxxxxxxx",
-            Cmd::List => b" 11xxxx1      ",
-            Cmd::AddSrv | Cmd::EditSrv => b"xx+x+  xxxxxxx",
-            Cmd::DelSrv => b"xx+x+xxxxxxxxx",
-            Cmd::Save => b" xxxxxxxxxxxxx",
+            Cmd::Add | Cmd::Edit => b"xx+ xxxxxxxxxxx",
+            Cmd::Del => b"xx+xxxxxxxxxxxx",
+            Cmd::Flush | Cmd::Timeout | Cmd::Restore => b"xxxxxxxxxxxxxxx",
+            Cmd::List => b" 11xxxx1      1",
+            Cmd::AddSrv | Cmd::EditSrv => b"xx+x+  xxxxxxxx",
+            Cmd::DelSrv => b"xx+x+xxxxxxxxxx",
+            Cmd::Save => b" xxxxxxxxxxxxxx",
+            Cmd::Zero => b"xx xxxxxxxxxxxx",
         }
     }
 }
 
 /// ipvsadm's option names, in the order of `Cmd::legal`.
-const OPTS: [&str; 14] = [
+const OPTS: [&str; 15] = [
     "numeric",
     "connection",
     "service-address",
@@ -130,6 +137,7 @@ const OPTS: [&str; 14] = [
     "persistent-conn",
     "nosort",
     "exact",
+    "daemon",
 ];
 const O_NUMERIC: usize = 0;
 const O_CONNECTION: usize = 1;
@@ -145,6 +153,7 @@ const O_THRESHOLDS: usize = 10;
 const O_PERSISTENTCONN: usize = 11;
 const O_NOSORT: usize = 12;
 const O_EXACT: usize = 13;
+const O_DAEMON: usize = 14;
 
 /// Options that take a value.
 fn takes_value(name: &str) -> bool {
@@ -280,9 +289,8 @@ fn unsupported(name: &str) -> Option<&'static str> {
         "x" | "u-threshold" | "y" | "l-threshold" => {
             "connection thresholds (-x, -y) are not supported yet"
         }
-        "Z" | "zero" => "zeroing counters (-Z) is not supported: lvs-xdp's counters only grow",
-        "start-daemon" | "stop-daemon" | "daemon" | "mcast-interface" | "syncid"
-        | "mcast-group" | "mcast-port" | "mcast-ttl" | "sync-maxlen" => {
+        "start-daemon" | "stop-daemon" | "mcast-interface" | "syncid" | "mcast-group"
+        | "mcast-port" | "mcast-ttl" | "sync-maxlen" => {
             "connection synchronisation daemons are not supported"
         }
         _ => return None,
@@ -331,6 +339,8 @@ pub fn parse(args: &[String]) -> Result<Invocation, Usage> {
             "set" => set_cmd(Cmd::Timeout, &mut cmd)?,
             "R" | "restore" => set_cmd(Cmd::Restore, &mut cmd)?,
             "S" | "save" => set_cmd(Cmd::Save, &mut cmd)?,
+            "Z" | "zero" => set_cmd(Cmd::Zero, &mut cmd)?,
+            "daemon" => set_opt(O_DAEMON, &mut set)?,
             "h" | "help" => {
                 return Ok(Invocation {
                     command: Command::Help,
@@ -495,10 +505,11 @@ pub fn parse(args: &[String]) -> Result<Invocation, Usage> {
         Cmd::Timeout => Command::Apply(Op::SetTimeouts(timeouts.expect("parsed above"))),
         Cmd::Restore => Command::Restore,
         Cmd::Save => Command::Save(format),
+        Cmd::Zero => Command::Zero(key),
         Cmd::List => {
-            let conflict = ((set[O_CONNECTION] || set[O_TIMEOUT])
+            let conflict = ((set[O_CONNECTION] || set[O_TIMEOUT] || set[O_DAEMON])
                 && (set[O_STATS] || set[O_RATE] || set[O_THRESHOLDS]))
-                || (set[O_TIMEOUT] && set[O_PERSISTENTCONN]);
+                || ((set[O_TIMEOUT] || set[O_DAEMON]) && set[O_PERSISTENTCONN]);
             if conflict {
                 return fail("options conflicts in the list command");
             }
@@ -506,6 +517,8 @@ pub fn parse(args: &[String]) -> Result<Invocation, Usage> {
                 ListWhat::Connections
             } else if set[O_TIMEOUT] {
                 ListWhat::Timeouts
+            } else if set[O_DAEMON] {
+                ListWhat::Daemons
             } else {
                 ListWhat::Services(key)
             };
@@ -808,6 +821,27 @@ mod tests {
         assert!(err("-A -t 192.168.0.10:80 -s wlc").contains("not supported yet"));
         assert!(err("-A -t 192.168.0.10:80 -s nosuch").contains("not found"));
         assert!(err("-A -t [2001:db8::1]:80").contains("IPv6"));
+    }
+
+    #[test]
+    fn zero_and_daemons() {
+        assert_eq!(p("-Z").unwrap(), Command::Zero(None));
+        assert_eq!(
+            p("-Z -t 192.168.0.10:80").unwrap(),
+            Command::Zero(Some(ServiceKey::new(Protocol::Tcp, VIP, 80)))
+        );
+        assert_eq!(
+            err("-Z -n"),
+            "Illegal 'numeric' option with the 'zero' command"
+        );
+        assert_eq!(
+            p("-L --daemon").unwrap(),
+            Command::List(ListWhat::Daemons, Format::default())
+        );
+        assert_eq!(
+            err("-L --daemon --stats"),
+            "options conflicts in the list command"
+        );
     }
 
     #[test]

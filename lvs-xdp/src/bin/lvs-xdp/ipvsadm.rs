@@ -20,6 +20,7 @@ const USAGE: &str = "Usage:
   lvs-xdp -a|e virtual-service -r server-address [-g] [-w weight] [--mac MAC]
   lvs-xdp -d virtual-service -r server-address
   lvs-xdp -L|l [virtual-service] [options]
+  lvs-xdp -Z [virtual-service]
   lvs-xdp --set tcp tcpfin udp
   lvs-xdp -h
 
@@ -98,6 +99,9 @@ pub fn main(args: &[String]) -> ExitCode {
                 Err(Usage { code, message }) => return say(code, &message),
             }
         }
+        // No connection-sync daemon runs: nothing to list, as ipvsadm prints none.
+        Command::List(ListWhat::Daemons, _) => return ExitCode::SUCCESS,
+        Command::Zero(key) => (Request::Zero(*key), Vec::new()),
         Command::List(ListWhat::Connections, _) => (Request::Connections, Vec::new()),
         Command::List(..) => (Request::List, Vec::new()),
         Command::Save(_) => (Request::Save, Vec::new()),
