@@ -410,3 +410,55 @@ fn a_real_servers_new_mac_is_followed_with_no_connection_lost() {
     let status = lab.stop_lb().unwrap();
     assert!(status.success(), "{}", lab.lb_output());
 }
+
+/// Two directors in one namespace, on two interfaces: a command must say which (`--iface`), and
+/// each then reaches its own.
+#[test]
+fn iface_picks_the_director_when_several_run() {
+    root();
+    let ns = Netns::with_veth_pair("ctltwo", "veth0", "veth1").unwrap();
+    ns.ip(&[
+        "link", "add", "veth2", "type", "veth", "peer", "name", "veth3",
+    ])
+    .unwrap();
+    for dev in ["veth2", "veth3"] {
+        ns.ip(&["link", "set", dev, "up"]).unwrap();
+    }
+    let dir = lvs_xdp_tests::lab::TempDir::new("ctltwo").unwrap();
+    let empty = dir.0.join("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    // Stopped on every exit path, before the namespace goes.
+    struct Stopped(std::process::Child);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            netns::stop(&mut self.0, std::time::Duration::from_secs(5));
+        }
+    }
+    let _a = Stopped(
+        bins::start_run(&ns, "veth0", 0, &empty, Stdio::null())
+            .unwrap()
+            .0,
+    );
+    let _b = Stopped(
+        bins::start_run(&ns, "veth2", 0, &empty, Stdio::null())
+            .unwrap()
+            .0,
+    );
+    let r = ipvsadm_in(&ns, "-L -n", "");
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.stderr,
+        "lvs-xdp runs on several interfaces (veth0, veth2): choose one with --iface\n"
+    );
+    ok(&ns, "-A -t 10.8.0.1:80 -s rr --iface veth0");
+    ok(&ns, "-A -u 10.8.0.2:53 -s rr --iface veth2");
+    assert_eq!(ok(&ns, "-S -n --iface veth0"), "-A -t 10.8.0.1:80 -s rr\n");
+    assert_eq!(ok(&ns, "-S -n --iface veth2"), "-A -u 10.8.0.2:53 -s rr\n");
+    let r = ipvsadm_in(&ns, "-L -n --iface veth9", "");
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.starts_with("no lvs-xdp runs on veth9"),
+        "{}",
+        r.stderr
+    );
+}
