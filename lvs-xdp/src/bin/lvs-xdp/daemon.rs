@@ -65,9 +65,11 @@ pub fn run(
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut prev: Option<Snapshot> = None;
         let mut last_print = tokio::time::Instant::now();
-        // The last two rate samples (oldest first).
+        // The last two rate samples (oldest first). Sampling reads every counter, so it runs
+        // only while listings are asked for (and RATES_KEPT after the last one).
         let mut samples: VecDeque<Snapshot> = VecDeque::new();
         let mut last_sample = tokio::time::Instant::now() - RATE_INTERVAL;
+        let mut rates_until = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = sigint.recv() => break,
@@ -79,14 +81,19 @@ pub fn run(
                     follow(&mut director, &events);
                 }
                 Some(stream) = requests.recv() => {
-                    let rates = (samples.len() == 2).then(|| (&samples[0], &samples[1]));
+                    rates_until = tokio::time::Instant::now() + RATES_KEPT;
+                    // Rates from the last two samples, when the newer one is recent.
+                    let fresh = last_sample.elapsed() < RATE_INTERVAL * 2;
+                    let rates =
+                        (fresh && samples.len() == 2).then(|| (&samples[0], &samples[1]));
                     if let Err(e) = serve(&mut director, stream, rates).await {
                         log::warn!("control connection: {e:#}");
                     }
                 }
                 _ = tick.tick() => {
                     director.balancer_mut().flush_log();
-                    if last_sample.elapsed() >= RATE_INTERVAL {
+                    let wanted = tokio::time::Instant::now() < rates_until;
+                    if wanted && last_sample.elapsed() >= RATE_INTERVAL {
                         last_sample = tokio::time::Instant::now();
                         samples.push_back(director.snapshot()?);
                         if samples.len() > 2 {
@@ -114,6 +121,9 @@ pub fn run(
         Ok(())
     })
 }
+
+/// How long rate sampling goes on after the last control request.
+const RATES_KEPT: Duration = Duration::from_secs(600);
 
 /// Applies neighbour-table events to the real servers' MACs.
 fn follow(director: &mut Director, events: &[RouteNetlinkMessage]) {
