@@ -204,16 +204,21 @@ impl Drop for Listeners {
         for (path, _) in &self.sockets {
             let _ = std::fs::remove_file(path);
         }
-        // A namespace's directory goes with its last socket; /run/lvs-xdp stays.
-        if let Some((path, _)) = self.sockets.first()
-            && let Some(dir) = path.parent()
-            && dir != Path::new(RUN_DIR)
-        {
-            let _ = std::fs::remove_dir(dir);
-            if let Some(netns) = dir.parent() {
-                let _ = std::fs::remove_dir(netns);
-            }
+        if let Some((path, _)) = self.sockets.first() {
+            remove_empty_dirs(path);
         }
+    }
+}
+
+/// Removes the directories of `path` up to /run/lvs-xdp included, as long as they are empty:
+/// nothing of lvs-xdp stays in /run once its last socket or record is gone.
+pub fn remove_empty_dirs(path: &Path) {
+    let mut dir = path.parent();
+    while let Some(d) = dir.filter(|d| d.starts_with(RUN_DIR)) {
+        if std::fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
     }
 }
 

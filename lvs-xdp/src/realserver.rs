@@ -153,13 +153,6 @@ pub fn down() -> Result<Record> {
         write(path, before)?;
     }
     std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-    // A namespace's directory goes with its last file; /run/lvs-xdp stays.
-    let mut dir = path.parent();
-    while let Some(d) = dir.filter(|d| *d != std::path::Path::new(crate::control::RUN_DIR)) {
-        if std::fs::remove_dir(d).is_err() {
-            break;
-        }
-        dir = d.parent();
-    }
+    crate::control::remove_empty_dirs(&path);
     Ok(record)
 }
