@@ -273,8 +273,9 @@ impl Balancer {
     }
 
     /// Like [`Balancer::attach`], but an interface with a link pinned in `dir` (by
-    /// [`Balancer::keep`]) is taken over: its program is replaced by this one in one step
-    /// (BPF_LINK_UPDATE), so no packet meets an interface without a program.
+    /// [`Balancer::keep`]) is taken over first: its program is replaced by this one in one step
+    /// (BPF_LINK_UPDATE), so no packet meets an interface without a program. The others are
+    /// then attached as `attach` does.
     pub fn attach_adopting(&mut self, mode: AttachMode, dir: &Path) -> Result<()> {
         let interfaces = self.interfaces.clone();
         for iface in interfaces {
@@ -294,24 +295,7 @@ impl Balancer {
                 .map_err(|e| anyhow!("cannot take over {}'s program: {e:#}", iface.name))?;
             self.attached.push((iface, id));
         }
-        let pending: Vec<Interface> = self
-            .interfaces
-            .iter()
-            .filter(|i| !self.attached.iter().any(|(a, _)| a.name == i.name))
-            .cloned()
-            .collect();
-        for iface in pending {
-            let program: &mut Xdp = program_mut(&mut self.ebpf)?;
-            match program.attach_to_if_index(iface.index, mode.xdp_mode()) {
-                Ok(link) => self.attached.push((iface, link)),
-                Err(e) => {
-                    let err = anyhow!("attach to {} ({mode} mode) refused: {e:#}", iface.name);
-                    let _ = self.detach();
-                    return Err(err);
-                }
-            }
-        }
-        Ok(())
+        self.attach(mode)
     }
 
     /// Leaves the program attached and its maps alive after this process exits: every map and
@@ -344,11 +328,17 @@ impl Balancer {
         &self.interfaces
     }
 
-    /// Attaches to every interface given to `load`. All or nothing: if one attach is refused,
-    /// those already made are undone and the error names the interface.
+    /// Attaches to every interface given to `load` that is not attached yet. All or nothing:
+    /// if one attach is refused, those already made are undone and the error names the
+    /// interface.
     pub fn attach(&mut self, mode: AttachMode) -> Result<()> {
-        let interfaces = self.interfaces.clone();
-        for iface in interfaces {
+        let pending: Vec<Interface> = self
+            .interfaces
+            .iter()
+            .filter(|i| !self.attached.iter().any(|(a, _)| a.name == i.name))
+            .cloned()
+            .collect();
+        for iface in pending {
             let program: &mut Xdp = program_mut(&mut self.ebpf)?;
             match program.attach_to_if_index(iface.index, mode.xdp_mode()) {
                 Ok(link) => self.attached.push((iface, link)),
