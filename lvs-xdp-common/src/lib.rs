@@ -18,9 +18,12 @@ pub mod map {
     /// `Array<FlowBucketV4>` (mmapable, so buckets are cache-line aligned): the IPv4
     /// connection table proper; see [`crate::flow_table`].
     pub const FLOW_CACHE_V4: &str = "FLOW_CACHE_V4";
-    /// `LruHashMap<FlowKeyV4, Flow>`: the IPv4 overflow table, for flows pushed out of their two
-    /// buckets in `FLOW_CACHE_V4`.
+    /// `HashMap<FlowKeyV4, Flow>` (not preallocated): the IPv4 overflow table, for established
+    /// flows pushed out of their two buckets in `FLOW_CACHE_V4`. It never evicts: when it is
+    /// full, a new flow is not remembered instead (see [`crate::flow_table`]).
     pub const FLOWS_V4: &str = "FLOWS_V4";
+    /// `Array<Clock>`, one entry: the idle clock and the timeouts, written by userspace.
+    pub const CLOCK: &str = "CLOCK";
     /// `Array<Iface>`, indexed by ifindex: the interfaces the program serves and their MACs.
     pub const IFACES: &str = "IFACES";
     /// `PerCpuArray<u32>`, indexed by service id: round-robin position.
@@ -59,7 +62,7 @@ pub mod service_flags {
 }
 
 /// Index into `GLOBAL_STATS`. Every packet the program sees is counted under exactly one
-/// verdict reason (`FORWARDED` .. `DROP_NO_REAL_SERVER`), so those entries add up to the
+/// verdict reason (`FORWARDED` .. `DROP_FLOW_BUSY`), so those entries add up to the
 /// total; the entries after them count events, not packets' fates.
 pub mod reason {
     /// XDP_TX to a real server.
@@ -85,18 +88,31 @@ pub mod reason {
     pub const DROP_FRAGMENT: u32 = 9;
     /// XDP_DROP: the service has no real server to send a new connection to.
     pub const DROP_NO_REAL_SERVER: u32 = 10;
+    /// XDP_DROP: the flow's buckets were being written by other CPUs through every retry, so
+    /// its real server could not be read safely (the sender retransmits).
+    pub const DROP_FLOW_BUSY: u32 = 11;
     /// Number of verdict reasons (they partition all packets).
-    pub const VERDICTS: u32 = 11;
+    pub const VERDICTS: u32 = 12;
 
     /// Event: a remembered flow pointed at a real server that was removed or replaced; the flow
     /// was scheduled again.
-    pub const EVENT_FLOW_RESCHEDULED: u32 = 11;
+    pub const EVENT_FLOW_RESCHEDULED: u32 = 12;
     /// Event: two CPUs scheduled the same new flow at once; the first choice was kept.
-    pub const EVENT_FLOW_RACE: u32 = 12;
-    /// Event: inserting into the flow table failed; the packet was still forwarded.
-    pub const EVENT_FLOW_INSERT_FAILED: u32 = 13;
+    pub const EVENT_FLOW_RACE: u32 = 13;
+    /// Event: a new flow could not be remembered (its buckets held only live established
+    /// flows and the overflow hash was full, or another CPU was writing its buckets). It went
+    /// where the flow hash says, as `EVENT_FLOW_MISS_NONSYN` describes.
+    pub const EVENT_FLOW_INSERT_FAILED: u32 = 14;
+    /// Event: a TCP packet without SYN matched no remembered flow (a flow forgotten, or
+    /// spoofed). It is not remembered: it goes to the real server that an unseeded hash of its
+    /// 5-tuple picks in the service's scheduling range, the same for every packet of it.
+    pub const EVENT_FLOW_MISS_NONSYN: u32 = 15;
+    /// Event: a new flow took the place of a closed, expired or half-open one.
+    pub const EVENT_FLOW_RECLAIMED: u32 = 16;
+    /// Event: an established flow moved from its bucket to the overflow hash to make room.
+    pub const EVENT_FLOW_MOVED: u32 = 17;
     /// Number of `GLOBAL_STATS` entries.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 18;
 
     /// Short names, index-aligned with the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -111,9 +127,13 @@ pub mod reason {
         "drop_malformed",
         "drop_fragment",
         "drop_no_real_server",
+        "drop_flow_busy",
         "flow_rescheduled",
         "flow_race",
         "flow_insert_failed",
+        "flow_miss_nonsyn",
+        "flow_reclaimed",
+        "flow_moved",
     ];
 }
 
@@ -154,9 +174,15 @@ pub struct RealServer {
     pub _pad: [u8; 2],
     /// The owning service's id (for its counters).
     pub service: u32,
-    /// Non-zero while the slot is in use; changes whenever the slot is given to another real
-    /// server, so a flow remembering an older generation is scheduled again.
+    /// The slot's generation (1 to `flow_table::GENERATION_MASK`) while the slot is in use; the
+    /// next one each time the slot is given to another real server, so a flow remembering an
+    /// older generation is scheduled again. A retired slot keeps its last generation with
+    /// [`RealServer::RETIRED`] set (no flow matches it); a slot never used is 0.
     pub generation: u32,
+}
+
+impl RealServer {
+    pub const RETIRED: u32 = 1 << 31;
 }
 
 /// Key of `FLOWS_V4`: the 5-tuple, each field holding its bytes as on the wire.
@@ -173,18 +199,47 @@ pub struct FlowKeyV4 {
     pub proto: u32,
 }
 
-/// Value of the flow tables.
+/// Value of the overflow hash, and the second half of a [`FlowEntryV4`]: where a flow goes and
+/// the state of its connection.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct Flow {
-    /// Slot in `REALS`.
-    pub real: u32,
-    /// `RealServer::generation` when the flow was scheduled.
-    pub generation: u32,
+    /// The real-server slot in `REALS` (low `SLOT_BITS`) and its generation when the flow was
+    /// scheduled (the high bits, never 0).
+    pub target: u32,
+    /// The IP protocol; 0 in a free way.
+    pub proto: u8,
+    /// The connection's state ([`conn`]).
+    pub state: u8,
+    /// [`Clock::now`] (its low 16 bits) when the flow last saw a packet.
+    pub stamp: u16,
 }
 
-/// One remembered IPv4 flow in a [`FlowBucketV4`]. All zero when the way is free.
+impl Flow {
+    #[inline(always)]
+    pub fn new(slot: u32, generation: u32, proto: u8, state: u8, stamp: u16) -> Flow {
+        Flow {
+            target: slot | generation << flow_table::SLOT_BITS,
+            proto,
+            state,
+            stamp,
+        }
+    }
+
+    #[inline(always)]
+    pub fn slot(&self) -> u32 {
+        self.target & flow_table::SLOT_MASK
+    }
+
+    #[inline(always)]
+    pub fn generation(&self) -> u32 {
+        self.target >> flow_table::SLOT_BITS
+    }
+}
+
+/// One remembered IPv4 flow in a [`FlowBucketV4`]: the 5-tuple and the [`Flow`]. A way is free
+/// when `flow.proto` is 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -192,11 +247,7 @@ pub struct FlowEntryV4 {
     pub saddr: u32,
     pub daddr: u32,
     pub ports: u32,
-    /// The real-server slot in the low 24 bits, the IP protocol in the high 8 (never 0 in a
-    /// used way: only TCP and UDP are remembered).
-    pub slot_proto: u32,
-    /// `RealServer::generation` when the flow was scheduled.
-    pub generation: u32,
+    pub flow: Flow,
 }
 
 impl FlowEntryV4 {
@@ -206,22 +257,13 @@ impl FlowEntryV4 {
             saddr: key.saddr,
             daddr: key.daddr,
             ports: key.ports,
-            slot_proto: flow.real | key.proto << 24,
-            generation: flow.generation,
+            flow,
         }
     }
 
     #[inline(always)]
-    pub fn matches(&self, key: &FlowKeyV4) -> bool {
-        self.saddr == key.saddr
-            && self.daddr == key.daddr
-            && self.ports == key.ports
-            && self.slot_proto >> 24 == key.proto
-    }
-
-    #[inline(always)]
     pub fn is_free(&self) -> bool {
-        self.slot_proto == 0
+        self.flow.proto == 0
     }
 
     #[inline(always)]
@@ -230,15 +272,7 @@ impl FlowEntryV4 {
             saddr: self.saddr,
             daddr: self.daddr,
             ports: self.ports,
-            proto: self.slot_proto >> 24,
-        }
-    }
-
-    #[inline(always)]
-    pub fn flow(&self) -> Flow {
-        Flow {
-            real: self.slot_proto & flow_table::SLOT_MASK,
-            generation: self.generation,
+            proto: u32::from(self.flow.proto),
         }
     }
 }
@@ -249,32 +283,178 @@ impl FlowEntryV4 {
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct FlowBucketV4 {
     pub ways: [FlowEntryV4; flow_table::WAYS],
-    /// Flows this bucket has given up to the overflow hash; the next to go is the way at
-    /// `next % WAYS` (round robin).
-    pub next: u32,
+    /// The bucket's sequence count: odd while a writer holds the bucket (taken with a
+    /// compare-and-swap from even), advanced by 2 by every write of a way's 5-tuple or target.
+    /// A reader that sees it odd, or changed across its read, read nothing it may trust.
+    pub seq: u32,
+}
+
+/// Value of `CLOCK`: the flow table's idle clock and the timeouts, both in seconds. Userspace
+/// advances `now` (CLOCK_BOOTTIME seconds) about once a second; a flow stores its low 16 bits
+/// when it sees a packet, and only when they changed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Clock {
+    pub now: u32,
+    pub _pad: u32,
+    /// Idle timeout per state, indexed by the [`conn`] state (8 entries: the data plane
+    /// indexes with `state & 7`, which the verifier can bound).
+    pub timeouts: [u32; 8],
+}
+
+impl Clock {
+    /// The idle timeout of `state`.
+    #[inline(always)]
+    pub fn timeout(&self, state: u8) -> u32 {
+        self.timeouts[usize::from(state & 7)]
+    }
+}
+
+/// Connection states, tracked as IPVS tracks them in direct-routing mode: from the client's
+/// side only (IPVS's "input-only" table), on SYN, FIN, ACK and RST. UDP has one state.
+pub mod conn {
+    pub const SYN_RECV: u8 = 1;
+    pub const ESTABLISHED: u8 = 2;
+    pub const FIN_WAIT: u8 = 3;
+    pub const TIME_WAIT: u8 = 4;
+    pub const CLOSE: u8 = 5;
+    pub const UDP: u8 = 6;
+    /// Number of state values (0 is no state: a free way).
+    pub const STATES: usize = 7;
+    /// As ipvsadm -L -c names them.
+    pub const NAMES: [&str; STATES] = [
+        "NONE",
+        "SYN_RECV",
+        "ESTABLISHED",
+        "FIN_WAIT",
+        "TIME_WAIT",
+        "CLOSE",
+        "UDP",
+    ];
+    /// IPVS's default timeouts (seconds), indexed by state. `--set TCP TCPFIN UDP` changes
+    /// ESTABLISHED, FIN_WAIT and UDP.
+    pub const DEFAULT_TIMEOUTS: [u32; STATES] = [2, 60, 900, 120, 120, 10, 300];
+    /// The largest timeout: a flow's idle time is kept in 16 bits of seconds, and the sweep
+    /// that frees expired flows passes over the whole table at least every 256 s.
+    pub const MAX_TIMEOUT: u32 = 64_800;
+
+    /// TCP flags, as in the 14th byte of the TCP header.
+    pub const TCP_FIN: u8 = 0x01;
+    pub const TCP_SYN: u8 = 0x02;
+    pub const TCP_RST: u8 = 0x04;
+    pub const TCP_ACK: u8 = 0x10;
+
+    /// IPVS counts these under ActiveConn, every other state under InActConn.
+    #[inline(always)]
+    pub fn is_active(state: u8) -> bool {
+        state == SYN_RECV || state == ESTABLISHED
+    }
+
+    /// Whether a packet with these TCP flags opens a connection: SYN without RST.
+    #[inline(always)]
+    pub fn is_syn(flags: u8) -> bool {
+        flags & (TCP_SYN | TCP_RST) == TCP_SYN
+    }
+
+    /// Whether a packet with these flags may change a connection's state (a plain ACK in
+    /// ESTABLISHED, FIN_WAIT, TIME_WAIT or CLOSE does not).
+    #[inline(always)]
+    pub fn may_change(state: u8, flags: u8) -> bool {
+        flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 || state == SYN_RECV
+    }
+
+    /// A TCP connection's state after a packet from the client with `flags`: IPVS's
+    /// input-only transitions (RST first, then SYN, FIN, ACK; other packets change nothing).
+    /// A SYN on a TIME_WAIT or CLOSE connection is a new connection (see
+    /// [`reopens`]), not a transition.
+    #[inline(always)]
+    pub fn next_tcp(state: u8, flags: u8) -> u8 {
+        if flags & TCP_RST != 0 {
+            if state == SYN_RECV { SYN_RECV } else { CLOSE }
+        } else if flags & TCP_SYN != 0 {
+            if state == ESTABLISHED {
+                ESTABLISHED
+            } else {
+                SYN_RECV
+            }
+        } else if flags & TCP_FIN != 0 {
+            match state {
+                ESTABLISHED => FIN_WAIT,
+                SYN_RECV => TIME_WAIT,
+                s => s,
+            }
+        } else if flags & TCP_ACK != 0 && state == SYN_RECV {
+            ESTABLISHED
+        } else {
+            state
+        }
+    }
+
+    /// Whether a SYN on a remembered connection in `state`, idle for `expired`, starts a new
+    /// connection (scheduled again), as IPVS does with its default `conn_reuse_mode`.
+    #[inline(always)]
+    pub fn reopens(state: u8, expired: bool) -> bool {
+        expired || state == TIME_WAIT || state == CLOSE
+    }
+
+    /// Seconds since `stamp` (wrapping 16-bit seconds).
+    #[inline(always)]
+    pub fn age(now: u32, stamp: u16) -> u32 {
+        u32::from((now as u16).wrapping_sub(stamp))
+    }
+
+    /// The eviction rank of a way (lower goes first): free, then closed (TIME_WAIT, CLOSE)
+    /// or expired, then half-open (SYN_RECV), then the rest (ESTABLISHED, FIN_WAIT, UDP); the
+    /// least recently seen first within each.
+    #[inline(always)]
+    pub fn rank(proto: u8, state: u8, age: u32, timeout: u32) -> u32 {
+        let class = if proto == 0 {
+            0
+        } else if age > timeout || state == TIME_WAIT || state == CLOSE {
+            1
+        } else if state == SYN_RECV {
+            2
+        } else {
+            3
+        };
+        class << 16 | (0xffff - (age & 0xffff))
+    }
+
+    /// Ranks at or above this are live flows that must not be dropped to make room.
+    pub const RANK_KEEP: u32 = 3 << 16;
 }
 
 /// The IPv4 flow table: a set-associative cache of 64-byte buckets (`FLOW_CACHE_V4`) in front
-/// of a kernel LRU hash (`FLOWS_V4`).
+/// of a kernel hash (`FLOWS_V4`) for the established flows that find no room there.
 ///
 /// A flow has two candidate buckets, both chosen by a seeded hash of its 5-tuple: one in the
 /// *front* (the first `FLOW_FRONT_MASK + 1` buckets, 4 MiB at most) and one anywhere in the
-/// array. A lookup reads the front bucket, then the other, then the LRU hash. A new flow goes to
-/// a free way of its front bucket, else of its other bucket; when both are full, one of their
-/// flows (round robin) moves to the LRU hash to make room: it is not forgotten, only slower to
-/// find. The LRU hash alone evicts, least recently used first, when it is full itself.
+/// array. A lookup reads the front bucket, then the other, then the overflow hash. A new flow
+/// goes to a free way of its two buckets, else to the way of lowest [`crate::conn::rank`]:
+/// a closed or expired flow, then a half-open one, each simply replaced; only when all six are
+/// live established flows (or FIN_WAIT, or UDP) does the least recently seen of them move to
+/// the overflow hash to make room. When the overflow hash is full too, the new flow is not
+/// remembered at all (`flow_insert_failed`): no live flow is ever dropped to make room.
 ///
-/// Why: with the kernel's LRU hash alone, a lookup reads a bucket and an element, in different
-/// places of a large table, each a cache miss and (4 KiB pages) a TLB miss once the flows
-/// outnumber the caches. Here a lookup in the front is one cache line in a region small enough
-/// for the TLB, and any other lookup one line more.
+/// Concurrency: writers of a way's 5-tuple or target hold its bucket (its `seq`, see
+/// [`crate::FlowBucketV4`]); readers check `seq` around their read. A flow's state and stamp
+/// are single-byte and two-byte stores that never change which flow a way holds.
+///
+/// Why buckets: with the kernel's hash alone, a lookup reads a bucket and an element, in
+/// different places of a large table, each a cache miss and (4 KiB pages) a TLB miss once the
+/// flows outnumber the caches. Here a lookup in the front is one cache line in a region small
+/// enough for the TLB, and any other lookup one line more.
 pub mod flow_table {
-    /// Flows per bucket (3 x 20 bytes + the round-robin word = 64 bytes).
+    /// Flows per bucket (3 x 20 bytes + the sequence count = 64 bytes).
     pub const WAYS: usize = 3;
     /// Buckets in the front region at most (4 MiB).
     pub const MAX_FRONT_BUCKETS: u32 = 1 << 16;
-    /// Real-server slots must fit in the low 24 bits of `FlowEntryV4::slot_proto`.
-    pub const SLOT_MASK: u32 = (1 << 24) - 1;
+    /// Real-server slots fit in the low 20 bits of `Flow::target` (so at most 1 048 576).
+    pub const SLOT_BITS: u32 = 20;
+    pub const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
+    /// Generations take the other 12 bits: 1 to 4095, then 1 again.
+    pub const GENERATION_MASK: u32 = (1 << (32 - SLOT_BITS)) - 1;
     /// Names of the program's read-only globals, set by the loader.
     pub const SEED: &str = "FLOW_HASH_SEED";
     /// Buckets in `FLOW_CACHE_V4` minus one (a power of two minus one).
@@ -295,15 +475,15 @@ pub mod flow_table {
         (buckets, overflow)
     }
 
-    /// Kernel memory of the two maps for a table of `flows` flows, in bytes: the buckets, and
-    /// the overflow hash at 88 bytes an entry (its `memlock` on Linux 6.18, preallocated).
+    /// Kernel memory of the two maps for a table of `flows` flows, in bytes, at most: the
+    /// buckets (allocated up front), and the overflow hash at 88 bytes an entry (allocated as
+    /// it fills).
     pub const fn memory(flows: u32) -> u64 {
         let (buckets, overflow) = sizes(flows);
         buckets as u64 * core::mem::size_of::<super::FlowBucketV4>() as u64 + overflow as u64 * 88
     }
 
-    /// The kernel's LRU hash moves free entries to each CPU in batches of 128; a smaller table
-    /// would evict on one CPU while another still holds free entries.
+    /// The smallest overflow hash.
     pub const MIN_OVERFLOW: u32 = 1024;
 
     /// The seeded hash of a 5-tuple that both of its buckets come from.
@@ -373,6 +553,7 @@ mod user {
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::FlowBucketV4 {}
     unsafe impl aya::Pod for super::Iface {}
+    unsafe impl aya::Pod for super::Clock {}
     unsafe impl aya::Pod for super::Counters {}
 }
 
@@ -392,6 +573,7 @@ mod tests {
         assert_eq!(size_of::<FlowBucketV4>(), 64);
         assert_eq!(size_of::<Iface>(), 8);
         assert_eq!(size_of::<Counters>(), 32);
+        assert_eq!(size_of::<Clock>(), 40);
         assert_eq!(reason::NAMES.len(), reason::COUNT as usize);
     }
 

@@ -10,6 +10,7 @@
 //! options thus pays the fast path's wasted lookup too).
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
 mod fast;
 mod flows;
@@ -21,12 +22,13 @@ mod stats;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
 use lvs_xdp_common::{
-    FAMILY_V4, Flow, FlowKeyV4, Iface, RealServer, ServiceKey, reason, service_flags,
+    Clock, FAMILY_V4, Flow, FlowKeyV4, Iface, PROTO_TCP, RealServer, ServiceKey, conn, reason,
+    service_flags,
 };
 
 use crate::{
-    flows::Inserted,
-    maps::{IFACES, REAL_STATS, SERVICE_STATS, SERVICES},
+    flows::{Inserted, Lookup},
+    maps::{CLOCK, IFACES, REAL_STATS, SERVICE_STATS, SERVICES},
     parse::{Parsed, load, store},
 };
 
@@ -56,33 +58,56 @@ fn process(ctx: &XdpContext, bytes: u64) -> Result<(u32, u32), u32> {
         _ => return Ok(pass(reason::PASS_UNKNOWN_IFACE)),
     };
     let data = ctx.data();
-    let key = match parse::parse(data, ctx.data_end(), iface.mac.as_ptr() as usize)? {
+    let (key, flags) = match parse::parse(data, ctx.data_end(), iface.mac.as_ptr() as usize)? {
         Parsed::Pass(why) => return Ok(pass(why)),
         Parsed::FragmentV4 { daddr, proto } => return fragment(daddr, proto),
-        Parsed::V4(key) => key,
+        Parsed::V4(key, flags) => (key, flags),
     };
+    let clock = CLOCK.get(0).ok_or(reason::DROP_FLOW_BUSY)?;
+    let now = clock.now as u16;
+    let tcp = key.proto == u32::from(PROTO_TCP);
 
-    // A known flow whose real server is still the one it was scheduled to.
-    let mut stale = None;
-    if let Some((flow, place)) = flows::lookup(&key) {
-        if let Some(real) = flows::real_of(&flow) {
-            stats::count(&REAL_STATS, flow.real, bytes, false);
-            return Ok(forward(ctx, iface, real));
+    let mut again = None;
+    match flows::lookup_settled(&key) {
+        Lookup::Found(flow, place) => {
+            let expired = conn::age(clock.now, flow.stamp) > clock.timeout(flow.state);
+            let reopens = tcp && conn::is_syn(flags) && conn::reopens(flow.state, expired);
+            match flows::real_of(&flow) {
+                Some(real) if !reopens => {
+                    if tcp && conn::may_change(flow.state, flags) {
+                        let state = conn::next_tcp(flow.state, flags);
+                        flows::set_state(place, &key, state, now);
+                    } else {
+                        flows::touch(place, &flow, now);
+                    }
+                    stats::count(&REAL_STATS, flow.slot(), bytes, false);
+                    return Ok(forward(ctx, iface, real));
+                }
+                // A removed real server, or a new connection on the same 5-tuple.
+                _ => again = Some((place, flow.state, reopens)),
+            }
         }
-        stale = Some(place);
+        Lookup::Busy => {
+            // Other CPUs kept rewriting this flow's buckets through every retry; rare enough
+            // to log each one.
+            warn!(ctx, "flow table busy: a packet was dropped");
+            return Err(reason::DROP_FLOW_BUSY);
+        }
+        Lookup::Missing => {}
     }
-
-    new_flow(ctx, iface, &key, stale, bytes)
+    new_flow(ctx, iface, &key, flags, again, clock, bytes)
 }
 
 /// Slow path: find the service, schedule a real server, remember the flow (in place of the
-/// stale entry at `stale`, if there is one).
+/// one at `again`, if there is one: its place, state, and whether a SYN opened it again).
 #[inline(always)]
 fn new_flow(
     ctx: &XdpContext,
     iface: &Iface,
     key: &FlowKeyV4,
-    stale: Option<flows::Place>,
+    flags: u8,
+    again: Option<(flows::Place, u8, bool)>,
+    clock: &Clock,
     bytes: u64,
 ) -> Result<(u32, u32), u32> {
     let svc = match SERVICES.get_ptr(service_key(key.daddr, port_of(key.ports), key.proto as u8)) {
@@ -94,22 +119,38 @@ fn new_flow(
         // Destination port 0: not a service, only the address marker.
         return Ok(pass(reason::PASS_NO_SERVICE));
     }
+    let tcp = key.proto == u32::from(PROTO_TCP);
+    if tcp && !conn::is_syn(flags) && again.is_none() {
+        // Not the start of a connection and not remembered: the hash decides, nothing is
+        // remembered (a flood of such packets takes no place in the table).
+        stats::global(reason::EVENT_FLOW_MISS_NONSYN, 0);
+        let Some((slot, real)) = sched::by_hash(&svc, key) else {
+            stats::count_drop(&SERVICE_STATS, svc.id, bytes);
+            return Err(reason::DROP_NO_REAL_SERVER);
+        };
+        stats::count(&REAL_STATS, slot, bytes, false);
+        return Ok(forward(ctx, iface, &real));
+    }
     let Some((mut slot, mut real)) = sched::pick(&svc) else {
         stats::count_drop(&SERVICE_STATS, svc.id, bytes);
         return Err(reason::DROP_NO_REAL_SERVER);
     };
-    let flow = Flow {
-        real: slot,
-        generation: real.generation,
+    let state = match again {
+        _ if !tcp => conn::UDP,
+        _ if conn::is_syn(flags) => conn::SYN_RECV,
+        Some((_, state, _)) => conn::next_tcp(state, flags),
+        None => conn::SYN_RECV,
     };
+    let now = clock.now as u16;
+    let flow = Flow::new(slot, real.generation, key.proto as u8, state, now);
     let mut new_conn = true;
-    let result = match stale {
-        Some(place) => flows::replace(place, key, flow),
-        None => flows::insert(key, flow),
+    let result = match again {
+        Some((place, _, _)) => flows::replace(place, key, flow, clock),
+        None => flows::insert(key, flow, clock),
     };
     match result {
         Inserted::Done => {
-            if stale.is_some() {
+            if let Some((_, _, false)) = again {
                 stats::global(reason::EVENT_FLOW_RESCHEDULED, 0);
             }
         }
@@ -117,14 +158,18 @@ fn new_flow(
             // Another CPU scheduled this flow between our lookup and insert: follow its choice.
             stats::global(reason::EVENT_FLOW_RACE, 0);
             if let Some(r) = flows::real_of(&other) {
-                slot = other.real;
+                slot = other.slot();
                 real = *r;
                 new_conn = false;
             }
         }
-        Inserted::Failed(err) => {
+        Inserted::Failed => {
+            // Not remembered: its later packets are misses, so this one goes where they will.
             stats::global(reason::EVENT_FLOW_INSERT_FAILED, 0);
-            warn!(ctx, "flow table insert failed: {}", err);
+            if let Some((s, r)) = sched::by_hash(&svc, key) {
+                slot = s;
+                real = r;
+            }
         }
     }
     stats::count(&REAL_STATS, slot, bytes, new_conn);

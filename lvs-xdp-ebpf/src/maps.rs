@@ -4,10 +4,10 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
 };
 use lvs_xdp_common::{
-    Counters, Flow, FlowBucketV4, FlowKeyV4, Iface, RealServer, Service, ServiceKey, reason,
+    Clock, Counters, Flow, FlowBucketV4, FlowKeyV4, Iface, RealServer, Service, ServiceKey, reason,
 };
 
 /// Not preallocated, so that a value replaced by userspace is freed only after readers are done
@@ -25,8 +25,13 @@ pub static SCHED: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static FLOW_CACHE_V4: Array<FlowBucketV4> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
+/// Not preallocated, like `SERVICES`: an entry deleted while a packet holds a pointer to its
+/// value is freed only after that packet is done.
 #[map]
-pub static FLOWS_V4: LruHashMap<FlowKeyV4, Flow> = LruHashMap::with_max_entries(1, 0);
+pub static FLOWS_V4: HashMap<FlowKeyV4, Flow> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static CLOCK: Array<Clock> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static IFACES: Array<Iface> = Array::with_max_entries(1, 0);

@@ -18,6 +18,8 @@ const VLAN_LEN: usize = 4;
 const IPV4_MIN_LEN: usize = 20;
 const TCP_MIN_LEN: usize = 20;
 const UDP_LEN: usize = 8;
+/// Offset of the flags byte (FIN, SYN, RST, PSH, ACK, ...) in the TCP header.
+pub const TCP_FLAGS: usize = 13;
 /// More-fragments flag and fragment offset (host order); DF (0x4000) is not part of it.
 const IP_FRAGMENT_MASK: u16 = 0x3fff;
 
@@ -41,14 +43,24 @@ pub unsafe fn store<T>(addr: usize, value: T) {
     unsafe { *(addr as *mut T) = value }
 }
 
+/// `x`, with everything the optimizer knew about it forgotten (a register move in asm).
+#[inline(always)]
+pub fn opaque(mut x: usize) -> usize {
+    // SAFETY: one move of a register to itself.
+    unsafe {
+        core::arch::asm!("{0} = {0}", inout(reg) x, options(nomem, nostack, preserves_flags))
+    };
+    x
+}
+
 /// What the parser found.
 pub enum Parsed {
     /// Not for the load balancer: pass to the host with this reason.
     Pass(u32),
     /// An IPv4 fragment: no ports to match on.
     FragmentV4 { daddr: u32, proto: u8 },
-    /// A complete IPv4 TCP/UDP header, as a flow key.
-    V4(FlowKeyV4),
+    /// A complete IPv4 TCP/UDP header, as a flow key, and the TCP flags (0 for UDP).
+    V4(FlowKeyV4, u8),
 }
 
 /// Parses the frame at `data..end`. `own_mac` points at the receiving interface's MAC (six
@@ -122,18 +134,29 @@ pub fn parse(data: usize, end: usize, own_mac: usize) -> Result<Parsed, u32> {
     if tot_len < ihl + l4_min {
         return Err(reason::DROP_MALFORMED);
     }
-    let l4 = l3 + ihl;
-    // The verifier needs this check on the variable-offset pointer itself (tot_len <= frame
-    // already implies it, but the verifier does not follow that).
-    if l4 + 4 > end {
-        return Err(reason::DROP_MALFORMED);
-    }
-    // SAFETY: bounds checked just above.
-    let ports = unsafe { load::<u32>(l4) };
-    Ok(Parsed::V4(FlowKeyV4 {
-        saddr,
-        daddr,
-        ports,
-        proto: proto as u32,
-    }))
+    // The verifier needs the checks below on the variable-offset pointer itself. The checks
+    // above already imply them, and LLVM would drop them: `opaque` hides that.
+    let l4 = opaque(l3 + ihl);
+    let (ports, flags) = if proto == PROTO_TCP {
+        if l4 + TCP_FLAGS + 1 > end {
+            return Err(reason::DROP_MALFORMED);
+        }
+        // SAFETY: bounds checked just above.
+        unsafe { (load::<u32>(l4), load::<u8>(l4 + TCP_FLAGS)) }
+    } else {
+        if l4 + 4 > end {
+            return Err(reason::DROP_MALFORMED);
+        }
+        // SAFETY: bounds checked just above.
+        (unsafe { load::<u32>(l4) }, 0)
+    };
+    Ok(Parsed::V4(
+        FlowKeyV4 {
+            saddr,
+            daddr,
+            ports,
+            proto: proto as u32,
+        },
+        flags,
+    ))
 }

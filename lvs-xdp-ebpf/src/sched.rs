@@ -1,5 +1,5 @@
 //! Scheduling of new flows.
-use lvs_xdp_common::{RealServer, Service, scheduler};
+use lvs_xdp_common::{FlowKeyV4, RealServer, Service, flow_table, scheduler};
 
 use crate::maps::{REALS, RR, SCHED};
 
@@ -14,12 +14,29 @@ pub fn pick(svc: &Service) -> Option<(u32, RealServer)> {
         scheduler::RR => round_robin(svc)?,
         _ => return None,
     };
+    at(svc, offset)
+}
+
+/// The real server at `offset` in the service's scheduling range.
+#[inline(always)]
+fn at(svc: &Service, offset: u32) -> Option<(u32, RealServer)> {
     let slot = *SCHED.get(svc.sched_start.wrapping_add(offset))?;
     let real = *REALS.get(slot)?;
-    if real.generation == 0 {
+    if real.generation == 0 || real.generation & RealServer::RETIRED != 0 {
         return None;
     }
     Some((slot, real))
+}
+
+/// The real server for a flow that is not remembered: picked by an unseeded hash of its
+/// 5-tuple over the service's scheduling range, so every packet of it goes to the same one
+/// while the range is unchanged.
+#[inline(always)]
+pub fn by_hash(svc: &Service, key: &FlowKeyV4) -> Option<(u32, RealServer)> {
+    if svc.sched_len == 0 {
+        return None;
+    }
+    at(svc, flow_table::hash(key, 0) % svc.sched_len)
 }
 
 /// Round-robin from a per-CPU position: each CPU walks the service's slots in turn, without

@@ -15,7 +15,11 @@ use aya::{
 };
 use lvs_xdp_common::{self as common, Counters, flow_table, map, reason};
 
-use crate::{config::Capacity, iface::Interface};
+use crate::{
+    config::Capacity,
+    flowtable::{self, Buckets},
+    iface::Interface,
+};
 
 /// The XDP object built from lvs-xdp-ebpf, embedded at build time.
 pub static EBPF_OBJECT: &[u8] =
@@ -71,16 +75,16 @@ struct Maps {
     services: HashMap<MapData, common::ServiceKey, common::Service>,
     reals: Array<MapData, common::RealServer>,
     sched: Array<MapData, u32>,
-    flow_cache: Array<MapData, common::FlowBucketV4>,
     flows: HashMap<MapData, common::FlowKeyV4, common::Flow>,
     rr: PerCpuArray<MapData, u32>,
     service_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
     global_stats: PerCpuArray<MapData, Counters>,
+    clock: Array<MapData, common::Clock>,
 }
 
 /// Every map this program shares with userspace, by name: what `keep` pins.
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
     map::SERVICES,
     map::REALS,
     map::SCHED,
@@ -91,6 +95,7 @@ pub const PINNED_MAPS: [&str; 10] = [
     map::SERVICE_STATS,
     map::REAL_STATS,
     map::GLOBAL_STATS,
+    map::CLOCK,
 ];
 
 /// A second handle on each map of [`PINNED_MAPS`] (the typed handles cannot pin).
@@ -132,12 +137,12 @@ impl Maps {
             services: take(ebpf, map::SERVICES)?,
             reals: take(ebpf, map::REALS)?,
             sched: take(ebpf, map::SCHED)?,
-            flow_cache: take(ebpf, map::FLOW_CACHE_V4)?,
             flows: take(ebpf, map::FLOWS_V4)?,
             rr: take(ebpf, map::RR)?,
             service_stats: take(ebpf, map::SERVICE_STATS)?,
             real_stats: take(ebpf, map::REAL_STATS)?,
             global_stats: take(ebpf, map::GLOBAL_STATS)?,
+            clock: take(ebpf, map::CLOCK)?,
         })
     }
 }
@@ -161,6 +166,8 @@ pub struct Balancer {
     ebpf: Ebpf,
     logger: aya_log::EbpfLogger<&'static dyn log::Log>,
     maps: Maps,
+    /// `FLOW_CACHE_V4`, mapped into this process.
+    buckets: Buckets,
     handles: Vec<(&'static str, MapData)>,
     seed: u32,
     capacity: Capacity,
@@ -206,11 +213,11 @@ impl Balancer {
         reuse: Option<&Path>,
     ) -> Result<Balancer> {
         let max_ifindex = interfaces.iter().map(|i| i.index).max().unwrap_or(0);
-        if capacity.real_servers > flow_table::SLOT_MASK {
+        if capacity.real_servers > flow_table::SLOT_MASK + 1 {
             bail!(
                 "{} real-server slots; at most {}",
                 capacity.real_servers,
-                flow_table::SLOT_MASK
+                flow_table::SLOT_MASK + 1
             );
         }
         let (buckets, overflow) = flow_table::sizes(capacity.flow_table_size);
@@ -249,11 +256,29 @@ impl Balancer {
             .load()
             .map_err(|e| anyhow!("the kernel refused the XDP program: {e:#}"))?;
         let handles = map_handles(&ebpf)?;
-        let maps = Maps::take(&mut ebpf, interfaces)?;
+        let mut maps = Maps::take(&mut ebpf, interfaces)?;
+        let buckets = {
+            use std::os::fd::AsFd as _;
+            let (_, cache) = handles
+                .iter()
+                .find(|(name, _)| *name == map::FLOW_CACHE_V4)
+                .ok_or_else(|| anyhow!("map {} missing", map::FLOW_CACHE_V4))?;
+            Buckets::map(cache.fd().as_fd(), buckets)?
+        };
+        // The idle clock, before anything can be attached; the director writes its timeouts.
+        let clock = match reuse {
+            Some(_) => common::Clock {
+                now: flowtable::now(),
+                ..maps.clock.get(&0, 0).context("reading CLOCK")?
+            },
+            None => flowtable::clock(common::conn::DEFAULT_TIMEOUTS),
+        };
+        maps.clock.set(0, clock, 0).context("writing CLOCK")?;
         Ok(Balancer {
             ebpf,
             logger,
             maps,
+            buckets,
             handles,
             seed,
             capacity: *capacity,
@@ -265,6 +290,25 @@ impl Balancer {
 
     pub fn capacity(&self) -> &Capacity {
         &self.capacity
+    }
+
+    /// The idle clock and timeouts the data plane reads.
+    pub fn clock(&self) -> Result<common::Clock> {
+        self.maps.clock.get(&0, 0).context("reading CLOCK")
+    }
+
+    pub fn set_clock(&mut self, clock: &common::Clock) -> Result<()> {
+        self.maps.clock.set(0, clock, 0).context("writing CLOCK")
+    }
+
+    /// The flow table's buckets, mapped, and its overflow hash.
+    pub fn flow_table(
+        &mut self,
+    ) -> (
+        &Buckets,
+        &mut HashMap<MapData, common::FlowKeyV4, common::Flow>,
+    ) {
+        (&self.buckets, &mut self.maps.flows)
     }
 
     /// The flow table's hash seed (a restart that keeps the flows must use it again).
@@ -497,13 +541,7 @@ impl Balancer {
 
     /// The IPv4 flows in the buckets, and those in the overflow hash.
     fn flows_v4_by_place(&self) -> Result<(FlowsV4, FlowsV4)> {
-        let cache = &self.maps.flow_cache;
-        let mut in_buckets = Vec::new();
-        for i in 0..cache.len() {
-            let bucket = cache.get(&i, 0).context("reading FLOW_CACHE_V4")?;
-            let used = bucket.ways.iter().filter(|w| !w.is_free());
-            in_buckets.extend(used.map(|w| (w.key(), w.flow())));
-        }
+        let in_buckets = self.buckets.flows();
         let in_overflow = self
             .maps
             .flows

@@ -62,6 +62,16 @@ struct RawConfig {
     flow_table_size: Option<i64>,
     max_services: Option<i64>,
     max_real_servers: Option<i64>,
+    timeouts: Option<RawTimeouts>,
+}
+
+/// `[timeouts]`: as `ipvsadm --set TCP TCPFIN UDP`, in seconds.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    tcp: Option<i64>,
+    tcp_fin: Option<i64>,
+    udp: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -129,6 +139,23 @@ impl Config {
         }
         if let Some(n) = raw.max_real_servers {
             config.capacity.real_servers = capacity(n, "max_real_servers")?;
+        }
+        if let Some(t) = raw.timeouts {
+            let mut want = config.state.timeouts;
+            for (field, value, name) in [
+                (&mut want.tcp, t.tcp, "tcp"),
+                (&mut want.tcp_fin, t.tcp_fin, "tcp_fin"),
+                (&mut want.udp, t.udp, "udp"),
+            ] {
+                if let Some(v) = value {
+                    let max = lvs_xdp_common::conn::MAX_TIMEOUT;
+                    if !(1..=i64::from(max)).contains(&v) {
+                        bail!("timeouts.{name} {v} out of range (1..={max} seconds)");
+                    }
+                    *field = v as u32;
+                }
+            }
+            config.state.timeouts = want;
         }
         for (i, svc) in raw.service.into_iter().enumerate() {
             let ops = validate_service(svc).with_context(|| format!("service {}", i + 1))?;

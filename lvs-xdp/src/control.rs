@@ -41,6 +41,10 @@ pub enum Request {
     Save,
     /// `-Z`: zero the listed counters of one service, or all.
     Zero(Option<crate::model::ServiceKey>),
+    /// Weight 0 for a real server (no new connections; its connections go on).
+    Quiesce(crate::model::ServiceKey, Ipv4Addr),
+    /// A real server's connections, counted over the whole flow table now.
+    Conns(crate::model::ServiceKey, Ipv4Addr),
 }
 
 /// The running director's answer.
@@ -59,6 +63,10 @@ pub enum Reply {
     Saved {
         listing: Listing,
         macs: Vec<(Ipv4Addr, Mac)>,
+    },
+    Conns {
+        active: u64,
+        inactive: u64,
     },
 }
 
@@ -282,18 +290,38 @@ pub fn answer(
                 Err(ApplyError::Failed(e)) => Reply::Failed(format!("{e:#}")),
             };
         }
-        Request::List => listing(director).map(Reply::Listing),
-        Request::Connections => director.connections().map(Reply::Connections),
-        Request::Save => listing(director).map(|listing| {
-            let macs = director
-                .state()
-                .services
-                .values()
-                .flat_map(|s| s.reals.iter())
-                .filter_map(|(a, r)| Some((*a, r.mac?)))
-                .collect();
-            Reply::Saved { listing, macs }
+        Request::Quiesce(key, addr) => {
+            return match director.quiesce(&key, addr) {
+                Ok(()) => Reply::Done,
+                Err(ApplyError::Refused { op, refusal }) => Reply::Refused {
+                    op,
+                    message: refusal.to_string(),
+                },
+                Err(ApplyError::Failed(e)) => Reply::Failed(format!("{e:#}")),
+            };
+        }
+        Request::Conns(key, addr) => director.count_connections(&key, addr).map(|c| match c {
+            Some((active, inactive)) => Reply::Conns { active, inactive },
+            None => Reply::Failed("No such destination".into()),
         }),
+        Request::List => director
+            .refresh_connections()
+            .and_then(|()| listing(director))
+            .map(Reply::Listing),
+        Request::Connections => director.connections().map(Reply::Connections),
+        Request::Save => director
+            .refresh_connections()
+            .and_then(|()| listing(director))
+            .map(|listing| {
+                let macs = director
+                    .state()
+                    .services
+                    .values()
+                    .flat_map(|s| s.reals.iter())
+                    .filter_map(|(a, r)| Some((*a, r.mac?)))
+                    .collect();
+                Reply::Saved { listing, macs }
+            }),
     };
     result.unwrap_or_else(|e| Reply::Failed(format!("{e:#}")))
 }

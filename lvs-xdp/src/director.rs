@@ -15,12 +15,13 @@ use std::{
 };
 
 use anyhow::{Result, anyhow, bail};
-use lvs_xdp_common::{self as common, Counters, reason, service_flags};
+use lvs_xdp_common::{self as common, Counters, flow_table, reason, service_flags};
 
 use crate::{
     alloc::{Pool, Ranges},
     balancer::{AttachMode, Balancer, add, sched_capacity},
     config::Config,
+    flowtable,
     iface::Interface,
     listing::{RealView, ServiceView, Snapshot, Zeroed},
     model::{Mac, Op, Protocol, RealOpts, Refusal, Scheduler, ServiceKey, State},
@@ -36,6 +37,10 @@ pub struct Connection {
     pub service: ServiceKey,
     /// The real server (its port is the service's).
     pub real: Ipv4Addr,
+    /// Its state, as ipvsadm names them (`ESTABLISHED`, `FIN_WAIT`, `UDP`, ...).
+    pub state: String,
+    /// Seconds until it expires if it stays idle.
+    pub expires: u32,
 }
 
 /// Where real servers without an explicit MAC are looked up.
@@ -154,7 +159,8 @@ struct PlacedImage {
 pub struct Image {
     ops: Vec<Op>,
     placed: Vec<PlacedImage>,
-    generation: u32,
+    /// The last generation each slot was given (slots never used are left out).
+    generations: Vec<(u32, u16)>,
     retiring: Vec<(u32, Option<(ServiceKey, u32)>)>,
     retired_forwarded: [u64; 4],
     zeroed: Zeroed,
@@ -197,8 +203,8 @@ pub struct Director {
     ids: Pool,
     slots: Pool,
     sched: Ranges,
-    /// The generation the next fresh slot gets (never 0).
-    generation: u32,
+    /// The last generation each slot was given (0: never used); see [`next_generation`].
+    generations: Vec<u16>,
     markers: BTreeSet<(Ipv4Addr, Protocol)>,
     /// Slots given up and not yet reused, with the service (key, id) they belonged to: their
     /// counters still count in that service's totals until they are folded into `retired`.
@@ -208,6 +214,9 @@ pub struct Director {
     resolver: Option<Resolver>,
     /// What `-Z` zeroed.
     zeroed: Zeroed,
+    /// The flow table's sweep, and the clock second it last ran.
+    sweep: flowtable::Sweep,
+    last_maintained: u32,
 }
 
 /// The service an op names (none for `-C` and `--set`).
@@ -356,7 +365,11 @@ impl Director {
                     retired: to_array(p.retired),
                 })
                 .collect(),
-            generation: self.generation,
+            generations: (0u32..)
+                .zip(&self.generations)
+                .filter(|(_, g)| **g != 0)
+                .map(|(s, g)| (s, *g))
+                .collect(),
             retiring: self.retiring.iter().map(|(s, o)| (*s, *o)).collect(),
             retired_forwarded: to_array(self.retired_forwarded),
             zeroed: self.zeroed.clone(),
@@ -424,12 +437,15 @@ impl Director {
             markers: placed.keys().map(|k| (k.addr, k.protocol)).collect(),
             placed,
             state,
-            generation: image.generation.max(1),
+            generations: generations_from(&image.generations, capacity.real_servers),
             retiring: image.retiring.iter().copied().collect(),
             retired_forwarded: from_array(image.retired_forwarded),
             resolver,
             zeroed: image.zeroed,
+            sweep: flowtable::Sweep::default(),
+            last_maintained: 0,
         };
+        director.write_clock()?;
         // Slots that were waiting out their grace wait once more, from now.
         let now = Instant::now();
         for (slot, _) in &image.retiring {
@@ -448,12 +464,14 @@ impl Director {
             ids: Pool::new(capacity.services),
             slots: Pool::new(capacity.real_servers),
             sched: Ranges::new(sched_capacity(capacity.real_servers)),
-            generation: 1,
+            generations: vec![0; capacity.real_servers as usize],
             markers: BTreeSet::new(),
             retiring: HashMap::new(),
             retired_forwarded: Counters::default(),
             resolver,
             zeroed: Zeroed::default(),
+            sweep: flowtable::Sweep::default(),
+            last_maintained: 0,
         }
     }
 
@@ -607,8 +625,111 @@ impl Director {
         for key in gone {
             self.remove(key, now)?;
         }
-        self.state.timeouts = next.timeouts;
+        if self.state.timeouts != next.timeouts {
+            self.state.timeouts = next.timeouts;
+            self.write_clock()?;
+        }
         self.sync_markers()
+    }
+
+    /// Writes the idle clock, now, with the state's timeouts.
+    fn write_clock(&mut self) -> Result<()> {
+        let clock = flowtable::clock(self.state.timeouts.per_state());
+        self.balancer.set_clock(&clock)
+    }
+
+    /// The live generation of each real-server slot (0: not in use), for the sweep.
+    fn live_generations(&self) -> Vec<u32> {
+        let mut live = vec![0; self.generations.len()];
+        for placed in self.placed.values() {
+            for p in placed.reals.values() {
+                if let Some(g) = live.get_mut(p.slot as usize) {
+                    *g = p.generation;
+                }
+            }
+        }
+        live
+    }
+
+    /// The daemon's periodic work, done at most once a second: advances the idle clock and
+    /// sweeps the next part of the flow table (see [`flowtable::Sweep`]).
+    pub fn maintain(&mut self) -> Result<()> {
+        let now = flowtable::now();
+        if now == self.last_maintained {
+            return Ok(());
+        }
+        self.last_maintained = now;
+        let clock = flowtable::clock(self.state.timeouts.per_state());
+        self.balancer.set_clock(&clock)?;
+        let live = self.live_generations();
+        let (buckets, overflow) = self.balancer.flow_table();
+        self.sweep
+            .step(buckets, overflow, &clock, &live, flowtable::SWEEP_BUCKETS)
+    }
+
+    /// A whole sweep now, at the clock the data plane reads (tests set it by hand).
+    pub fn sweep_now(&mut self) -> Result<()> {
+        let clock = self.balancer.clock()?;
+        let live = self.live_generations();
+        let (buckets, overflow) = self.balancer.flow_table();
+        let passes = self.sweep.passes;
+        while self.sweep.passes == passes {
+            self.sweep
+                .step(buckets, overflow, &clock, &live, flowtable::SWEEP_BUCKETS)?;
+        }
+        Ok(())
+    }
+
+    /// Sets real server `addr` of service `key` to weight 0, its MAC as it is: it gets no new
+    /// connection, and its connections go on (the first step of a drain).
+    pub fn quiesce(&mut self, key: &ServiceKey, addr: Ipv4Addr) -> Result<(), ApplyError> {
+        let opts = self
+            .state
+            .services
+            .get(key)
+            .and_then(|s| s.reals.get(&addr))
+            .copied();
+        let opts = match opts {
+            Some(o) => o,
+            None => {
+                // Let the state say why, in ipvsadm's words.
+                let op = Op::EditReal(*key, addr, RealOpts::default());
+                return self.apply(&[op]);
+            }
+        };
+        self.apply(&[Op::EditReal(*key, addr, RealOpts { weight: 0, ..opts })])
+    }
+
+    /// The sweep's totals: flows freed as expired, and as stale (their real server gone).
+    pub fn sweep_totals(&self) -> (u64, u64) {
+        (self.sweep.expired, self.sweep.stale)
+    }
+
+    /// Counts every real server's connections over the whole flow table now (a scan of the
+    /// mapped buckets), for the next snapshots.
+    pub fn refresh_connections(&mut self) -> Result<()> {
+        let clock = self.balancer.clock()?;
+        let live = self.live_generations();
+        let (buckets, overflow) = self.balancer.flow_table();
+        let counts = flowtable::count_now(buckets, overflow, &clock, &live);
+        self.sweep.set_counts(counts);
+        Ok(())
+    }
+
+    /// Connections of real server `addr` of service `key` counted over the whole table now
+    /// (active, inactive); `None` if there is no such real server.
+    pub fn count_connections(
+        &mut self,
+        key: &ServiceKey,
+        addr: Ipv4Addr,
+    ) -> Result<Option<(u64, u64)>> {
+        let Some(slot) = self.slot_of(key, addr) else {
+            return Ok(None);
+        };
+        self.refresh_connections()?;
+        Ok(Some(
+            self.sweep.counts().get(&slot).copied().unwrap_or_default(),
+        ))
     }
 
     /// Every real server's MAC in `services`: explicit, already placed, or resolved now.
@@ -691,10 +812,16 @@ impl Director {
         Ok(())
     }
 
-    fn next_generation(&mut self) -> u32 {
-        let g = self.generation;
-        self.generation = self.generation.wrapping_add(1).max(1);
-        g
+    /// The generation fresh `slot` gets: the one after the slot's last, 1 to 4095 (a flow
+    /// keeps 12 bits of it). A slot is reused no sooner than its grace (200 ms), so its
+    /// generations come round again after 819 s at the soonest, while the sweep forgets every
+    /// flow of a retired generation within one pass (256 s at most).
+    fn next_generation(&mut self, slot: u32) -> u32 {
+        let Some(last) = self.generations.get_mut(slot as usize) else {
+            return 1;
+        };
+        *last = (*last % flow_table::GENERATION_MASK as u16) + 1;
+        u32::from(*last)
     }
 
     /// What `key` becomes, with its new places allocated (not written).
@@ -756,7 +883,7 @@ impl Director {
                     PlacedReal {
                         slot,
                         mac,
-                        generation: self.next_generation(),
+                        generation: self.next_generation(slot),
                     }
                 }
             };
@@ -936,7 +1063,7 @@ impl Director {
             return Ok(());
         };
         let dead = common::RealServer {
-            generation: 0,
+            generation: p.generation | common::RealServer::RETIRED,
             ..real_entry(p, owner.map_or(0, |(_, id)| id))
         };
         self.balancer.write_real(slot, &dead)?;
@@ -1004,9 +1131,9 @@ impl Director {
         Ok(())
     }
 
-    /// The flow table's IPv4 connections, named by service and real server (as `ipvsadm -L -c`
-    /// lists them). A flow whose real server was removed since is left out: its next packet
-    /// is scheduled again.
+    /// The flow table's IPv4 connections, named by service and real server, with their state
+    /// and the seconds until they expire (as `ipvsadm -L -c` lists them). A flow whose real
+    /// server was removed since is left out: its next packet is scheduled again.
     pub fn connections(&self) -> Result<Vec<Connection>> {
         let mut by_slot = HashMap::new();
         for (key, placed) in &self.placed {
@@ -1014,12 +1141,13 @@ impl Director {
                 by_slot.insert(p.slot, (*key, *addr, p.generation));
             }
         }
+        let clock = self.balancer.clock()?;
         let mut out = Vec::new();
         for (k, flow) in self.balancer.flows_v4()? {
-            let Some((service, real, generation)) = by_slot.get(&flow.real) else {
+            let Some((service, real, generation)) = by_slot.get(&flow.slot()) else {
                 continue;
             };
-            if *generation != flow.generation {
+            if *generation != flow.generation() {
                 continue;
             }
             let ports = k.ports.to_ne_bytes();
@@ -1029,6 +1157,11 @@ impl Director {
                 client_port: u16::from_be_bytes([ports[0], ports[1]]),
                 service: *service,
                 real: *real,
+                state: common::conn::NAMES
+                    .get(usize::from(flow.state))
+                    .unwrap_or(&"NONE")
+                    .to_string(),
+                expires: flowtable::expires_in(&flow, &clock),
             });
         }
         out.sort_by_key(|c| (c.service, c.client, c.client_port));
@@ -1071,6 +1204,12 @@ impl Director {
                     },
                     mac: p.mac,
                     counters: c,
+                    conns: self
+                        .sweep
+                        .counts()
+                        .get(&p.slot)
+                        .copied()
+                        .unwrap_or_default(),
                 });
             }
             services.push(ServiceView {
@@ -1091,6 +1230,17 @@ impl Director {
             services,
         })
     }
+}
+
+/// Last generations per slot from an [`Image`]'s sparse list.
+fn generations_from(list: &[(u32, u16)], slots: u32) -> Vec<u16> {
+    let mut out = vec![0; slots as usize];
+    for (slot, g) in list {
+        if let Some(x) = out.get_mut(*slot as usize) {
+            *x = *g;
+        }
+    }
+    out
 }
 
 fn real_entry(p: &PlacedReal, service: u32) -> common::RealServer {

@@ -17,6 +17,7 @@ pub mod balancer;
 pub mod config;
 pub mod control;
 pub mod director;
+pub mod flowtable;
 pub mod iface;
 pub mod ipvsadm;
 pub mod keep;

@@ -16,6 +16,8 @@ pub struct RealView {
     /// The MAC frames are sent to (explicit or from the neighbour table).
     pub mac: Mac,
     pub counters: Counters,
+    /// Its connections (active, inactive) as the last full sweep of the flow table counted.
+    pub conns: (u64, u64),
 }
 
 /// A service, its counters (over its real servers, present and past, plus its drops) and its
@@ -182,7 +184,8 @@ pub struct RealEntry {
     pub weight: u32,
     /// The MAC frames go to.
     pub mac: Mac,
-    /// Connections by state (filled by connection tracking; 0 until then).
+    /// Connections by state: ESTABLISHED and SYN_RECV are active, the others inactive (from the
+    /// last sweep of the flow table).
     pub active_conns: u64,
     pub inact_conns: u64,
     pub stats: Stats,
@@ -284,8 +287,8 @@ impl Listing {
                             port: svc.key.port,
                             weight: r.opts.weight,
                             mac: r.mac,
-                            active_conns: 0,
-                            inact_conns: 0,
+                            active_conns: r.conns.0,
+                            inact_conns: r.conns.1,
                             stats: minus(r.counters, zeroed.real(&svc.key, r.addr)).into(),
                             rates,
                         }
@@ -347,8 +350,10 @@ pub fn render_table(now: &Snapshot, prev: Option<&Snapshot>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<34} {:>8} {:>10} {:>9} {:>7} {:>8} {:>9} {:>7}",
+        "{:<34} {:>9} {:>9} {:>8} {:>10} {:>9} {:>7} {:>8} {:>9} {:>7}",
         "Prot LocalAddress:Port Scheduler",
+        "ActConn",
+        "InActConn",
         "Conns",
         "InPkts",
         "InBytes",
@@ -358,28 +363,41 @@ pub fn render_table(now: &Snapshot, prev: Option<&Snapshot>) -> String {
         "Drops"
     );
     let _ = writeln!(out, "  -> RemoteAddress:Port Weight");
-    let line = |out: &mut String, name: String, c: &Counters, p: Option<&Counters>| {
-        let _ = writeln!(
-            out,
-            "{:<34} {:>8} {:>10} {:>9} {:>7.0} {:>8.0} {:>9} {:>7}",
-            name,
-            c.conns,
-            c.packets,
-            bytes(c.bytes as f64),
-            rate(c.conns, p.map(|p| p.conns), secs),
-            rate(c.packets, p.map(|p| p.packets), secs),
-            bytes(rate(c.bytes, p.map(|p| p.bytes), secs)),
-            c.drops,
-        );
-    };
+    let line =
+        |out: &mut String, name: String, conns: (u64, u64), c: &Counters, p: Option<&Counters>| {
+            let _ = writeln!(
+                out,
+                "{:<34} {:>9} {:>9} {:>8} {:>10} {:>9} {:>7.0} {:>8.0} {:>9} {:>7}",
+                name,
+                conns.0,
+                conns.1,
+                c.conns,
+                c.packets,
+                bytes(c.bytes as f64),
+                rate(c.conns, p.map(|p| p.conns), secs),
+                rate(c.packets, p.map(|p| p.packets), secs),
+                bytes(rate(c.bytes, p.map(|p| p.bytes), secs)),
+                c.drops,
+            );
+        };
     for svc in &now.services {
         let before = prev.and_then(|p| p.service(&svc.key));
         let name = format!("{} {}", svc.key, svc.opts.scheduler);
-        line(&mut out, name, &svc.counters, before.map(|b| &b.counters));
+        let conns = svc
+            .reals
+            .iter()
+            .fold((0, 0), |(a, i), r| (a + r.conns.0, i + r.conns.1));
+        line(
+            &mut out,
+            name,
+            conns,
+            &svc.counters,
+            before.map(|b| &b.counters),
+        );
         for real in &svc.reals {
             let p = before.and_then(|b| b.real(real.addr)).map(|r| &r.counters);
             let name = format!("  -> {}:{} {}", real.addr, svc.key.port, real.opts.weight);
-            line(&mut out, name, &real.counters, p);
+            line(&mut out, name, real.conns, &real.counters, p);
         }
     }
     let mut verdicts = Vec::new();

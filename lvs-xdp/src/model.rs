@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::{Result, anyhow, bail};
+use lvs_xdp_common as common;
 use serde::{Deserialize, Serialize};
 
 /// Largest real-server weight, as in IPVS.
@@ -200,6 +201,19 @@ pub struct Timeouts {
     pub udp: u32,
 }
 
+impl Timeouts {
+    /// The timeout of every connection state, as the data plane reads them: these three, and
+    /// IPVS's defaults for the others.
+    pub fn per_state(&self) -> [u32; common::conn::STATES] {
+        use common::conn;
+        let mut t = conn::DEFAULT_TIMEOUTS;
+        t[usize::from(conn::ESTABLISHED)] = self.tcp;
+        t[usize::from(conn::FIN_WAIT)] = self.tcp_fin;
+        t[usize::from(conn::UDP)] = self.udp;
+        t
+    }
+}
+
 impl Default for Timeouts {
     /// IPVS's defaults.
     fn default() -> Self {
@@ -350,6 +364,14 @@ impl State {
             }
             Op::Clear => self.services.clear(),
             Op::SetTimeouts(t) => {
+                for (name, want) in [("tcp", t.tcp), ("tcpfin", t.tcp_fin), ("udp", t.udp)] {
+                    if want > common::conn::MAX_TIMEOUT {
+                        return Err(Refusal::Invalid(format!(
+                            "{name} timeout {want} s is above lvs-xdp's largest, {} s (18 hours)",
+                            common::conn::MAX_TIMEOUT
+                        )));
+                    }
+                }
                 for (have, want) in [
                     (&mut self.timeouts.tcp, t.tcp),
                     (&mut self.timeouts.tcp_fin, t.tcp_fin),

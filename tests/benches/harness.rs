@@ -188,7 +188,7 @@ impl Bench {
         })
     }
 
-    fn traffic(&self, flows: u32) -> programs::Traffic {
+    fn traffic(&self, flows: u32, tcp_flags: u8) -> programs::Traffic {
         let (saddr, daddr) = if self.opts.family == FAMILY_V6 {
             (IpAddr::from(SRC6), IpAddr::from(VIP6))
         } else {
@@ -203,6 +203,7 @@ impl Bench {
             sport: 1024,
             dport: PORT,
             flows,
+            tcp_flags,
         }
     }
 
@@ -292,8 +293,29 @@ impl Bench {
     }
 
     /// Generates for `duration` from one thread pinned to CPU 0 in the generator namespace.
-    fn generate(&mut self, flows: u32, duration: Duration) -> Result<(u64, Duration)> {
-        let traffic = self.traffic(flows);
+    /// Opens every flow (a SYN each), then establishes it (an ACK each), as a client would:
+    /// the measured traffic is then established connections' packets. Each phase runs for the
+    /// warm-up time, longer if that did not reach every flow.
+    fn warm_up(&mut self, flows: u32) -> Result<()> {
+        for flags in [programs::TCP_SYN, programs::TCP_ACK] {
+            let mut sent = 0;
+            for _ in 0..8 {
+                sent += self.generate(flows, self.opts.warmup, flags)?.0;
+                if sent >= u64::from(flows) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn generate(
+        &mut self,
+        flows: u32,
+        duration: Duration,
+        tcp_flags: u8,
+    ) -> Result<(u64, Duration)> {
+        let traffic = self.traffic(flows, tcp_flags);
         self.programs.configure(&traffic)?;
         let (programs, gen_if, chunk) = (&self.programs, self.gen_if, self.opts.chunk);
         let adapt = !self.opts.fixed_chunk;
@@ -330,11 +352,11 @@ impl Bench {
         }
         let link = self.install(variant)?;
         let result = (|| {
-            self.generate(flows, self.opts.warmup)?;
+            self.warm_up(flows)?;
             thread_settle();
             let before = self.programs.sink_counts()?;
             let conns0 = self.conns()?;
-            let (sent, took) = self.generate(flows, self.opts.duration)?;
+            let (sent, took) = self.generate(flows, self.opts.duration, programs::TCP_ACK)?;
             thread_settle();
             let after = self.programs.sink_counts()?;
             let misses = if variant == Variant::LvsXdp {
@@ -377,7 +399,7 @@ impl Bench {
             }
             let link = self.install(variant)?;
             let r = (|| {
-                self.generate(flows, self.opts.warmup)?;
+                self.warm_up(flows)?;
                 let read = |b: &Bench| match variant {
                     Variant::Bounce => b.programs.run_stats(contract::BOUNCE),
                     Variant::MinimalLb => b
@@ -388,7 +410,7 @@ impl Bench {
                     _ => b.balancer.balancer().run_stats(),
                 };
                 let (t0, n0) = read(self)?;
-                self.generate(flows, self.opts.duration)?;
+                self.generate(flows, self.opts.duration, programs::TCP_ACK)?;
                 thread_settle();
                 let (t1, n1) = read(self)?;
                 if n1 == n0 {

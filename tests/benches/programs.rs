@@ -39,7 +39,13 @@ pub struct Traffic {
     pub sport: u16,
     pub dport: u16,
     pub flows: u32,
+    /// The TCP flags of every frame (SYN 0x02 opens connections, ACK 0x10 is established
+    /// traffic); unused for UDP.
+    pub tcp_flags: u8,
 }
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 
 fn sum16(bytes: &[u8]) -> u32 {
     bytes
@@ -91,7 +97,24 @@ pub fn template(t: &Traffic) -> Result<(Vec<u8>, GenConfig)> {
     f.extend_from_slice(&t.sport.to_be_bytes());
     f.extend_from_slice(&t.dport.to_be_bytes());
     if tcp {
-        f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xfa, 0xf0, 0, 0, 0, 0]);
+        f.extend_from_slice(&[
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0x50,
+            t.tcp_flags,
+            0xfa,
+            0xf0,
+            0,
+            0,
+            0,
+            0,
+        ]);
     } else {
         f.extend_from_slice(&[0, 8, 0, 0]);
     }

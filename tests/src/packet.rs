@@ -146,6 +146,14 @@ impl Frame {
         self
     }
 
+    /// The TCP flags (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10); a TCP frame is a SYN unless set.
+    pub fn with_tcp_flags(mut self, tcp_flags: u8) -> Frame {
+        if let Some(L4::Tcp { flags, .. }) = &mut self.l4 {
+            *flags = tcp_flags;
+        }
+        self
+    }
+
     pub fn with_ip(mut self, f: impl FnOnce(&mut Ipv4)) -> Frame {
         f(self.ip.as_mut().expect("an IPv4 frame"));
         self

@@ -77,6 +77,7 @@ fn generator_frames_have_the_right_fields_and_checksums() {
                 sport: 1024,
                 dport: 80,
                 flows,
+                tcp_flags: programs::TCP_SYN,
             })
             .unwrap();
         // Flows 0, 1, ..., PORTS_PER_ADDR + 2, then 0 again; check the first two, the step to

@@ -103,7 +103,7 @@ fn dr_lab_with_nginx_end_to_end() {
             .unwrap_or_else(|| panic!("no stats table in:\n{out}"));
         let conns: u64 = last_service_line
             .split_whitespace()
-            .nth(3)
+            .nth(5)
             .unwrap()
             .parse()
             .unwrap();

@@ -4,21 +4,16 @@
 use std::net::Ipv4Addr;
 
 use lvs_xdp::{
-    Config, Director,
+    Director,
     director::ApplyError,
-    iface::Interface,
     listing::{ServiceView, Snapshot},
     model::{Mac, Op, Protocol, RealOpts, Refusal, ServiceKey},
 };
 use lvs_xdp_common::{Counters, reason};
 use lvs_xdp_tests::packet::{self, ETH_P_8021AD, ETH_P_8021Q, Frame};
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-
-/// The MAC the program believes is its own (BPF_PROG_TEST_RUN frames arrive on ifindex 1).
-const LB: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+mod support;
+use support::{LB, XDP_DROP, XDP_PASS, XDP_TX};
 const RS1: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
 const RS2: [u8; 6] = [0x02, 0, 0, 0, 0, 0x04];
 const RS3: [u8; 6] = [0x02, 0, 0, 0, 0, 0x05];
@@ -90,17 +85,7 @@ fn balancer() -> Director {
 }
 
 fn balancer_from(config: &str) -> Director {
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "the packet fixtures need root (BPF); run them with cargo xtask test as root"
-    );
-    let config = Config::from_toml(config).unwrap();
-    let lo = Interface {
-        name: "lo".into(),
-        index: 1,
-        mac: Mac(LB),
-    };
-    Director::load(&config, &[lo], None).expect("load the XDP program")
+    support::director_from(config)
 }
 
 /// `input` with the Ethernet addresses a forward to `real` must produce.
@@ -179,17 +164,8 @@ fn drop(b: &Director, name: &str, frame: &[u8], why: u32) {
     check(b, name, frame, XDP_DROP, frame, why);
 }
 
-/// Pins the test thread to CPU 0: round-robin positions are per CPU.
 fn pin_to_cpu0() {
-    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
+    support::pin_to_cpu0();
 }
 
 #[test]
@@ -650,19 +626,27 @@ fn counters_add_up() {
 /// A flow table far smaller than the flows: every bucket fills, the flows that find no room
 /// move to the overflow hash, and none is forgotten or sent to another real server.
 #[test]
-fn a_full_flow_table_moves_flows_to_the_overflow_hash_and_forgets_none() {
+fn a_full_flow_table_moves_established_flows_to_the_overflow_hash_and_forgets_none() {
     pin_to_cpu0();
     let b = balancer_from(&CONFIG.replace("flow_table_size = 4096", "flow_table_size = 16"));
     let (buckets, _) = lvs_xdp_common::flow_table::sizes(16);
     let ways = u64::from(buckets) * lvs_xdp_common::flow_table::WAYS as u64;
     let n = 300u16;
     assert!(u64::from(n) > ways && u64::from(n) < b.balancer().flow_capacity());
-    let frame = |i: u16| Frame::tcp(LB, CLIENT, 20000 + i, VIP, 80).build();
+    let syn = |i: u16| Frame::tcp(LB, CLIENT, 20000 + i, VIP, 80).build();
+    // Established connections' packets: an ACK.
+    let frame = |i: u16| {
+        Frame::tcp(LB, CLIENT, 20000 + i, VIP, 80)
+            .with_tcp_flags(0x10)
+            .build()
+    };
     let mut chosen = Vec::new();
     for i in 0..n {
-        let (action, out) = b.balancer().test_run(&frame(i)).unwrap();
+        let (action, out) = b.balancer().test_run(&syn(i)).unwrap();
         assert_eq!(action, XDP_TX, "new flow {i}");
-        chosen.push(<[u8; 6]>::try_from(&out[0..6]).unwrap());
+        let rs = <[u8; 6]>::try_from(&out[0..6]).unwrap();
+        tx(&b, &format!("flow {i} established"), &frame(i), rs);
+        chosen.push(rs);
     }
     assert_eq!(b.balancer().flows_v4().unwrap().len(), usize::from(n));
     assert_eq!(
@@ -678,6 +662,10 @@ fn a_full_flow_table_moves_flows_to_the_overflow_hash_and_forgets_none() {
         service(&s, web()).counters.conns,
         u64::from(n),
         "no flow scheduled twice"
+    );
+    assert_eq!(
+        s.reason(reason::EVENT_FLOW_MOVED).packets,
+        u64::from(n) - ways
     );
     assert_eq!(s.reason(reason::EVENT_FLOW_INSERT_FAILED).packets, 0);
     assert_eq!(s.reason(reason::EVENT_FLOW_RESCHEDULED).packets, 0);

@@ -189,8 +189,8 @@ pub fn save(
     out
 }
 
-/// `-L -c`: the flow table, as ipvsadm lists connections. States and expiry times come with
-/// connection tracking; until then every flow shows `NONE` and `00:00`.
+/// `-L -c`: the flow table, as ipvsadm lists connections: state, and the time left before an
+/// idle connection expires (minutes:seconds).
 pub fn connections(conns: &[Connection], f: Format) -> String {
     let mut out = String::from("IPVS connection entries\n");
     let _ = writeln!(
@@ -204,8 +204,8 @@ pub fn connections(conns: &[Connection], f: Format) -> String {
             out,
             "{:<3} {:<6} {:<11} {:<18} {:<18} {}",
             c.protocol.to_string(),
-            "00:00",
-            "NONE",
+            format!("{:02}:{:02}", c.expires / 60, c.expires % 60),
+            c.state,
             addr_port(c.client, c.client_port, c.protocol, f),
             addr_port(s.addr, s.port, s.protocol, f),
             addr_port(c.real, s.port, s.protocol, f),

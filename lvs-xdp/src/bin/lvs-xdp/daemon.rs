@@ -92,6 +92,9 @@ pub fn run(
                 }
                 _ = tick.tick() => {
                     director.balancer_mut().flush_log();
+                    if let Err(e) = director.maintain() {
+                        log::warn!("flow table sweep: {e:#}");
+                    }
                     let wanted = tokio::time::Instant::now() < rates_until;
                     if wanted && last_sample.elapsed() >= RATE_INTERVAL {
                         last_sample = tokio::time::Instant::now();
@@ -102,6 +105,7 @@ pub fn run(
                     }
                     if !interval.is_zero() && last_print.elapsed() >= interval {
                         last_print = tokio::time::Instant::now();
+                        director.refresh_connections()?;
                         let now = director.snapshot()?;
                         print_table(&now, prev.as_ref());
                         prev = Some(now);
@@ -109,6 +113,7 @@ pub fn run(
                 }
             }
         }
+        director.refresh_connections()?;
         let last = director.snapshot()?;
         if keep {
             lvs_xdp::keep::keep(&mut director, &opts.interfaces)?;

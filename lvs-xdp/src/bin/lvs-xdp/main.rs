@@ -1,5 +1,6 @@
 //! The `lvs-xdp` command: a thin layer of flags over the library.
 mod daemon;
+mod drain;
 mod ipvsadm;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -50,6 +51,30 @@ enum Command {
     Check {
         #[command(flatten)]
         services: ServiceArgs,
+    },
+    /// Take a real server out of a running director without breaking a connection: weight 0,
+    /// wait until it has no active connection (or --timeout passes), then remove it.
+    Drain {
+        /// The TCP service, as ipvsadm -t writes it.
+        #[arg(
+            short = 't',
+            long = "tcp-service",
+            value_name = "VIP:PORT",
+            conflicts_with = "udp"
+        )]
+        tcp: Option<String>,
+        /// The UDP service, as ipvsadm -u writes it.
+        #[arg(short = 'u', long = "udp-service", value_name = "VIP:PORT")]
+        udp: Option<String>,
+        /// The real server.
+        #[arg(short = 'r', long = "real-server", value_name = "RIP")]
+        real: String,
+        /// Seconds to wait at most for its active connections to end (default: no limit).
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<f64>,
+        /// The `lvs-xdp run` instance serving IFACE (when several run).
+        #[arg(long, value_name = "IFACE")]
+        iface: Option<String>,
     },
     /// The real-server half of the LVS-DR recipe (run on each real server).
     Realserver {
@@ -173,6 +198,31 @@ fn dispatch(matches: &ArgMatches) -> Result<()> {
                 say(format_args!("lvs-xdp: detached from {}", names.join(", ")));
             }
             Ok(())
+        }
+        Command::Drain {
+            tcp,
+            udp,
+            real,
+            timeout,
+            iface,
+        } => {
+            let service = match (tcp, udp) {
+                (Some(t), None) => ("-t".to_string(), t),
+                (None, Some(u)) => ("-u".to_string(), u),
+                _ => anyhow::bail!("drain needs one service: -t VIP:PORT or -u VIP:PORT"),
+            };
+            let timeout = match timeout {
+                Some(t) if !(0.0..=86_400.0).contains(&t) => {
+                    anyhow::bail!("--timeout {t} out of range (0..=86400 seconds)")
+                }
+                t => t.map(Duration::from_secs_f64),
+            };
+            drain::run(&drain::Drain {
+                service,
+                real,
+                timeout,
+                iface,
+            })
         }
         Command::Realserver { action } => {
             match action {

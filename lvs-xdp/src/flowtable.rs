@@ -1,0 +1,334 @@
+//! The flow table as userspace sees it: the idle clock the data plane stamps flows with, the
+//! sweep that frees expired flows and those of removed real servers and counts the
+//! connections of each real server, and a consistent read of every flow.
+//!
+//! The buckets (`FLOW_CACHE_V4`, an mmapable array) are mapped into this process: reading
+//! them is a memory scan, not a system call per bucket. The sweep frees a way with a
+//! compare-and-swap of its protocol/state/stamp word, which fails if a packet touched the flow
+//! since the sweep read it (a packet refreshes the stamp, a writer rewrites the way whole), so
+//! a flow that is in use is never freed. The overflow hash is read and pruned through the
+//! kernel (`bpf(2)`): it holds few flows.
+use std::{
+    collections::HashMap,
+    os::fd::{AsRawFd as _, BorrowedFd},
+    sync::atomic::{AtomicU32, Ordering, fence},
+};
+
+use anyhow::{Result, bail};
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use lvs_xdp_common::{
+    Clock, Flow, FlowBucketV4, FlowEntryV4, FlowKeyV4, conn,
+    flow_table::{SLOT_MASK, WAYS},
+};
+
+/// Seconds of CLOCK_BOOTTIME: the idle clock. Every process reads the same one, and it goes on
+/// through a restart of the daemon, so flows kept across a restart keep their ages.
+pub fn now() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u32
+}
+
+/// The clock as the data plane reads it: `now`, and the timeouts of every state.
+pub fn clock(per_state: [u32; conn::STATES]) -> Clock {
+    let mut timeouts = [0; 8];
+    timeouts[..conn::STATES].copy_from_slice(&per_state);
+    Clock {
+        now: now(),
+        _pad: 0,
+        timeouts,
+    }
+}
+
+/// The protocol/state/stamp word of a flow, as it lies in memory (little-endian).
+fn meta_word(flow: &Flow) -> u32 {
+    u32::from(flow.proto) | u32::from(flow.state) << 8 | u32::from(flow.stamp) << 16
+}
+
+const BUCKET: usize = std::mem::size_of::<FlowBucketV4>();
+const WAY: usize = std::mem::size_of::<FlowEntryV4>();
+/// Offset of the protocol/state/stamp word in a way.
+const META: usize = 16;
+const SEQ: usize = WAYS * WAY;
+
+/// The buckets, mapped shared into this process.
+pub struct Buckets {
+    base: *mut u8,
+    len: usize,
+    buckets: u32,
+}
+
+// SAFETY: the mapping is plain shared memory; every access goes through volatile or atomic
+// operations on it.
+unsafe impl Send for Buckets {}
+unsafe impl Sync for Buckets {}
+
+impl Buckets {
+    /// Maps the `buckets` buckets of the array map `fd`.
+    pub fn map(fd: BorrowedFd<'_>, buckets: u32) -> Result<Buckets> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let len = (buckets as usize * BUCKET).next_multiple_of(page);
+        // SAFETY: a new shared mapping of the map's memory; checked below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            bail!(
+                "cannot map the flow table: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(Buckets {
+            base: base.cast(),
+            len,
+            buckets,
+        })
+    }
+
+    pub fn len(&self) -> u32 {
+        self.buckets
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets == 0
+    }
+
+    fn word(&self, bucket: u32, offset: usize) -> &AtomicU32 {
+        assert!(bucket < self.buckets && offset + 4 <= BUCKET);
+        // SAFETY: inside the mapping, 4-byte aligned (buckets are 64-byte aligned, every word
+        // offset used is a multiple of 4), and the mapping lives as long as `self`.
+        unsafe { AtomicU32::from_ptr(self.base.add(bucket as usize * BUCKET + offset).cast()) }
+    }
+
+    /// A consistent copy of bucket `i`: read between two equal even values of its sequence
+    /// count, retried while a writer holds it. `None` if it stayed busy (it never should for
+    /// long: a writer holds a bucket for well under a microsecond).
+    pub fn read(&self, i: u32) -> Option<FlowBucketV4> {
+        let seq = self.word(i, SEQ);
+        for _ in 0..1000 {
+            let before = seq.load(Ordering::Acquire);
+            if before & 1 == 0 {
+                // SAFETY: inside the mapping (checked by `word` above); volatile: the kernel
+                // writes it concurrently.
+                let copy = unsafe {
+                    std::ptr::read_volatile(
+                        self.base.add(i as usize * BUCKET).cast::<FlowBucketV4>(),
+                    )
+                };
+                fence(Ordering::Acquire);
+                if seq.load(Ordering::Relaxed) == before {
+                    return Some(copy);
+                }
+            }
+            std::hint::spin_loop();
+        }
+        None
+    }
+
+    /// Frees way `w` of bucket `i` if it still holds exactly `seen` (no packet and no writer
+    /// touched it since).
+    pub fn free(&self, i: u32, w: usize, seen: &Flow) -> bool {
+        self.word(i, w * WAY + META)
+            .compare_exchange(meta_word(seen), 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// Calls `f` with every way in use.
+    pub fn for_each(&self, mut f: impl FnMut(&FlowEntryV4)) {
+        for i in 0..self.buckets {
+            if let Some(b) = self.read(i) {
+                b.ways.iter().filter(|w| !w.is_free()).for_each(&mut f);
+            }
+        }
+    }
+
+    /// Every flow in use in the buckets.
+    pub fn flows(&self) -> Vec<(FlowKeyV4, Flow)> {
+        let mut out = Vec::new();
+        self.for_each(|w| out.push((w.key(), w.flow)));
+        out
+    }
+}
+
+impl Drop for Buckets {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// Connections of each real-server slot: (active, inactive), as IPVS counts them
+/// (SYN_RECV and ESTABLISHED are active).
+pub type ConnCounts = HashMap<u32, (u64, u64)>;
+
+/// What the sweep makes of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Judged {
+    /// In use: counted as active or not.
+    Live { active: bool },
+    /// Idle past its state's timeout.
+    Expired,
+    /// Its real server was removed or replaced (its slot holds another generation).
+    Stale,
+}
+
+/// Judges `flow` at `clock`; `live[slot]` is the live generation of each slot (0: none).
+pub fn judge(flow: &Flow, clock: &Clock, live: &[u32]) -> Judged {
+    let slot = (flow.target & SLOT_MASK) as usize;
+    if live.get(slot).copied().unwrap_or(0) != flow.generation() {
+        return Judged::Stale;
+    }
+    let timeout = clock.timeout(flow.state);
+    if conn::age(clock.now, flow.stamp) > timeout {
+        return Judged::Expired;
+    }
+    Judged::Live {
+        active: conn::is_active(flow.state),
+    }
+}
+
+/// Seconds until `flow` expires (0 if it has), as `ipvsadm -L -c` shows them.
+pub fn expires_in(flow: &Flow, clock: &Clock) -> u32 {
+    let timeout = clock.timeout(flow.state);
+    timeout.saturating_sub(conn::age(clock.now, flow.stamp))
+}
+
+/// Buckets the sweep visits a second: 4 MiB. A pass over the largest table (16 Mi buckets)
+/// takes 256 s.
+pub const SWEEP_BUCKETS: u32 = 1 << 16;
+
+/// The sweep, run a step at a time.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    cursor: u32,
+    counting: ConnCounts,
+    counts: ConnCounts,
+    /// Flows freed because they expired, since the start.
+    pub expired: u64,
+    /// Flows freed because their real server was gone, since the start.
+    pub stale: u64,
+    /// Full passes made.
+    pub passes: u64,
+}
+
+fn count(counts: &mut ConnCounts, flow: &Flow, active: bool) {
+    let c = counts.entry(flow.target & SLOT_MASK).or_default();
+    if active {
+        c.0 += 1;
+    } else {
+        c.1 += 1;
+    }
+}
+
+impl Sweep {
+    /// The connection counts of the last full pass (or of the last [`Sweep::set_counts`]).
+    pub fn counts(&self) -> &ConnCounts {
+        &self.counts
+    }
+
+    /// Counts made whole by [`count_now`], current until the next pass ends.
+    pub fn set_counts(&mut self, counts: ConnCounts) {
+        self.counts = counts;
+    }
+
+    /// Visits up to `budget` buckets from where the last step stopped, freeing expired and
+    /// stale flows and counting the others. At the end of the buckets it sweeps the overflow
+    /// hash, and the pass's counts become the current ones.
+    pub fn step(
+        &mut self,
+        buckets: &Buckets,
+        overflow: &mut BpfHashMap<MapData, FlowKeyV4, Flow>,
+        clock: &Clock,
+        live: &[u32],
+        budget: u32,
+    ) -> Result<()> {
+        let end = self.cursor.saturating_add(budget).min(buckets.len());
+        for i in self.cursor..end {
+            let Some(bucket) = buckets.read(i) else {
+                continue;
+            };
+            for (w, way) in bucket.ways.iter().enumerate() {
+                if way.is_free() {
+                    continue;
+                }
+                match judge(&way.flow, clock, live) {
+                    Judged::Live { active } => count(&mut self.counting, &way.flow, active),
+                    Judged::Expired => self.expired += u64::from(buckets.free(i, w, &way.flow)),
+                    // Only once idle for 2 s: a flow rescheduled this second could look the
+                    // same as the stale one in the word the swap compares.
+                    Judged::Stale if conn::age(clock.now, way.flow.stamp) >= 2 => {
+                        self.stale += u64::from(buckets.free(i, w, &way.flow))
+                    }
+                    Judged::Stale => {}
+                }
+            }
+        }
+        self.cursor = end;
+        if self.cursor >= buckets.len() {
+            self.sweep_overflow(overflow, clock, live)?;
+            self.cursor = 0;
+            self.counts = std::mem::take(&mut self.counting);
+            self.passes += 1;
+        }
+        Ok(())
+    }
+
+    /// Deletes expired and stale flows of the overflow hash, counting the others. An entry is
+    /// read once more right before it is deleted: a packet that came meanwhile keeps it.
+    fn sweep_overflow(
+        &mut self,
+        overflow: &mut BpfHashMap<MapData, FlowKeyV4, Flow>,
+        clock: &Clock,
+        live: &[u32],
+    ) -> Result<()> {
+        let entries: Vec<(FlowKeyV4, Flow)> = overflow.iter().filter_map(|r| r.ok()).collect();
+        for (key, flow) in entries {
+            match judge(&flow, clock, live) {
+                Judged::Live { active } => count(&mut self.counting, &flow, active),
+                gone => {
+                    if overflow.get(&key, 0).ok() != Some(flow) || overflow.remove(&key).is_err() {
+                        continue;
+                    }
+                    if gone == Judged::Expired {
+                        self.expired += 1;
+                    } else {
+                        self.stale += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counts the live connections of the whole table now, changing nothing.
+pub fn count_now(
+    buckets: &Buckets,
+    overflow: &BpfHashMap<MapData, FlowKeyV4, Flow>,
+    clock: &Clock,
+    live: &[u32],
+) -> ConnCounts {
+    let mut counts = ConnCounts::new();
+    let mut add = |flow: &Flow| {
+        if let Judged::Live { active } = judge(flow, clock, live) {
+            count(&mut counts, flow, active);
+        }
+    };
+    buckets.for_each(|w| add(&w.flow));
+    for (_, flow) in overflow.iter().filter_map(|r| r.ok()) {
+        add(&flow);
+    }
+    counts
+}

@@ -1,0 +1,143 @@
+//! Drain to empty, live in the DR lab with real nginx: `lvs-xdp drain` sets the real server's
+//! weight to 0, new connections go elsewhere, the download it serves finishes intact, and the
+//! command returns once the real server has no active connection, then removes it. Also the
+//! connection listing (`-L -n -c`) with states and expiry. Needs root.
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use lvs_xdp_tests::{
+    bins,
+    lab::{Lab, VIP},
+    netns::Netns,
+};
+
+fn lvs(ns: &Netns, args: &[&str]) -> String {
+    let bin = bins::lvs_xdp();
+    let out = ns
+        .command(bin.to_str().unwrap())
+        .unwrap()
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "lvs-xdp {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn drain_waits_for_the_connections_to_end_then_removes_the_real_server() {
+    assert!(unsafe { libc::geteuid() } == 0, "needs root (netns, XDP)");
+    let bin = bins::lvs_xdp();
+    let mut lab = Lab::new("drain").expect("the lab topology");
+    // 12 MiB at nginx's 4 MiB/s on /slow/: a transfer of about 3 s.
+    let big: Vec<u8> = (0..12u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    lab.start_nginx(Some(&big)).expect("nginx");
+    let config = lab.write_lvs_config().unwrap();
+    lab.start_lb(
+        &bin,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--mode",
+            "native",
+            "--interval",
+            "0",
+        ],
+    )
+    .expect("lvs-xdp run");
+    let dest = lab.dir.0.join("big.out");
+    let mut curl = lab.start_download("/slow/big.bin", &dest, 60).unwrap();
+    Lab::wait_for_bytes(&dest, 1 << 20, Duration::from_secs(20)).unwrap();
+
+    // -L -n -c names the transfer's connection, its state and real server.
+    let lb = &lab.lb;
+    let listing = lvs(lb, &["-L", "-n", "-c"]);
+    let line = listing
+        .lines()
+        .find(|l| l.contains("ESTABLISHED") && l.contains(&format!("{VIP}:80")))
+        .unwrap_or_else(|| panic!("no established connection in:\n{listing}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[0], "TCP", "{line}");
+    let expire = fields[1];
+    assert!(
+        expire.starts_with("14:") || expire == "15:00",
+        "an established connection expires in 15 minutes when idle: {line}"
+    );
+    let rip = fields[5].trim_end_matches(":80").to_string();
+    let other = if rip == "192.168.0.3" {
+        "192.168.0.4"
+    } else {
+        "192.168.0.3"
+    };
+    let listed = lvs(lb, &["-L", "-n"]);
+    assert!(
+        listed.contains(&format!(
+            "  -> {rip}:80               Route   1      1          "
+        )),
+        "ActiveConn 1 on {rip}:\n{listed}"
+    );
+
+    let t0 = Instant::now();
+    let drain = lb
+        .command(bin.to_str().unwrap())
+        .unwrap()
+        .args([
+            "drain",
+            "-t",
+            &format!("{VIP}:80"),
+            "-r",
+            &rip,
+            "--timeout",
+            "60",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While it drains: weight 0, and every new connection goes to the other real server.
+    std::thread::sleep(Duration::from_millis(500));
+    let listed = lvs(lb, &["-L", "-n"]);
+    assert!(
+        listed.contains(&format!(
+            "  -> {rip}:80               Route   0      1          "
+        )),
+        "weight 0, the transfer still active:\n{listed}"
+    );
+    for i in 0..4 {
+        let body = lab.get("/index.html").unwrap();
+        assert!(body.contains(other), "GET #{i} during the drain: {body}");
+    }
+    let out = drain.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "drain: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 active"), "progress printed: {stdout}");
+    assert!(stdout.contains("removed"), "{stdout}");
+    assert!(took < Duration::from_secs(30), "drain took {took:?}");
+    // It returned only once the transfer had ended (intact, on the drained server): curl is
+    // done, or about to be (the client's FIN ends the connection just before curl exits).
+    let ended = Instant::now();
+    while curl.try_wait().unwrap().is_none() {
+        assert!(
+            ended.elapsed() < Duration::from_secs(2),
+            "drain returned while the transfer was still running: {stdout}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    lab.finish_download(curl, &dest, &big)
+        .expect("the transfer survives the drain");
+    let listed = lvs(lb, &["-L", "-n"]);
+    assert!(!listed.contains(&rip), "{rip} removed:\n{listed}");
+    assert!(listed.contains(other), "{listed}");
+}
