@@ -296,3 +296,23 @@ fn cli_refusals() {
         .unwrap_err();
     assert_eq!(format!("{err:#}"), "duplicate service TCP 10.0.0.1:80");
 }
+
+#[test]
+fn timeouts_are_read_and_checked() {
+    let c = Config::from_toml("[timeouts]\ntcp = 60\nudp = 30\n").unwrap();
+    assert_eq!(
+        c.state.timeouts,
+        crate::model::Timeouts {
+            tcp: 60,
+            tcp_fin: 120,
+            udp: 30
+        }
+    );
+    assert_eq!(
+        c.state.timeouts.per_state()[usize::from(lvs_xdp_common::conn::ESTABLISHED)],
+        60
+    );
+    assert!(refused("[timeouts]\ntcp = 0\n").contains("timeouts.tcp 0 out of range"));
+    assert!(refused("[timeouts]\nudp = 64801\n").contains("timeouts.udp 64801 out of range"));
+    assert!(refused("[timeouts]\nfin = 3\n").contains("unknown field"));
+}
