@@ -1228,6 +1228,7 @@ impl Director {
             at: Instant::now(),
             global,
             services,
+            swept: self.sweep_totals(),
         })
     }
 }

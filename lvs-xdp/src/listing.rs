@@ -39,6 +39,8 @@ pub struct Snapshot {
     /// Indexed by `lvs_xdp_common::reason`.
     pub global: Vec<Counters>,
     pub services: Vec<ServiceView>,
+    /// Flows the sweep freed since the start: (expired, whose real server was gone).
+    pub swept: (u64, u64),
 }
 
 impl Snapshot {
@@ -416,6 +418,11 @@ pub fn render_table(now: &Snapshot, prev: Option<&Snapshot>) -> String {
         } else {
             verdicts.join(" ")
         }
+    );
+    let _ = writeln!(
+        out,
+        "flows freed by the sweep: expired={} real_server_gone={}",
+        now.swept.0, now.swept.1
     );
     out
 }

@@ -141,3 +141,84 @@ fn drain_waits_for_the_connections_to_end_then_removes_the_real_server() {
     assert!(!listed.contains(&rip), "{rip} removed:\n{listed}");
     assert!(listed.contains(other), "{listed}");
 }
+
+/// `--set` live: with short timeouts, the daemon's sweep frees an idle connection after the TCP
+/// timeout and a closed one after the FIN timeout, and its table counts them.
+#[test]
+fn short_timeouts_expire_idle_and_closed_connections_in_a_running_director() {
+    assert!(unsafe { libc::geteuid() } == 0, "needs root (netns, XDP)");
+    let bin = bins::lvs_xdp();
+    let mut lab = Lab::new("expire").expect("the lab topology");
+    lab.start_nginx(None).expect("nginx");
+    let config = lab.write_lvs_config().unwrap();
+    lab.start_lb(
+        &bin,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--mode",
+            "native",
+            "--interval",
+            "1",
+            "--flow-table-size",
+            "65536",
+        ],
+    )
+    .expect("lvs-xdp run");
+    let lb = &lab.lb;
+    lvs(lb, &["--set", "4", "2", "0"]);
+    assert_eq!(
+        lvs(lb, &["-L", "--timeout"]),
+        "Timeout (tcp tcpfin udp): 4 2 300\n"
+    );
+    // An idle connection (handshake only) and a finished GET (closed by the client: FIN_WAIT).
+    let idle = lvs_xdp_tests::netns::in_netns(&lab.client.name, || {
+        Ok(std::net::TcpStream::connect((VIP, 80))?)
+    })
+    .unwrap();
+    lab.get("/index.html").unwrap();
+    let listed = lvs(lb, &["-L", "-n", "-c"]);
+    assert!(
+        listed.contains("ESTABLISHED") && listed.contains("FIN_WAIT"),
+        "{listed}"
+    );
+    // The FIN_WAIT one goes after 2 s, the idle one after 4 s (the sweep runs every second).
+    let t0 = Instant::now();
+    let mut fin_gone = None;
+    loop {
+        let listed = lvs(lb, &["-L", "-n", "-c"]);
+        if fin_gone.is_none() && !listed.contains("FIN_WAIT") {
+            fin_gone = Some(t0.elapsed());
+        }
+        if !listed.contains("ESTABLISHED") && fin_gone.is_some() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "still listed after 15 s:\n{listed}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let idle_gone = t0.elapsed();
+    assert!(
+        fin_gone.unwrap() < idle_gone,
+        "FIN_WAIT expired at {fin_gone:?}, ESTABLISHED at {idle_gone:?}"
+    );
+    assert!(idle_gone >= Duration::from_secs(2), "{idle_gone:?}");
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(1200));
+    let status = lab.stop_lb().unwrap();
+    assert!(status.success());
+    let out = lab.lb_output();
+    let line = out
+        .lines()
+        .rfind(|l| l.starts_with("flows freed by the sweep: "))
+        .unwrap_or_else(|| panic!("no sweep line in:\n{out}"));
+    let expired: u64 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("expired="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(expired >= 2, "{line}");
+}
