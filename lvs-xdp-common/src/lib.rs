@@ -24,6 +24,9 @@ pub mod map {
     pub const FLOWS_V4: &str = "FLOWS_V4";
     /// `Array<Clock>`, one entry: the idle clock and the timeouts, written by userspace.
     pub const CLOCK: &str = "CLOCK";
+    /// `Array<u32>` (mmapable): Maglev lookup tables of `maglev::TABLE_SIZE` real-server slots
+    /// each; an `mh` service uses table [`crate::Service::table`].
+    pub const MAGLEV: &str = "MAGLEV";
     /// `Array<Iface>`, indexed by ifindex: the interfaces the program serves and their MACs.
     pub const IFACES: &str = "IFACES";
     /// `PerCpuArray<u32>`, indexed by service id: round-robin position.
@@ -52,6 +55,28 @@ pub const PROTO_UDP: u8 = 17;
 pub mod scheduler {
     /// Round-robin over the service's slots, from a per-CPU position.
     pub const RR: u16 = 0;
+    /// Maglev consistent hashing of the client's address, over the service's table in
+    /// `MAGLEV` (IPVS's `mh`).
+    pub const MH: u16 = 1;
+}
+
+/// Maglev hashing (`mh`): what the data plane and userspace share.
+pub mod maglev {
+    /// Entries of a lookup table: a prime, so that every skip visits every entry.
+    pub const TABLE_SIZE: u32 = 65_537;
+
+    /// The hash of a client address (as on the wire) that picks its table entry. Unseeded:
+    /// every director, whatever its CPU or node, computes the same one.
+    #[inline(always)]
+    pub fn client_hash(saddr: u32) -> u32 {
+        let mut h = saddr.wrapping_mul(0x9E37_79B1);
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85EB_CA6B);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xC2B2_AE35);
+        h ^= h >> 16;
+        h
+    }
 }
 
 /// Flags in [`Service::flags`].
@@ -161,6 +186,8 @@ pub struct Service {
     pub sched_start: u32,
     /// Number of slots in `SCHED`; 0: no real server, new connections are dropped.
     pub sched_len: u32,
+    /// `mh`: the index of its lookup table in `MAGLEV`.
+    pub table: u32,
     pub scheduler: u16,
     pub flags: u16,
 }
@@ -565,7 +592,7 @@ mod tests {
     #[test]
     fn layouts_are_stable() {
         assert_eq!(size_of::<ServiceKey>(), 20);
-        assert_eq!(size_of::<Service>(), 16);
+        assert_eq!(size_of::<Service>(), 20);
         assert_eq!(size_of::<RealServer>(), 16);
         assert_eq!(size_of::<FlowKeyV4>(), 16);
         assert_eq!(size_of::<Flow>(), 8);

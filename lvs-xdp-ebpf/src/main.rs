@@ -131,7 +131,7 @@ fn new_flow(
         stats::count(&REAL_STATS, slot, bytes, false);
         return Ok(forward(ctx, iface, &real));
     }
-    let Some((mut slot, mut real)) = sched::pick(&svc) else {
+    let Some((mut slot, mut real)) = sched::pick_for(&svc, key) else {
         stats::count_drop(&SERVICE_STATS, svc.id, bytes);
         return Err(reason::DROP_NO_REAL_SERVER);
     };

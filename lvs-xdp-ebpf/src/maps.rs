@@ -33,6 +33,10 @@ pub static FLOWS_V4: HashMap<FlowKeyV4, Flow> = HashMap::with_max_entries(1, BPF
 #[map]
 pub static CLOCK: Array<Clock> = Array::with_max_entries(1, 0);
 
+/// Mmapable: userspace writes a whole table as memory before a service points at it.
+#[map]
+pub static MAGLEV: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
 #[map]
 pub static IFACES: Array<Iface> = Array::with_max_entries(1, 0);
 

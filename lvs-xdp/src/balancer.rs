@@ -13,12 +13,13 @@ use aya::{
         xdp::{XdpLink, XdpLinkId},
     },
 };
-use lvs_xdp_common::{self as common, Counters, flow_table, map, reason};
+use lvs_xdp_common::{self as common, Counters, flow_table, maglev, map, reason};
 
 use crate::{
     config::Capacity,
     flowtable::{self, Buckets},
     iface::Interface,
+    mapped::Mapping,
 };
 
 /// The XDP object built from lvs-xdp-ebpf, embedded at build time.
@@ -83,8 +84,17 @@ struct Maps {
     clock: Array<MapData, common::Clock>,
 }
 
+/// Bytes an entry of `MAGLEV` takes in the map's memory (values of array maps are rounded up
+/// to 8 bytes).
+const MAGLEV_STRIDE: usize = 8;
+
+/// Maglev tables for `capacity`: two per `mh` service (the one in use, and the next).
+pub fn maglev_tables(capacity: &Capacity) -> u32 {
+    capacity.mh_services * 2
+}
+
 /// Every map this program shares with userspace, by name: what `keep` pins.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 12] = [
     map::SERVICES,
     map::REALS,
     map::SCHED,
@@ -96,6 +106,7 @@ pub const PINNED_MAPS: [&str; 11] = [
     map::REAL_STATS,
     map::GLOBAL_STATS,
     map::CLOCK,
+    map::MAGLEV,
 ];
 
 /// A second handle on each map of [`PINNED_MAPS`] (the typed handles cannot pin).
@@ -168,6 +179,8 @@ pub struct Balancer {
     maps: Maps,
     /// `FLOW_CACHE_V4`, mapped into this process.
     buckets: Buckets,
+    /// `MAGLEV`, mapped into this process.
+    maglev: Mapping,
     handles: Vec<(&'static str, MapData)>,
     seed: u32,
     capacity: Capacity,
@@ -244,6 +257,7 @@ impl Balancer {
             .map_max_entries(map::SCHED, sched_capacity(capacity.real_servers))
             .map_max_entries(map::FLOW_CACHE_V4, buckets)
             .map_max_entries(map::FLOWS_V4, overflow)
+            .map_max_entries(map::MAGLEV, maglev_tables(capacity) * maglev::TABLE_SIZE)
             .map_max_entries(map::IFACES, max_ifindex + 1)
             .map_max_entries(map::RR, capacity.services)
             .map_max_entries(map::SERVICE_STATS, capacity.services)
@@ -265,6 +279,15 @@ impl Balancer {
                 .ok_or_else(|| anyhow!("map {} missing", map::FLOW_CACHE_V4))?;
             Buckets::map(cache.fd().as_fd(), buckets)?
         };
+        let maglev = {
+            use std::os::fd::AsFd as _;
+            let (_, tables) = handles
+                .iter()
+                .find(|(name, _)| *name == map::MAGLEV)
+                .ok_or_else(|| anyhow!("map {} missing", map::MAGLEV))?;
+            let bytes = (maglev_tables(capacity) * maglev::TABLE_SIZE) as usize * MAGLEV_STRIDE;
+            Mapping::new(tables.fd().as_fd(), bytes, "the Maglev tables")?
+        };
         // The idle clock, before anything can be attached; the director writes its timeouts.
         let clock = match reuse {
             Some(_) => common::Clock {
@@ -279,6 +302,7 @@ impl Balancer {
             logger,
             maps,
             buckets,
+            maglev,
             handles,
             seed,
             capacity: *capacity,
@@ -290,6 +314,26 @@ impl Balancer {
 
     pub fn capacity(&self) -> &Capacity {
         &self.capacity
+    }
+
+    /// Writes Maglev table `index` (a table no service points at).
+    pub(crate) fn write_maglev(&mut self, index: u32, table: &[u32]) -> Result<()> {
+        let entries = maglev::TABLE_SIZE as usize;
+        if table.len() > entries || index >= maglev_tables(&self.capacity) {
+            bail!("Maglev table {index} out of range");
+        }
+        // An array map keeps each value in 8 bytes (its values are 8-byte aligned): the slot
+        // in the first four, as the data plane reads it.
+        let wide: Vec<u64> = table.iter().map(|s| u64::from(*s)).collect();
+        let at = self.maglev.at(
+            index as usize * entries * MAGLEV_STRIDE,
+            wide.len() * MAGLEV_STRIDE,
+        );
+        // SAFETY: `wide.len()` u64s inside the mapping (checked by `at`), 8-byte aligned (the
+        // mapping is page-aligned, the offset a multiple of 8); no packet reads a table no
+        // service points at.
+        unsafe { std::ptr::copy_nonoverlapping(wide.as_ptr(), at.cast::<u64>(), wide.len()) };
+        Ok(())
     }
 
     /// The idle clock and timeouts the data plane reads.

@@ -24,6 +24,9 @@ pub const DEFAULT_MAX_SERVICES: u32 = 4096;
 pub const DEFAULT_MAX_REAL_SERVERS: u32 = 16384;
 /// Largest accepted capacity of either kind.
 pub const MAX_CAPACITY: u32 = 1 << 20;
+pub const DEFAULT_MAX_MH_SERVICES: u32 = 8;
+/// 256 `mh` services: 256 MiB of tables.
+pub const MAX_MH_SERVICES: u32 = 256;
 
 /// How large the kernel's tables are made when the program is loaded. A running director can
 /// change its services, but not these.
@@ -35,6 +38,9 @@ pub struct Capacity {
     pub services: u32,
     /// Real servers at once, over all services.
     pub real_servers: u32,
+    /// `mh` services at once (each holds a Maglev table of 65 537 entries, 512 KiB of kernel
+    /// memory, and a second one for its next change).
+    pub mh_services: u32,
 }
 
 impl Default for Capacity {
@@ -43,6 +49,7 @@ impl Default for Capacity {
             flow_table_size: DEFAULT_FLOW_TABLE_SIZE,
             services: DEFAULT_MAX_SERVICES,
             real_servers: DEFAULT_MAX_REAL_SERVERS,
+            mh_services: DEFAULT_MAX_MH_SERVICES,
         }
     }
 }
@@ -62,6 +69,7 @@ struct RawConfig {
     flow_table_size: Option<i64>,
     max_services: Option<i64>,
     max_real_servers: Option<i64>,
+    max_mh_services: Option<i64>,
     timeouts: Option<RawTimeouts>,
 }
 
@@ -139,6 +147,12 @@ impl Config {
         }
         if let Some(n) = raw.max_real_servers {
             config.capacity.real_servers = capacity(n, "max_real_servers")?;
+        }
+        if let Some(n) = raw.max_mh_services {
+            if !(1..=i64::from(MAX_MH_SERVICES)).contains(&n) {
+                bail!("max_mh_services {n} out of range (1..={MAX_MH_SERVICES})");
+            }
+            config.capacity.mh_services = n as u32;
         }
         if let Some(t) = raw.timeouts {
             let mut want = config.state.timeouts;

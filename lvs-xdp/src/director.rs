@@ -19,11 +19,12 @@ use lvs_xdp_common::{self as common, Counters, flow_table, reason, service_flags
 
 use crate::{
     alloc::{Pool, Ranges},
-    balancer::{AttachMode, Balancer, add, sched_capacity},
+    balancer::{AttachMode, Balancer, add, maglev_tables, sched_capacity},
     config::Config,
     flowtable,
     iface::Interface,
     listing::{RealView, ServiceView, Snapshot, Zeroed},
+    maglev,
     model::{Mac, Op, Protocol, RealOpts, Refusal, Scheduler, ServiceKey, State},
     neigh,
 };
@@ -148,6 +149,9 @@ struct PlacedImage {
     sched_start: u32,
     scheduled: Vec<u32>,
     scheduler: u16,
+    /// Its Maglev table (`mh`).
+    #[serde(default)]
+    table: u32,
     reals: Vec<(Ipv4Addr, PlacedReal)>,
     retired: [u64; 4],
 }
@@ -193,6 +197,10 @@ struct Plan {
     value: common::Service,
     /// Slots of real servers the service no longer has.
     gone: Vec<u32>,
+    /// `mh`: the table written for this plan (given back if the plan is dropped), and the one
+    /// given up once the service is switched.
+    table_taken: Option<u32>,
+    table_freed: Option<u32>,
 }
 
 /// The director: its state, and that state in the kernel's maps.
@@ -203,6 +211,8 @@ pub struct Director {
     ids: Pool,
     slots: Pool,
     sched: Ranges,
+    /// Maglev tables (`mh` services).
+    tables: Pool,
     /// The last generation each slot was given (0: never used); see [`next_generation`].
     generations: Vec<u16>,
     markers: BTreeSet<(Ipv4Addr, Protocol)>,
@@ -253,6 +263,7 @@ fn marker_key(addr: Ipv4Addr, protocol: Protocol) -> common::ServiceKey {
 fn scheduler_id(s: Scheduler) -> u16 {
     match s {
         Scheduler::RoundRobin => common::scheduler::RR,
+        Scheduler::Maglev => common::scheduler::MH,
     }
 }
 
@@ -361,6 +372,7 @@ impl Director {
                     sched_start: p.sched_start,
                     scheduled: p.scheduled.clone(),
                     scheduler: p.value.scheduler,
+                    table: p.value.table,
                     reals: p.reals.iter().map(|(a, r)| (*a, *r)).collect(),
                     retired: to_array(p.retired),
                 })
@@ -389,6 +401,7 @@ impl Director {
         let capacity = *balancer.capacity();
         let mut placed = BTreeMap::new();
         let (mut ids, mut slots, mut ranges) = (BTreeSet::new(), BTreeSet::new(), Vec::new());
+        let mut tables = BTreeSet::new();
         for p in image.placed {
             let svc = state.services.get(&p.key).ok_or_else(|| {
                 anyhow!("the kept placement names {} but the state does not", p.key)
@@ -410,6 +423,12 @@ impl Director {
             ids.insert(p.id);
             slots.extend(reals.values().map(|r| r.slot));
             ranges.push((p.sched_start, p.scheduled.len() as u32));
+            if p.scheduler == common::scheduler::MH {
+                if p.table >= maglev_tables(&capacity) {
+                    bail!("the kept placement of {} does not fit the maps", p.key);
+                }
+                tables.insert(p.table);
+            }
             placed.insert(
                 p.key,
                 Placed {
@@ -419,6 +438,7 @@ impl Director {
                         id: p.id,
                         sched_start: p.sched_start,
                         sched_len: p.scheduled.len() as u32,
+                        table: p.table,
                         scheduler: p.scheduler,
                         flags: 0,
                     },
@@ -433,6 +453,7 @@ impl Director {
             ids: Pool::with_used(capacity.services, &ids),
             slots: Pool::with_used(capacity.real_servers, &slots),
             sched: Ranges::with_used(sched_capacity(capacity.real_servers), &ranges),
+            tables: Pool::with_used(maglev_tables(&capacity), &tables),
             balancer,
             markers: placed.keys().map(|k| (k.addr, k.protocol)).collect(),
             placed,
@@ -464,6 +485,7 @@ impl Director {
             ids: Pool::new(capacity.services),
             slots: Pool::new(capacity.real_servers),
             sched: Ranges::new(sched_capacity(capacity.real_servers)),
+            tables: Pool::new(maglev_tables(&capacity)),
             generations: vec![0; capacity.real_servers as usize],
             markers: BTreeSet::new(),
             retiring: HashMap::new(),
@@ -855,10 +877,13 @@ impl Director {
                 id,
                 sched_start: 0,
                 sched_len: 0,
+                table: 0,
                 scheduler: scheduler_id(svc.opts.scheduler),
                 flags: 0,
             },
             gone: Vec::new(),
+            table_taken: None,
+            table_freed: None,
         };
         let old_reals = placed.as_ref().map(|p| p.reals.clone()).unwrap_or_default();
         for (addr, real) in &svc.reals {
@@ -964,7 +989,54 @@ impl Director {
         plan.value.sched_start = start;
         plan.scheduled = scheduled;
         plan.value.sched_len = len;
+        if svc.opts.scheduler == Scheduler::Maglev
+            && let Err(e) = self.plan_table(&mut plan, svc, placed.as_ref())
+        {
+            self.unplan(std::slice::from_ref(&plan));
+            return Err(e);
+        }
         Ok(plan)
+    }
+
+    /// Builds an `mh` service's Maglev table and writes it into a table no service points at.
+    fn plan_table(
+        &mut self,
+        plan: &mut Plan,
+        svc: &crate::model::Service,
+        placed: Option<&Placed>,
+    ) -> Result<()> {
+        let members: Vec<maglev::Member> = svc
+            .reals
+            .iter()
+            .map(|(addr, r)| maglev::Member {
+                addr: *addr,
+                weight: r.weight,
+                slot: plan.reals[addr].slot,
+            })
+            .collect();
+        let table = maglev::populate(&members);
+        let mut index = self.tables.alloc();
+        // Tables given up a moment ago wait out their grace: wait for them.
+        let deadline = Instant::now() + crate::alloc::GRACE * 2;
+        while index.is_none() && self.tables.waiting() > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+            self.tables.reclaim(Instant::now());
+            index = self.tables.alloc();
+        }
+        let Some(index) = index else {
+            bail!(
+                "no room for the Maglev table of {}: {} mh service(s) at most (raise max_mh_services)",
+                plan.key,
+                self.tables.capacity() / 2
+            );
+        };
+        plan.table_taken = Some(index);
+        self.balancer.write_maglev(index, &table)?;
+        plan.value.table = index;
+        plan.table_freed = placed
+            .filter(|p| p.value.scheduler == common::scheduler::MH)
+            .map(|p| p.value.table);
+        Ok(())
     }
 
     /// Gives back what `plans` allocated (nothing of it was published).
@@ -978,6 +1050,9 @@ impl Director {
             }
             if let Some((start, len)) = plan.sched_taken {
                 self.sched.unalloc(start, len);
+            }
+            if let Some(index) = plan.table_taken {
+                self.tables.unalloc(index);
             }
         }
     }
@@ -1033,6 +1108,9 @@ impl Director {
                 self.sched.release(start, len, now);
             }
         }
+        if let Some(index) = plan.table_freed {
+            self.tables.release(index, now);
+        }
         let scheduled = plan.scheduled;
         self.placed.insert(
             plan.key,
@@ -1084,6 +1162,9 @@ impl Director {
         }
         self.sched
             .release(placed.sched_start, placed.scheduled.len() as u32, now);
+        if placed.value.scheduler == common::scheduler::MH {
+            self.tables.release(placed.value.table, now);
+        }
         self.ids.release(placed.id, now);
         self.placed.remove(key);
         self.state.services.remove(key);
@@ -1098,6 +1179,7 @@ impl Director {
             id: u32::MAX,
             sched_start: 0,
             sched_len: 0,
+            table: 0,
             scheduler: common::scheduler::RR,
             flags: service_flags::ADDRESS_MARKER,
         };
@@ -1128,6 +1210,7 @@ impl Director {
         }
         self.ids.reclaim(now);
         self.sched.reclaim(now);
+        self.tables.reclaim(now);
         Ok(())
     }
 

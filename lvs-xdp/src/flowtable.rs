@@ -10,11 +10,12 @@
 //! kernel (`bpf(2)`): it holds few flows.
 use std::{
     collections::HashMap,
-    os::fd::{AsRawFd as _, BorrowedFd},
+    os::fd::BorrowedFd,
     sync::atomic::{AtomicU32, Ordering, fence},
 };
 
-use anyhow::{Result, bail};
+use crate::mapped::Mapping;
+use anyhow::Result;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use lvs_xdp_common::{
     Clock, Flow, FlowBucketV4, FlowEntryV4, FlowKeyV4, conn,
@@ -57,42 +58,15 @@ const SEQ: usize = WAYS * WAY;
 
 /// The buckets, mapped shared into this process.
 pub struct Buckets {
-    base: *mut u8,
-    len: usize,
+    map: Mapping,
     buckets: u32,
 }
-
-// SAFETY: the mapping is plain shared memory; every access goes through volatile or atomic
-// operations on it.
-unsafe impl Send for Buckets {}
-unsafe impl Sync for Buckets {}
 
 impl Buckets {
     /// Maps the `buckets` buckets of the array map `fd`.
     pub fn map(fd: BorrowedFd<'_>, buckets: u32) -> Result<Buckets> {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        let len = (buckets as usize * BUCKET).next_multiple_of(page);
-        // SAFETY: a new shared mapping of the map's memory; checked below.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            bail!(
-                "cannot map the flow table: {}",
-                std::io::Error::last_os_error()
-            );
-        }
         Ok(Buckets {
-            base: base.cast(),
-            len,
+            map: Mapping::new(fd, buckets as usize * BUCKET, "the flow table")?,
             buckets,
         })
     }
@@ -107,9 +81,10 @@ impl Buckets {
 
     fn word(&self, bucket: u32, offset: usize) -> &AtomicU32 {
         assert!(bucket < self.buckets && offset + 4 <= BUCKET);
+        let p = self.map.at(bucket as usize * BUCKET + offset, 4);
         // SAFETY: inside the mapping, 4-byte aligned (buckets are 64-byte aligned, every word
         // offset used is a multiple of 4), and the mapping lives as long as `self`.
-        unsafe { AtomicU32::from_ptr(self.base.add(bucket as usize * BUCKET + offset).cast()) }
+        unsafe { AtomicU32::from_ptr(p.cast()) }
     }
 
     /// A consistent copy of bucket `i`: read between two equal even values of its sequence
@@ -124,7 +99,9 @@ impl Buckets {
                 // writes it concurrently.
                 let copy = unsafe {
                     std::ptr::read_volatile(
-                        self.base.add(i as usize * BUCKET).cast::<FlowBucketV4>(),
+                        self.map
+                            .at(i as usize * BUCKET, BUCKET)
+                            .cast::<FlowBucketV4>(),
                     )
                 };
                 fence(Ordering::Acquire);
@@ -159,13 +136,6 @@ impl Buckets {
         let mut out = Vec::new();
         self.for_each(|w| out.push((w.key(), w.flow)));
         out
-    }
-}
-
-impl Drop for Buckets {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `map`, unmapped once.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
     }
 }
 

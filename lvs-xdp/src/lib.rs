@@ -23,6 +23,8 @@ pub mod ipvsadm;
 pub mod keep;
 pub mod listing;
 pub mod logger;
+pub mod maglev;
+mod mapped;
 pub mod model;
 pub mod neigh;
 pub mod netlink;

@@ -58,6 +58,9 @@ pub enum Scheduler {
     #[default]
     #[serde(rename = "rr")]
     RoundRobin,
+    /// Maglev consistent hashing of the client's address, with weights (ipvsadm `-s mh`).
+    #[serde(rename = "mh")]
+    Maglev,
 }
 
 impl FromStr for Scheduler {
@@ -65,7 +68,8 @@ impl FromStr for Scheduler {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "rr" => Ok(Scheduler::RoundRobin),
-            _ => bail!("unknown scheduler {s:?} (supported: \"rr\")"),
+            "mh" => Ok(Scheduler::Maglev),
+            _ => bail!("unknown scheduler {s:?} (supported: \"rr\", \"mh\")"),
         }
     }
 }
@@ -74,6 +78,7 @@ impl fmt::Display for Scheduler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Scheduler::RoundRobin => "rr",
+            Scheduler::Maglev => "mh",
         })
     }
 }

@@ -586,11 +586,11 @@ fn parse_scheduler(s: &str) -> Result<Scheduler, Usage> {
     }
     match s {
         "wrr" | "lc" | "wlc" | "lblc" | "lblcr" | "dh" | "sh" | "sed" | "nq" | "fo" | "ovf"
-        | "mh" | "twos" => fail(format!(
-            "scheduler '{s}' is not supported yet (supported: rr)"
+        | "twos" => fail(format!(
+            "scheduler '{s}' is not supported yet (supported: rr, mh)"
         )),
         _ => fail(format!(
-            "Scheduler or persistence engine not found: '{s}' (supported: rr)"
+            "Scheduler or persistence engine not found: '{s}' (supported: rr, mh)"
         )),
     }
 }

@@ -1,0 +1,175 @@
+//! Schedulers through BPF_PROG_TEST_RUN: `mh` (Maglev) spreads new connections by weight,
+//! two directors with the same real servers pick the same one for every client whatever their
+//! configuration's order, a packet missing from the flow table goes where the hash says, and
+//! one real server in N changes about 1/N of the choices. Needs root.
+mod support;
+
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use lvs_xdp::{
+    Director,
+    model::{Op, Protocol, RealOpts, ServiceKey},
+};
+use lvs_xdp_tests::packet::Frame;
+use support::{LB, XDP_TX, director_from, pin_to_cpu0};
+
+const VIP: &str = "10.0.0.10";
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+fn web() -> ServiceKey {
+    ServiceKey::new(Protocol::Tcp, VIP.parse().unwrap(), 80)
+}
+
+/// An `mh` service with real servers 10.0.0.(3 + i) of these weights, listed in `order`.
+fn config(weights: &[u32], order: &[usize], extra: &str) -> String {
+    let reals: Vec<String> = order
+        .iter()
+        .map(|&i| {
+            format!(
+                "{{ address = \"10.0.0.{}\", mac = \"02:00:00:00:00:{:02x}\", weight = {} }}",
+                3 + i,
+                3 + i,
+                weights[i]
+            )
+        })
+        .collect();
+    format!(
+        "flow_table_size = 65536\n[[service]]\nvip = \"{VIP}\"\nport = 80\nscheduler = \"mh\"\nreal_servers = [ {} ]\n{extra}",
+        reals.join(", ")
+    )
+}
+
+/// Client `i`'s address: one client a connection, all different.
+fn client(i: u32) -> String {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i).to_string()
+}
+
+/// Where a TCP packet from client `i` (port `port`, `flags`) goes: the last byte of the MAC.
+fn send(d: &Director, i: u32, port: u16, flags: u8) -> u8 {
+    let frame = Frame::tcp(LB, &client(i), port, VIP, 80)
+        .with_tcp_flags(flags)
+        .build();
+    let (action, out) = d.balancer().test_run(&frame).unwrap();
+    assert_eq!(action, XDP_TX, "client {i}");
+    out[5]
+}
+
+#[test]
+fn mh_spreads_new_connections_by_weight() {
+    pin_to_cpu0();
+    let d = director_from(&config(&[1, 2, 3], &[0, 1, 2], ""));
+    let n = 60_000;
+    let mut counts: HashMap<u8, u32> = HashMap::new();
+    for i in 0..n {
+        *counts.entry(send(&d, i, 40_000, SYN)).or_default() += 1;
+    }
+    for (mac, weight) in [(3u8, 1.0), (4, 2.0), (5, 3.0)] {
+        let share = f64::from(counts[&mac]) / f64::from(n);
+        let want = weight / 6.0;
+        println!(
+            "mh 1:2:3 over {n} new connections: 10.0.0.{mac} {:.2}% (weight share {:.2}%)",
+            share * 100.0,
+            want * 100.0
+        );
+        assert!(
+            (share - want).abs() < want * 0.05,
+            "10.0.0.{mac}: {share}, want {want}"
+        );
+    }
+}
+
+#[test]
+fn two_directors_with_the_same_real_servers_agree_and_misses_follow_the_hash() {
+    pin_to_cpu0();
+    let a = director_from(&config(&[1, 2, 1, 3], &[0, 1, 2, 3], ""));
+    // Another order, and another service besides.
+    let other = "[[service]]\nvip = \"10.0.0.20\"\nport = 443\nreal_servers = [ { address = \"10.0.0.9\", mac = \"02:00:00:00:00:09\" } ]\n";
+    let b = director_from(&config(&[1, 2, 1, 3], &[3, 1, 0, 2], other));
+    for i in 0..2_000 {
+        let on_a = send(&a, i, 50_000, SYN);
+        assert_eq!(send(&b, i, 50_000, SYN), on_a, "client {i}: SYN on both");
+        // A connection that B never saw (failover, a restart): its next packet, a miss without
+        // SYN, goes where A sent it.
+        assert_eq!(
+            send(&b, i, 50_001, ACK),
+            send(&a, i, 50_001, SYN),
+            "client {i}: miss"
+        );
+    }
+}
+
+#[test]
+fn one_real_server_in_ten_changes_about_a_tenth_of_the_choices() {
+    pin_to_cpu0();
+    let mut d = director_from(&config(&[1; 10], &(0..10).collect::<Vec<_>>(), ""));
+    let n = 20_000u32;
+    let before: Vec<u8> = (0..n).map(|i| send(&d, i, 1000, SYN)).collect();
+    d.apply(&[Op::DeleteReal(web(), "10.0.0.3".parse().unwrap())])
+        .unwrap();
+    // New connections (fresh ports) from the same clients.
+    let after: Vec<u8> = (0..n).map(|i| send(&d, i, 2000, SYN)).collect();
+    let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+    let own = before.iter().filter(|m| **m == 3).count();
+    println!(
+        "mh: removing 1 of 10 real servers moved {:.2}% of new connections' choices ({:.2}% were its own)",
+        moved as f64 * 100.0 / f64::from(n),
+        own as f64 * 100.0 / f64::from(n)
+    );
+    assert!(
+        moved >= own && (moved as f64) < f64::from(n) * 0.13,
+        "{moved} of {n} moved"
+    );
+    // The established connections of the others stay where they are; weight 0 takes one out
+    // of the table while its connections go on.
+    let rs = send(&d, 7, 1000, ACK);
+    assert_eq!(
+        rs, before[7],
+        "a remembered connection keeps its real server"
+    );
+    let quiet = RealOpts {
+        weight: 0,
+        mac: Some(lvs_xdp::model::Mac([2, 0, 0, 0, 0, 4])),
+    };
+    d.apply(&[Op::EditReal(web(), "10.0.0.4".parse().unwrap(), quiet)])
+        .unwrap();
+    for i in 0..2_000 {
+        assert_ne!(
+            send(&d, i, 3000, SYN),
+            4,
+            "weight 0 takes no new connection"
+        );
+    }
+}
+
+/// The data plane looks a client up where the library's table says: the unseeded client hash
+/// is the same in both, and the table lies in the map as written.
+#[test]
+fn the_data_plane_follows_the_table_the_library_builds() {
+    pin_to_cpu0();
+    let d = director_from(&config(&[1, 2, 3], &[0, 1, 2], ""));
+    let members: Vec<lvs_xdp::maglev::Member> = (0..3)
+        .map(|i| {
+            let addr: Ipv4Addr = format!("10.0.0.{}", 3 + i).parse().unwrap();
+            let slot = d.slot_of(&web(), addr).unwrap();
+            lvs_xdp::maglev::Member {
+                addr,
+                weight: [1, 2, 3][i],
+                slot,
+            }
+        })
+        .collect();
+    let table = lvs_xdp::maglev::populate(&members);
+    for i in 0..1000u32 {
+        let c: Ipv4Addr = client(i).parse().unwrap();
+        let h = lvs_xdp_common::maglev::client_hash(u32::from_ne_bytes(c.octets()));
+        let slot = table[(h % lvs_xdp_common::maglev::TABLE_SIZE) as usize];
+        let want = members
+            .iter()
+            .find(|m| m.slot == slot)
+            .unwrap()
+            .addr
+            .octets()[3];
+        assert_eq!(send(&d, i, 1000, SYN), want, "client {i}");
+    }
+}
