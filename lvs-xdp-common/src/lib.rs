@@ -65,6 +65,13 @@ pub mod maglev {
     /// Entries of a lookup table: a prime, so that every skip visits every entry.
     pub const TABLE_SIZE: u32 = 65_537;
 
+    /// The hash of a client's address and source port (`mh-port`): `ports` is a flow key's
+    /// ports word (the source port in its first two bytes).
+    #[inline(always)]
+    pub fn client_port_hash(saddr: u32, ports: u32) -> u32 {
+        client_hash(saddr ^ (ports & 0xffff).wrapping_mul(0x2545_F491).rotate_left(16))
+    }
+
     /// The hash of a client address (as on the wire) that picks its table entry. Unseeded:
     /// every director, whatever its CPU or node, computes the same one.
     #[inline(always)]
@@ -84,6 +91,8 @@ pub mod service_flags {
     /// A marker entry keyed by (VIP, port 0, protocol): the address is a VIP for that protocol.
     /// Used only to classify IP fragments, which carry no port.
     pub const ADDRESS_MARKER: u16 = 1;
+    /// `mh-port`: the Maglev hash takes the client's port with its address.
+    pub const MH_PORT: u16 = 2;
 }
 
 /// Index into `GLOBAL_STATS`. Every packet the program sees is counted under exactly one

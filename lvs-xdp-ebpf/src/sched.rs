@@ -1,5 +1,7 @@
 //! Scheduling of new flows.
-use lvs_xdp_common::{FlowKeyV4, RealServer, Service, flow_table, maglev, scheduler};
+use lvs_xdp_common::{
+    FlowKeyV4, RealServer, Service, flow_table, maglev, scheduler, service_flags,
+};
 
 use crate::maps::{MAGLEV, REALS, RR, SCHED};
 
@@ -33,7 +35,12 @@ fn by_maglev(svc: &Service, key: &FlowKeyV4) -> Option<(u32, RealServer)> {
     if svc.sched_len == 0 {
         return None;
     }
-    let entry = maglev::client_hash(key.saddr) % maglev::TABLE_SIZE;
+    let hash = if svc.flags & service_flags::MH_PORT != 0 {
+        maglev::client_port_hash(key.saddr, key.ports)
+    } else {
+        maglev::client_hash(key.saddr)
+    };
+    let entry = hash % maglev::TABLE_SIZE;
     let index = svc
         .table
         .wrapping_mul(maglev::TABLE_SIZE)

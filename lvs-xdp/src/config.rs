@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Deserialize;
 
 use crate::model::{MAX_WEIGHT, Op, RealOpts, Refusal, ServiceKey, ServiceOpts, State, ipv4};
-pub use crate::model::{Mac, Protocol, Scheduler};
+pub use crate::model::{Mac, Protocol, SchedFlags, Scheduler};
 
 /// Default number of flow-table entries (connections remembered at once).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
@@ -89,6 +89,7 @@ struct RawService {
     port: i64,
     protocol: Option<String>,
     scheduler: Option<String>,
+    scheduler_flags: Option<Vec<String>>,
     #[serde(default)]
     real_servers: Vec<RawReal>,
 }
@@ -249,8 +250,14 @@ fn validate_service(raw: RawService) -> Result<Vec<Op>> {
         Some(s) => s.parse()?,
         None => Scheduler::RoundRobin,
     };
+    let flags = match raw.scheduler_flags {
+        Some(words) if !words.is_empty() => {
+            SchedFlags::parse(&words.join(","), scheduler).map_err(|e| anyhow!("{e}"))?
+        }
+        _ => SchedFlags::default(),
+    };
     let key = ServiceKey::new(protocol, vip, port);
-    let mut ops = vec![Op::AddService(key, ServiceOpts { scheduler })];
+    let mut ops = vec![Op::AddService(key, ServiceOpts { scheduler, flags })];
     let mut seen = BTreeSet::new();
     for (i, real) in raw.real_servers.into_iter().enumerate() {
         let (addr, opts) = validate_real(real).with_context(|| format!("real server {}", i + 1))?;

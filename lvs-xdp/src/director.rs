@@ -440,7 +440,11 @@ impl Director {
                         sched_len: p.scheduled.len() as u32,
                         table: p.table,
                         scheduler: p.scheduler,
-                        flags: 0,
+                        flags: if svc.opts.flags.port {
+                            service_flags::MH_PORT
+                        } else {
+                            0
+                        },
                     },
                     scheduled: p.scheduled,
                     reals,
@@ -879,7 +883,11 @@ impl Director {
                 sched_len: 0,
                 table: 0,
                 scheduler: scheduler_id(svc.opts.scheduler),
-                flags: 0,
+                flags: if svc.opts.flags.port {
+                    service_flags::MH_PORT
+                } else {
+                    0
+                },
             },
             gone: Vec::new(),
             table_taken: None,

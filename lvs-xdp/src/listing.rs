@@ -6,7 +6,9 @@ use lvs_xdp_common::{Counters, reason};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Mac, Protocol, RealOpts, Scheduler, ServiceKey, ServiceOpts, Timeouts};
+use crate::model::{
+    Mac, Protocol, RealOpts, SchedFlags, Scheduler, ServiceKey, ServiceOpts, Timeouts,
+};
 
 /// A real server and its counters.
 #[derive(Clone, Debug)]
@@ -201,6 +203,9 @@ pub struct ServiceEntry {
     pub addr: Ipv4Addr,
     pub port: u16,
     pub scheduler: Scheduler,
+    /// `-b`: the scheduler's flags.
+    #[serde(default)]
+    pub sched_flags: SchedFlags,
     /// New connections dropped for want of a real server.
     pub drops: u64,
     pub stats: Stats,
@@ -233,6 +238,7 @@ impl Listing {
                 addr: key.addr,
                 port: key.port,
                 scheduler: svc.opts.scheduler,
+                sched_flags: svc.opts.flags,
                 drops: 0,
                 stats: Stats::default(),
                 rates: Rates::default(),
@@ -301,6 +307,7 @@ impl Listing {
                     addr: svc.key.addr,
                     port: svc.key.port,
                     scheduler: svc.opts.scheduler,
+                    sched_flags: svc.opts.flags,
                     drops: svc.counters.drops,
                     // As IPVS counts them: what was forwarded, not what was dropped.
                     stats: {

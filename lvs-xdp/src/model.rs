@@ -170,6 +170,53 @@ impl fmt::Display for ServiceKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ServiceOpts {
     pub scheduler: Scheduler,
+    /// `-b`: the scheduler's flags.
+    #[serde(default)]
+    pub flags: SchedFlags,
+}
+
+/// Scheduler flags (`ipvsadm -b`), for `mh`: `mh-fallback` (ipvsadm's `flag-1`) and `mh-port`
+/// (`flag-2`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SchedFlags {
+    /// Another real server when the chosen one takes no new connections. Real servers of
+    /// weight 0 hold no entry of the table here, so the table never chooses one: always so.
+    pub fallback: bool,
+    /// Hash the client's port with its address (connections of one client spread).
+    pub port: bool,
+}
+
+impl SchedFlags {
+    /// Parses `-b`'s comma-separated words for `scheduler`, with ipvsadm's messages.
+    pub fn parse(words: &str, scheduler: Scheduler) -> Result<SchedFlags, String> {
+        let mut flags = SchedFlags::default();
+        for word in words.split(',') {
+            let mh = scheduler == Scheduler::Maglev;
+            match word {
+                "mh-fallback" | "flag-1" if mh => flags.fallback = true,
+                "mh-port" | "flag-2" if mh => flags.port = true,
+                "mh-fallback" | "mh-port" | "sh-fallback" | "sh-port" | "flag-1" | "flag-2"
+                | "flag-3" => return Err(format!("incompatible scheduler flag `{word}'")),
+                _ => return Err(format!("invalid scheduler flag `{word}'")),
+            }
+        }
+        Ok(flags)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.fallback && !self.port
+    }
+}
+
+impl fmt::Display for SchedFlags {
+    /// As ipvsadm prints them: `mh-fallback,mh-port`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let words: Vec<&str> = [(self.fallback, "mh-fallback"), (self.port, "mh-port")]
+            .into_iter()
+            .filter_map(|(on, w)| on.then_some(w))
+            .collect();
+        f.write_str(&words.join(","))
+    }
 }
 
 /// What `-a`/`-e` set on a real server. The forwarding method is always direct routing, and the

@@ -173,3 +173,25 @@ fn the_data_plane_follows_the_table_the_library_builds() {
         assert_eq!(send(&d, i, 1000, SYN), want, "client {i}");
     }
 }
+
+/// Without `mh-port` every connection of a client goes to one real server, as IPVS's `mh`
+/// hashes the address alone; with it, one client's connections spread by port.
+#[test]
+fn mh_port_spreads_one_clients_connections() {
+    pin_to_cpu0();
+    let plain = director_from(&config(&[1, 1, 1], &[0, 1, 2], ""));
+    let with_port = config(&[1, 1, 1], &[0, 1, 2], "").replace(
+        "scheduler = \"mh\"",
+        "scheduler = \"mh\"\nscheduler_flags = [\"mh-port\"]",
+    );
+    let by_port = director_from(&with_port);
+    let mut seen_plain = HashMap::new();
+    let mut seen_port: HashMap<u8, u32> = HashMap::new();
+    for port in 10_000..13_000u16 {
+        *seen_plain.entry(send(&plain, 7, port, SYN)).or_insert(0) += 1;
+        *seen_port.entry(send(&by_port, 7, port, SYN)).or_default() += 1;
+    }
+    assert_eq!(seen_plain.len(), 1, "{seen_plain:?}");
+    assert_eq!(seen_port.len(), 3, "{seen_port:?}");
+    assert!(seen_port.values().all(|n| *n > 800), "{seen_port:?}");
+}

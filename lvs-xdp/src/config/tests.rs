@@ -40,6 +40,7 @@ fn issue_example_parses_exactly() {
     let service = Service {
         opts: ServiceOpts {
             scheduler: Scheduler::RoundRobin,
+            flags: Default::default(),
         },
         reals,
     };
@@ -315,4 +316,20 @@ fn timeouts_are_read_and_checked() {
     assert!(refused("[timeouts]\ntcp = 0\n").contains("timeouts.tcp 0 out of range"));
     assert!(refused("[timeouts]\nudp = 64801\n").contains("timeouts.udp 64801 out of range"));
     assert!(refused("[timeouts]\nfin = 3\n").contains("unknown field"));
+}
+
+#[test]
+fn mh_and_its_flags() {
+    let c = Config::from_toml(&service(
+        "scheduler = \"mh\"\nscheduler_flags = [\"mh-port\"]",
+    ))
+    .unwrap();
+    let opts = c.state.services.values().next().unwrap().opts;
+    assert_eq!(opts.scheduler, Scheduler::Maglev);
+    assert!(opts.flags.port && !opts.flags.fallback);
+    assert!(
+        refused(&service("scheduler_flags = [\"mh-port\"]"))
+            .contains("incompatible scheduler flag")
+    );
+    assert!(refused("max_mh_services = 0\n").contains("max_mh_services 0 out of range"));
 }

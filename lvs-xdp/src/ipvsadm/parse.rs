@@ -4,7 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs as _};
 
 use crate::model::{
-    MAX_WEIGHT, Mac, Op, Protocol, RealOpts, Scheduler, ServiceKey, ServiceOpts, Timeouts,
+    MAX_WEIGHT, Mac, Op, Protocol, RealOpts, SchedFlags, Scheduler, ServiceKey, ServiceOpts,
+    Timeouts,
 };
 
 /// A refused command line: the message and the exit code.
@@ -107,22 +108,22 @@ impl Cmd {
     /// ipvsadm's table of legal options for this command, over [`OPTS`]: '+' compulsory,
     /// 'x' illegal, '1' exclusive, ' ' optional.
     fn legal(self) -> &'static [u8; OPTS.len()] {
-        //                 n    c    svc  s    r    fwd  w    tot  st   rt   thr  pc   srt  ex   dmn
+        //                 n    c    svc  s    r    fwd  w    tot  st   rt   thr  pc   srt  ex   dmn  b
         match self {
-            Cmd::Add | Cmd::Edit => b"xx+ xxxxxxxxxxx",
-            Cmd::Del => b"xx+xxxxxxxxxxxx",
-            Cmd::Flush | Cmd::Timeout | Cmd::Restore => b"xxxxxxxxxxxxxxx",
-            Cmd::List => b" 11xxxx1      1",
-            Cmd::AddSrv | Cmd::EditSrv => b"xx+x+  xxxxxxxx",
-            Cmd::DelSrv => b"xx+x+xxxxxxxxxx",
-            Cmd::Save => b" xxxxxxxxxxxxxx",
-            Cmd::Zero => b"xx xxxxxxxxxxxx",
+            Cmd::Add | Cmd::Edit => b"xx+ xxxxxxxxxxx ",
+            Cmd::Del => b"xx+xxxxxxxxxxxxx",
+            Cmd::Flush | Cmd::Timeout | Cmd::Restore => b"xxxxxxxxxxxxxxxx",
+            Cmd::List => b" 11xxxx1      1x",
+            Cmd::AddSrv | Cmd::EditSrv => b"xx+x+  xxxxxxxxx",
+            Cmd::DelSrv => b"xx+x+xxxxxxxxxxx",
+            Cmd::Save => b" xxxxxxxxxxxxxxx",
+            Cmd::Zero => b"xx xxxxxxxxxxxxx",
         }
     }
 }
 
 /// ipvsadm's option names, in the order of `Cmd::legal`.
-const OPTS: [&str; 15] = [
+const OPTS: [&str; 16] = [
     "numeric",
     "connection",
     "service-address",
@@ -138,6 +139,7 @@ const OPTS: [&str; 15] = [
     "nosort",
     "exact",
     "daemon",
+    "sched-flags",
 ];
 const O_NUMERIC: usize = 0;
 const O_CONNECTION: usize = 1;
@@ -154,6 +156,7 @@ const O_PERSISTENTCONN: usize = 11;
 const O_NOSORT: usize = 12;
 const O_EXACT: usize = 13;
 const O_DAEMON: usize = 14;
+const O_SCHED_FLAGS: usize = 15;
 
 /// Options that take a value.
 fn takes_value(name: &str) -> bool {
@@ -284,7 +287,6 @@ fn unsupported(name: &str) -> Option<&'static str> {
         "p" | "persistent" | "M" | "netmask" | "pe" => {
             "persistence (-p, -M, --pe) is not supported yet"
         }
-        "b" | "sched-flags" => "scheduler flags (-b) are not supported yet",
         "o" | "ops" => "one-packet scheduling (-o) is not supported yet",
         "x" | "u-threshold" | "y" | "l-threshold" => {
             "connection thresholds (-x, -y) are not supported yet"
@@ -305,6 +307,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, Usage> {
     let mut format = Format::default();
     let mut service: Option<(Protocol, String)> = None;
     let mut scheduler: Option<String> = None;
+    let mut sched_flags: Option<String> = None;
     let mut real: Option<String> = None;
     let mut weight: Option<String> = None;
     let mut mac: Option<String> = None;
@@ -365,6 +368,10 @@ pub fn parse(args: &[String]) -> Result<Invocation, Usage> {
             "s" | "scheduler" => {
                 set_opt(O_SCHEDULER, &mut set)?;
                 scheduler = value;
+            }
+            "b" | "sched-flags" => {
+                set_opt(O_SCHED_FLAGS, &mut set)?;
+                sched_flags = value;
             }
             "r" | "real-server" => {
                 set_opt(O_SERVER, &mut set)?;
@@ -451,7 +458,11 @@ pub fn parse(args: &[String]) -> Result<Invocation, Usage> {
             Some(s) => parse_scheduler(s)?,
             None => Scheduler::default(),
         };
-        Ok(ServiceOpts { scheduler })
+        let flags = match &sched_flags {
+            Some(words) => SchedFlags::parse(words, scheduler).or_else(fail)?,
+            None => SchedFlags::default(),
+        };
+        Ok(ServiceOpts { scheduler, flags })
     };
     let real_opts = || -> Result<RealOpts, Usage> {
         let weight = match &weight {
@@ -855,5 +866,43 @@ mod tests {
         assert!(e.message.starts_with("line 2: only -A"), "{e:?}");
         let e = restore_ops("-A -t 192.168.0.10:80 -s rr\n-a -t 192.168.0.10:80\n").unwrap_err();
         assert!(e.message.starts_with("line 2: You need"), "{e:?}");
+    }
+
+    #[test]
+    fn scheduler_flags_for_mh_in_both_spellings() {
+        let key = ServiceKey::new(Protocol::Tcp, VIP, 80);
+        let mh = |fallback, port| {
+            Command::Apply(Op::AddService(
+                key,
+                ServiceOpts {
+                    scheduler: Scheduler::Maglev,
+                    flags: SchedFlags { fallback, port },
+                },
+            ))
+        };
+        assert_eq!(
+            p("-A -t 192.168.0.10:80 -s mh -b mh-port").unwrap(),
+            mh(false, true)
+        );
+        assert_eq!(
+            p("-A -t 192.168.0.10:80 -s mh -b flag-1,flag-2").unwrap(),
+            mh(true, true)
+        );
+        assert_eq!(
+            p("-A -t 192.168.0.10:80 -s mh --sched-flags mh-fallback").unwrap(),
+            mh(true, false)
+        );
+        assert_eq!(
+            err("-A -t 192.168.0.10:80 -s rr -b mh-port"),
+            "incompatible scheduler flag `mh-port'"
+        );
+        assert_eq!(
+            err("-A -t 192.168.0.10:80 -s mh -b nosuch"),
+            "invalid scheduler flag `nosuch'"
+        );
+        assert_eq!(
+            err("-a -t 192.168.0.10:80 -r 192.168.0.3 -b mh-port"),
+            "Illegal 'sched-flags' option with the 'add-server' command"
+        );
     }
 }

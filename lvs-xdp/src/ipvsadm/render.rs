@@ -100,6 +100,9 @@ fn service(out: &mut String, svc: &ServiceEntry, f: Format) {
         nums(out, [r.cps, r.in_pps, r.out_pps, r.in_bps, r.out_bps]);
     } else {
         let _ = write!(out, "{svc_name} {}", svc.scheduler);
+        if !svc.sched_flags.is_empty() {
+            let _ = write!(out, " ({})", svc.sched_flags);
+        }
     }
     out.push('\n');
     for real in &svc.reals {
@@ -176,7 +179,11 @@ pub fn save(
             Protocol::Udp => "-u",
         };
         let name = format!("{stype} {}", addr_port(svc.addr, svc.port, svc.protocol, f));
-        let _ = writeln!(out, "-A {name} -s {}", svc.scheduler);
+        let _ = write!(out, "-A {name} -s {}", svc.scheduler);
+        if !svc.sched_flags.is_empty() {
+            let _ = write!(out, " -b {}", svc.sched_flags);
+        }
+        out.push('\n');
         for real in &svc.reals {
             let dname = addr_port(real.addr, real.port, svc.protocol, f);
             let _ = write!(out, "-a {name} -r {dname} -g -w {}", real.weight);
@@ -257,6 +264,7 @@ mod tests {
                 addr: Ipv4Addr::new(192, 168, 0, 10),
                 port: 80,
                 scheduler: Scheduler::RoundRobin,
+                sched_flags: Default::default(),
                 drops: 0,
                 stats: Stats {
                     conns: 6,
@@ -359,5 +367,25 @@ mod tests {
         let out = save(&listing(), &[], Format::default());
         assert!(out.starts_with("-A -t "), "{out}");
         assert!(out.lines().next().unwrap().contains(":http -s rr"), "{out}");
+    }
+
+    #[test]
+    fn mh_and_its_flags_as_ipvsadm_shows_them() {
+        let mut l = listing();
+        l.services[0].scheduler = Scheduler::Maglev;
+        l.services[0].sched_flags = crate::model::SchedFlags {
+            fallback: true,
+            port: true,
+        };
+        let list = list_all(&l, numeric());
+        assert!(
+            list.contains("TCP  192.168.0.10:80 mh (mh-fallback,mh-port)\n"),
+            "{list}"
+        );
+        let saved = save(&l, &[], numeric());
+        assert!(
+            saved.starts_with("-A -t 192.168.0.10:80 -s mh -b mh-fallback,mh-port\n"),
+            "{saved}"
+        );
     }
 }
