@@ -264,6 +264,8 @@ fn scheduler_id(s: Scheduler) -> u16 {
     match s {
         Scheduler::RoundRobin => common::scheduler::RR,
         Scheduler::Maglev => common::scheduler::MH,
+        // Round robin over the cycle of turns that the scheduling range holds.
+        Scheduler::WeightedRoundRobin => common::scheduler::RR,
     }
 }
 
@@ -955,6 +957,16 @@ impl Director {
             }
         }
         scheduled.extend(wanted.iter().filter(|s| !old.contains(s)));
+        if svc.opts.scheduler == Scheduler::WeightedRoundRobin {
+            // The whole cycle of turns, as IPVS orders it (each position written when it
+            // differs from what the range held).
+            let members: Vec<(u32, u32)> = svc
+                .reals
+                .iter()
+                .map(|(a, r)| (plan.reals[a].slot, r.weight))
+                .collect();
+            scheduled = crate::wrr::sequence(&members);
+        }
         let len = scheduled.len() as u32;
         plan.old_range = (old_start, old_len);
         let start = if placed.is_some() && scheduled == old {

@@ -29,6 +29,7 @@ pub mod model;
 pub mod neigh;
 pub mod netlink;
 pub mod realserver;
+pub mod wrr;
 
 pub use balancer::{AttachMode, Balancer};
 pub use config::Config;

@@ -61,6 +61,9 @@ pub enum Scheduler {
     /// Maglev consistent hashing of the client's address, with weights (ipvsadm `-s mh`).
     #[serde(rename = "mh")]
     Maglev,
+    /// Weighted round robin (ipvsadm `-s wrr`).
+    #[serde(rename = "wrr")]
+    WeightedRoundRobin,
 }
 
 impl FromStr for Scheduler {
@@ -69,7 +72,8 @@ impl FromStr for Scheduler {
         match s {
             "rr" => Ok(Scheduler::RoundRobin),
             "mh" => Ok(Scheduler::Maglev),
-            _ => bail!("unknown scheduler {s:?} (supported: \"rr\", \"mh\")"),
+            "wrr" => Ok(Scheduler::WeightedRoundRobin),
+            _ => bail!("unknown scheduler {s:?} (supported: \"rr\", \"wrr\", \"mh\")"),
         }
     }
 }
@@ -79,6 +83,7 @@ impl fmt::Display for Scheduler {
         f.write_str(match self {
             Scheduler::RoundRobin => "rr",
             Scheduler::Maglev => "mh",
+            Scheduler::WeightedRoundRobin => "wrr",
         })
     }
 }

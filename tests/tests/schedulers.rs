@@ -195,3 +195,44 @@ fn mh_port_spreads_one_clients_connections() {
     assert_eq!(seen_port.len(), 3, "{seen_port:?}");
     assert!(seen_port.values().all(|n| *n > 800), "{seen_port:?}");
 }
+
+/// `wrr` turns as IPVS orders them (weights 1:2:3 give C, B, C, A, B, C), and its shares over
+/// 60 000 new connections.
+#[test]
+fn wrr_follows_the_weights_in_ipvss_order() {
+    pin_to_cpu0();
+    let d = director_from(&config(&[1, 2, 3], &[0, 1, 2], "").replace("\"mh\"", "\"wrr\""));
+    let first: Vec<u8> = (0..6).map(|i| send(&d, i, 30_000, SYN)).collect();
+    assert_eq!(first, vec![5, 4, 5, 3, 4, 5]);
+    let n = 60_000u32;
+    let mut counts: HashMap<u8, u32> = HashMap::new();
+    for i in 6..6 + n {
+        *counts.entry(send(&d, i, 30_000, SYN)).or_default() += 1;
+    }
+    for (mac, weight) in [(3u8, 1.0), (4, 2.0), (5, 3.0)] {
+        let share = f64::from(counts[&mac]) / f64::from(n);
+        let want = weight / 6.0;
+        println!(
+            "wrr 1:2:3 over {n} new connections: 10.0.0.{mac} {:.2}% (weight share {:.2}%)",
+            share * 100.0,
+            want * 100.0
+        );
+        assert!((share - want).abs() < want * 0.02, "10.0.0.{mac}: {share}");
+    }
+    // A weight changed live changes the turns at once.
+    let mut d = d;
+    let w = |weight| RealOpts {
+        weight,
+        mac: Some(lvs_xdp::model::Mac([2, 0, 0, 0, 0, 3])),
+    };
+    d.apply(&[Op::EditReal(web(), "10.0.0.3".parse().unwrap(), w(6))])
+        .unwrap();
+    let mut to_a = 0;
+    for i in 0..1_100u32 {
+        to_a += u32::from(send(&d, 100_000 + i, 30_000, SYN) == 3);
+    }
+    assert!(
+        (500..=600).contains(&to_a),
+        "weight 6 of 11: {to_a} of 1100"
+    );
+}

@@ -596,12 +596,13 @@ fn parse_scheduler(s: &str) -> Result<Scheduler, Usage> {
         return Ok(sched);
     }
     match s {
-        "wrr" | "lc" | "wlc" | "lblc" | "lblcr" | "dh" | "sh" | "sed" | "nq" | "fo" | "ovf"
-        | "twos" => fail(format!(
-            "scheduler '{s}' is not supported yet (supported: rr, mh)"
-        )),
+        "lc" | "wlc" | "lblc" | "lblcr" | "dh" | "sh" | "sed" | "nq" | "fo" | "ovf" | "twos" => {
+            fail(format!(
+                "scheduler '{s}' is not supported yet (supported: rr, wrr, mh)"
+            ))
+        }
         _ => fail(format!(
-            "Scheduler or persistence engine not found: '{s}' (supported: rr, mh)"
+            "Scheduler or persistence engine not found: '{s}' (supported: rr, wrr, mh)"
         )),
     }
 }
