@@ -24,6 +24,10 @@ pub mod map {
     pub const FLOWS_V4: &str = "FLOWS_V4";
     /// `Array<Clock>`, one entry: the idle clock and the timeouts, written by userspace.
     pub const CLOCK: &str = "CLOCK";
+    /// `Array<ConnCount>` (mmapable), indexed by real-server slot: its connections now, kept
+    /// by the data plane with atomic adds on every change of state, and by the sweep when it
+    /// frees expired flows. What the connection-based schedulers read.
+    pub const REAL_CONNS: &str = "REAL_CONNS";
     /// `Array<u32>` (mmapable): Maglev lookup tables of `maglev::TABLE_SIZE` real-server slots
     /// each; an `mh` service uses table [`crate::Service::table`].
     pub const MAGLEV: &str = "MAGLEV";
@@ -58,6 +62,22 @@ pub mod scheduler {
     /// Maglev consistent hashing of the client's address, over the service's table in
     /// `MAGLEV` (IPVS's `mh`).
     pub const MH: u16 = 1;
+    /// The connection-based ones (IPVS's `ip_vs_lc.c` and siblings), over the service's
+    /// scheduling range and `REAL_CONNS`: least connections (overhead = active x 256 +
+    /// inactive),
+    pub const LC: u16 = 2;
+    /// weighted least connections (overhead / weight),
+    pub const WLC: u16 = 3;
+    /// shortest expected delay ((active + 1) / weight),
+    pub const SED: u16 = 4;
+    /// never queue (an idle real server first, else as `SED`),
+    pub const NQ: u16 = 5;
+    /// weighted failover (the highest weight),
+    pub const FO: u16 = 6;
+    /// weighted overflow (the highest weight whose active connections do not exceed its weight).
+    pub const OVF: u16 = 7;
+    /// Real servers a connection-based scheduler compares at most (the first of the range).
+    pub const MAX_SCAN: u32 = 256;
 }
 
 /// Maglev hashing (`mh`): what the data plane and userspace share.
@@ -207,7 +227,8 @@ pub struct Service {
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct RealServer {
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// Its weight (1 to 65 535; real servers of weight 0 are in no scheduling range).
+    pub weight: u16,
     /// The owning service's id (for its counters).
     pub service: u32,
     /// The slot's generation (1 to `flow_table::GENERATION_MASK`) while the slot is in use; the
@@ -323,6 +344,17 @@ pub struct FlowBucketV4 {
     /// compare-and-swap from even), advanced by 2 by every write of a way's 5-tuple or target.
     /// A reader that sees it odd, or changed across its read, read nothing it may trust.
     pub seq: u32,
+}
+
+/// Value of `REAL_CONNS`: a real server's connections, active (SYN_RECV, ESTABLISHED) and
+/// inactive (the other states), as IPVS counts them. Signed: adds and subtracts from the data
+/// plane and userspace may pass each other.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct ConnCount {
+    pub active: i64,
+    pub inactive: i64,
 }
 
 /// Value of `CLOCK`: the flow table's idle clock and the timeouts, both in seconds. Userspace
@@ -590,6 +622,7 @@ mod user {
     unsafe impl aya::Pod for super::FlowBucketV4 {}
     unsafe impl aya::Pod for super::Iface {}
     unsafe impl aya::Pod for super::Clock {}
+    unsafe impl aya::Pod for super::ConnCount {}
     unsafe impl aya::Pod for super::Counters {}
 }
 
@@ -610,6 +643,7 @@ mod tests {
         assert_eq!(size_of::<Iface>(), 8);
         assert_eq!(size_of::<Counters>(), 32);
         assert_eq!(size_of::<Clock>(), 40);
+        assert_eq!(size_of::<ConnCount>(), 16);
         assert_eq!(reason::NAMES.len(), reason::COUNT as usize);
     }
 

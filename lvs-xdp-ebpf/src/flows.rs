@@ -24,6 +24,7 @@ use lvs_xdp_common::{
 };
 
 use crate::{
+    conns,
     maps::{FLOW_CACHE_V4, FLOWS_V4, REALS},
     stats,
 };
@@ -238,13 +239,17 @@ pub fn touch(place: Place, flow: &Flow, now: u16) {
     }
 }
 
-/// Sets the flow's state (and stamp). In a bucket, only if the way still holds `key`.
+/// Sets the flow's state (and stamp). In a bucket, only if the way still holds `key`. Returns
+/// whether it did.
 #[inline(always)]
-pub fn set_state(place: Place, key: &FlowKeyV4, state: u8, now: u16) {
+pub fn set_state(place: Place, key: &FlowKeyV4, state: u8, now: u16) -> bool {
     match place {
         Place::Way(bucket, way) => {
-            let Some(s) = lock(bucket) else { return };
-            if holds(way, key) {
+            let Some(s) = lock(bucket) else {
+                return false;
+            };
+            let held = holds(way, key);
+            if held {
                 // SAFETY: a way of the bucket this program holds.
                 unsafe {
                     write_volatile(&raw mut (*way).flow.state, state);
@@ -252,11 +257,13 @@ pub fn set_state(place: Place, key: &FlowKeyV4, state: u8, now: u16) {
                 }
             }
             unlock(bucket, s);
+            held
         }
         // SAFETY: as in `touch`.
         Place::Overflow(p) => unsafe {
             write_volatile(&raw mut (*p).state, state);
             write_volatile(&raw mut (*p).stamp, now);
+            true
         },
     }
 }
@@ -401,6 +408,11 @@ fn insert_held(
         stats::global(reason::EVENT_FLOW_MOVED, 0);
     } else if best >= 1 << 16 {
         stats::global(reason::EVENT_FLOW_RECLAIMED, 0);
+        // A flow of a live real server leaves its counts.
+        let old = read_flow(victim);
+        if real_of(&old).is_some() {
+            conns::add(old.slot(), old.state, -1);
+        }
     }
     write_way(victim, key, flow);
     Inserted::Done

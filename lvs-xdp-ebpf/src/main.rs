@@ -12,6 +12,7 @@
 #![no_main]
 #![feature(asm_experimental_arch)]
 
+mod conns;
 mod fast;
 mod flows;
 mod maps;
@@ -76,7 +77,9 @@ fn process(ctx: &XdpContext, bytes: u64) -> Result<(u32, u32), u32> {
                 Some(real) if !reopens => {
                     if tcp && conn::may_change(flow.state, flags) {
                         let state = conn::next_tcp(flow.state, flags);
-                        flows::set_state(place, &key, state, now);
+                        if flows::set_state(place, &key, state, now) {
+                            conns::moved(flow.slot(), flow.state, state);
+                        }
                     } else {
                         flows::touch(place, &flow, now);
                     }
@@ -84,7 +87,7 @@ fn process(ctx: &XdpContext, bytes: u64) -> Result<(u32, u32), u32> {
                     return Ok(forward(ctx, iface, real));
                 }
                 // A removed real server, or a new connection on the same 5-tuple.
-                _ => again = Some((place, flow.state, reopens)),
+                _ => again = Some((place, flow, reopens)),
             }
         }
         Lookup::Busy => {
@@ -99,14 +102,14 @@ fn process(ctx: &XdpContext, bytes: u64) -> Result<(u32, u32), u32> {
 }
 
 /// Slow path: find the service, schedule a real server, remember the flow (in place of the
-/// one at `again`, if there is one: its place, state, and whether a SYN opened it again).
+/// one at `again`, if there is one: its place, the flow, and whether a SYN opened it again).
 #[inline(always)]
 fn new_flow(
     ctx: &XdpContext,
     iface: &Iface,
     key: &FlowKeyV4,
     flags: u8,
-    again: Option<(flows::Place, u8, bool)>,
+    again: Option<(flows::Place, Flow, bool)>,
     clock: &Clock,
     bytes: u64,
 ) -> Result<(u32, u32), u32> {
@@ -138,7 +141,7 @@ fn new_flow(
     let state = match again {
         _ if !tcp => conn::UDP,
         _ if conn::is_syn(flags) => conn::SYN_RECV,
-        Some((_, state, _)) => conn::next_tcp(state, flags),
+        Some((_, old, _)) => conn::next_tcp(old.state, flags),
         None => conn::SYN_RECV,
     };
     let now = clock.now as u16;
@@ -150,9 +153,15 @@ fn new_flow(
     };
     match result {
         Inserted::Done => {
-            if let Some((_, _, false)) = again {
-                stats::global(reason::EVENT_FLOW_RESCHEDULED, 0);
+            match again {
+                Some((_, _, false)) => stats::global(reason::EVENT_FLOW_RESCHEDULED, 0),
+                // The connection it replaces leaves its real server's counts.
+                Some((_, old, true)) if flows::real_of(&old).is_some() => {
+                    conns::add(old.slot(), old.state, -1)
+                }
+                _ => {}
             }
+            conns::add(slot, state, 1);
         }
         Inserted::Raced(other) => {
             // Another CPU scheduled this flow between our lookup and insert: follow its choice.

@@ -7,7 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use lvs_xdp_common::{
-    Clock, Counters, Flow, FlowBucketV4, FlowKeyV4, Iface, RealServer, Service, ServiceKey, reason,
+    Clock, ConnCount, Counters, Flow, FlowBucketV4, FlowKeyV4, Iface, RealServer, Service,
+    ServiceKey, reason,
 };
 
 /// Not preallocated, so that a value replaced by userspace is freed only after readers are done
@@ -33,6 +34,10 @@ pub static FLOWS_V4: HashMap<FlowKeyV4, Flow> = HashMap::with_max_entries(1, BPF
 #[map]
 pub static CLOCK: Array<Clock> = Array::with_max_entries(1, 0);
 
+/// Mmapable: the sweep subtracts what it frees with atomics on the mapped memory.
+#[map]
+pub static REAL_CONNS: Array<ConnCount> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
 /// Mmapable: userspace writes a whole table as memory before a service points at it.
 #[map]
 pub static MAGLEV: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
@@ -51,3 +56,19 @@ pub static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 
 
 #[map]
 pub static GLOBAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(reason::COUNT, 0);
+
+/// What a connection-based scheduler's scan keeps between its steps (see `sched`): one entry,
+/// per CPU.
+#[repr(C)]
+pub struct Scan {
+    pub start: u32,
+    pub kind: u32,
+    /// The best position so far (`u32::MAX`: none), and its score `num / den`.
+    pub best: u32,
+    pub _pad: u32,
+    pub num: u64,
+    pub den: u64,
+}
+
+#[map]
+pub static SCAN: PerCpuArray<Scan> = PerCpuArray::with_max_entries(1, 0);

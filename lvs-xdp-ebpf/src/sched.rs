@@ -3,7 +3,12 @@ use lvs_xdp_common::{
     FlowKeyV4, RealServer, Service, flow_table, maglev, scheduler, service_flags,
 };
 
-use crate::maps::{MAGLEV, REALS, RR, SCHED};
+use aya_ebpf::{cty::c_void, helpers::bpf_loop};
+
+use crate::{
+    conns,
+    maps::{MAGLEV, REALS, RR, SCAN, SCHED, Scan},
+};
 
 /// Picks a real server by round robin for a new flow of `svc`: its slot in `REALS` and a copy
 /// of the entry. `None` when the service has no usable real server.
@@ -14,9 +19,77 @@ fn pick(svc: &Service) -> Option<(u32, RealServer)> {
     }
     let offset = match svc.scheduler {
         scheduler::RR => round_robin(svc)?,
-        _ => return None,
+        _ => by_connections(svc)?,
     };
     at(svc, offset)
+}
+
+/// The connection-based schedulers, as IPVS's: the position in the service's range of the real
+/// server with the lowest score, the first one on a tie (at most `MAX_SCAN` compared). Scores
+/// are fractions `num / den`, compared by cross-multiplying as IPVS does.
+///
+/// The scan runs in `bpf_loop`, so that the verifier checks one step rather than every one, and
+/// keeps its state in a per-CPU map value (`SCAN`) rather than on the stack: the verifier does
+/// not follow values in maps, so the step converges at once.
+#[inline(always)]
+fn by_connections(svc: &Service) -> Option<u32> {
+    let scan = SCAN.get_ptr_mut(0)?;
+    let len = svc.sched_len.min(scheduler::MAX_SCAN);
+    // SAFETY: this CPU's entry of a per-CPU array; nothing else runs on this CPU meanwhile.
+    unsafe {
+        *scan = Scan {
+            start: svc.sched_start,
+            kind: u32::from(svc.scheduler),
+            best: u32::MAX,
+            _pad: 0,
+            num: 0,
+            den: 0,
+        };
+        bpf_loop(len, scan_step as *mut c_void, core::ptr::null_mut(), 0);
+        let best = (*scan).best;
+        (best < len).then_some(best)
+    }
+}
+
+/// One step of `by_connections`: position `i`. Returns 1 to stop the loop.
+#[inline(never)]
+extern "C" fn scan_step(i: u32, _ctx: *mut c_void) -> i64 {
+    let Some(scan) = SCAN.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's entry of a per-CPU array, for this program run.
+    let scan = unsafe { &mut *scan };
+    let Some(slot) = SCHED.get(scan.start.wrapping_add(i)) else {
+        return 1;
+    };
+    let Some(real) = REALS.get(*slot) else {
+        return 1;
+    };
+    let c = conns::of(*slot);
+    let active = c.active.max(0) as u64;
+    let inactive = c.inactive.max(0) as u64;
+    let weight = u64::from(real.weight.max(1));
+    let (num, den) = match scan.kind as u16 {
+        scheduler::LC => (active * 256 + inactive, 1),
+        scheduler::WLC => (active * 256 + inactive, weight),
+        scheduler::NQ if active == 0 => {
+            scan.best = i;
+            return 1;
+        }
+        scheduler::SED | scheduler::NQ => (active + 1, weight),
+        // The highest weight: the lowest 1 / weight.
+        scheduler::FO => (1, weight),
+        // Eligible while its active connections do not exceed its weight (IPVS skips above).
+        scheduler::OVF if active <= weight => (1, weight),
+        scheduler::OVF => return 0,
+        _ => return 1,
+    };
+    if scan.best == u32::MAX || num * scan.den < scan.num * den {
+        scan.best = i;
+        scan.num = num;
+        scan.den = den;
+    }
+    0
 }
 
 /// Picks a real server for a new flow of `svc`, by its scheduler: by round robin, or for `mh`

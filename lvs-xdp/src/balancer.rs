@@ -17,7 +17,7 @@ use lvs_xdp_common::{self as common, Counters, flow_table, maglev, map, reason};
 
 use crate::{
     config::Capacity,
-    flowtable::{self, Buckets},
+    flowtable::{self, Buckets, RealConns},
     iface::Interface,
     mapped::Mapping,
 };
@@ -94,7 +94,7 @@ pub fn maglev_tables(capacity: &Capacity) -> u32 {
 }
 
 /// Every map this program shares with userspace, by name: what `keep` pins.
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 13] = [
     map::SERVICES,
     map::REALS,
     map::SCHED,
@@ -107,6 +107,7 @@ pub const PINNED_MAPS: [&str; 12] = [
     map::GLOBAL_STATS,
     map::CLOCK,
     map::MAGLEV,
+    map::REAL_CONNS,
 ];
 
 /// A second handle on each map of [`PINNED_MAPS`] (the typed handles cannot pin).
@@ -181,6 +182,8 @@ pub struct Balancer {
     buckets: Buckets,
     /// `MAGLEV`, mapped into this process.
     maglev: Mapping,
+    /// `REAL_CONNS`, mapped into this process.
+    conns: RealConns,
     handles: Vec<(&'static str, MapData)>,
     seed: u32,
     capacity: Capacity,
@@ -258,6 +261,7 @@ impl Balancer {
             .map_max_entries(map::FLOW_CACHE_V4, buckets)
             .map_max_entries(map::FLOWS_V4, overflow)
             .map_max_entries(map::MAGLEV, maglev_tables(capacity) * maglev::TABLE_SIZE)
+            .map_max_entries(map::REAL_CONNS, capacity.real_servers)
             .map_max_entries(map::IFACES, max_ifindex + 1)
             .map_max_entries(map::RR, capacity.services)
             .map_max_entries(map::SERVICE_STATS, capacity.services)
@@ -288,6 +292,14 @@ impl Balancer {
             let bytes = (maglev_tables(capacity) * maglev::TABLE_SIZE) as usize * MAGLEV_STRIDE;
             Mapping::new(tables.fd().as_fd(), bytes, "the Maglev tables")?
         };
+        let conns = {
+            use std::os::fd::AsFd as _;
+            let (_, counts) = handles
+                .iter()
+                .find(|(name, _)| *name == map::REAL_CONNS)
+                .ok_or_else(|| anyhow!("map {} missing", map::REAL_CONNS))?;
+            RealConns::map(counts.fd().as_fd(), capacity.real_servers)?
+        };
         // The idle clock, before anything can be attached; the director writes its timeouts.
         let clock = match reuse {
             Some(_) => common::Clock {
@@ -303,6 +315,7 @@ impl Balancer {
             maps,
             buckets,
             maglev,
+            conns,
             handles,
             seed,
             capacity: *capacity,
@@ -345,14 +358,20 @@ impl Balancer {
         self.maps.clock.set(0, clock, 0).context("writing CLOCK")
     }
 
-    /// The flow table's buckets, mapped, and its overflow hash.
+    /// The flow table's buckets, mapped, its overflow hash, and the connection counts.
     pub fn flow_table(
         &mut self,
     ) -> (
         &Buckets,
         &mut HashMap<MapData, common::FlowKeyV4, common::Flow>,
+        &RealConns,
     ) {
-        (&self.buckets, &mut self.maps.flows)
+        (&self.buckets, &mut self.maps.flows, &self.conns)
+    }
+
+    /// The connection counts the data plane keeps for its schedulers.
+    pub fn real_conns(&self) -> &RealConns {
+        &self.conns
     }
 
     /// The flow table's hash seed (a restart that keeps the flows must use it again).

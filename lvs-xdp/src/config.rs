@@ -248,7 +248,7 @@ fn validate_service(raw: RawService) -> Result<Vec<Op>> {
     };
     let scheduler = match raw.scheduler {
         Some(s) => s.parse()?,
-        None => Scheduler::RoundRobin,
+        None => Scheduler::default(),
     };
     let flags = match raw.scheduler_flags {
         Some(words) if !words.is_empty() => {

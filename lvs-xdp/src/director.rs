@@ -112,6 +112,9 @@ struct PlacedReal {
     slot: u32,
     mac: Mac,
     generation: u32,
+    /// As the data plane's connection-based schedulers read it.
+    #[serde(default)]
+    weight: u16,
 }
 
 /// A service as placed in the maps.
@@ -178,7 +181,7 @@ struct Plan {
     reals: BTreeMap<Ipv4Addr, PlacedReal>,
     /// Fresh slots, to write before the service points at them.
     new_slots: Vec<u32>,
-    /// Kept slots whose MAC changes (written in place: their flows stay).
+    /// Kept slots whose MAC or weight changes (written in place: their flows stay).
     new_macs: Vec<u32>,
     /// The scheduled real servers' slots, in range order, after the change.
     scheduled: Vec<u32>,
@@ -266,6 +269,12 @@ fn scheduler_id(s: Scheduler) -> u16 {
         Scheduler::Maglev => common::scheduler::MH,
         // Round robin over the cycle of turns that the scheduling range holds.
         Scheduler::WeightedRoundRobin => common::scheduler::RR,
+        Scheduler::LeastConnection => common::scheduler::LC,
+        Scheduler::WeightedLeastConnection => common::scheduler::WLC,
+        Scheduler::ShortestExpectedDelay => common::scheduler::SED,
+        Scheduler::NeverQueue => common::scheduler::NQ,
+        Scheduler::WeightedFailover => common::scheduler::FO,
+        Scheduler::WeightedOverflow => common::scheduler::OVF,
     }
 }
 
@@ -690,20 +699,32 @@ impl Director {
         let clock = flowtable::clock(self.state.timeouts.per_state());
         self.balancer.set_clock(&clock)?;
         let live = self.live_generations();
-        let (buckets, overflow) = self.balancer.flow_table();
-        self.sweep
-            .step(buckets, overflow, &clock, &live, flowtable::SWEEP_BUCKETS)
+        let (buckets, overflow, conns) = self.balancer.flow_table();
+        self.sweep.step(
+            buckets,
+            overflow,
+            conns,
+            &clock,
+            &live,
+            flowtable::SWEEP_BUCKETS,
+        )
     }
 
     /// A whole sweep now, at the clock the data plane reads (tests set it by hand).
     pub fn sweep_now(&mut self) -> Result<()> {
         let clock = self.balancer.clock()?;
         let live = self.live_generations();
-        let (buckets, overflow) = self.balancer.flow_table();
+        let (buckets, overflow, conns) = self.balancer.flow_table();
         let passes = self.sweep.passes;
         while self.sweep.passes == passes {
-            self.sweep
-                .step(buckets, overflow, &clock, &live, flowtable::SWEEP_BUCKETS)?;
+            self.sweep.step(
+                buckets,
+                overflow,
+                conns,
+                &clock,
+                &live,
+                flowtable::SWEEP_BUCKETS,
+            )?;
         }
         Ok(())
     }
@@ -738,7 +759,7 @@ impl Director {
     pub fn refresh_connections(&mut self) -> Result<()> {
         let clock = self.balancer.clock()?;
         let live = self.live_generations();
-        let (buckets, overflow) = self.balancer.flow_table();
+        let (buckets, overflow, _) = self.balancer.flow_table();
         let counts = flowtable::count_now(buckets, overflow, &clock, &live);
         self.sweep.set_counts(counts);
         Ok(())
@@ -899,12 +920,13 @@ impl Director {
         for (addr, real) in &svc.reals {
             let mac = real.mac.or_else(|| macs.get(addr).copied());
             let mac = mac.ok_or_else(|| anyhow!("no MAC for real server {addr}"))?;
+            let weight = real.weight.min(u32::from(u16::MAX)) as u16;
             let placed_real = match old_reals.get(addr) {
                 Some(p) => {
-                    if p.mac != mac {
+                    if p.mac != mac || p.weight != weight {
                         plan.new_macs.push(p.slot);
                     }
-                    PlacedReal { mac, ..*p }
+                    PlacedReal { mac, weight, ..*p }
                 }
                 None => {
                     let slot = match self.slots.alloc() {
@@ -919,6 +941,7 @@ impl Director {
                         slot,
                         mac,
                         generation: self.next_generation(slot),
+                        weight,
                     }
                 }
             };
@@ -1085,6 +1108,7 @@ impl Director {
             for p in plan.reals.values() {
                 if plan.new_slots.contains(&p.slot) {
                     self.balancer.zero_real_counters(p.slot)?;
+                    self.balancer.real_conns().zero(p.slot);
                     self.balancer.write_real(p.slot, &real_entry(p, plan.id))?;
                 }
             }
@@ -1350,7 +1374,7 @@ fn generations_from(list: &[(u32, u16)], slots: u32) -> Vec<u16> {
 fn real_entry(p: &PlacedReal, service: u32) -> common::RealServer {
     common::RealServer {
         mac: p.mac.0,
-        _pad: [0; 2],
+        weight: p.weight,
         service,
         generation: p.generation,
     }

@@ -11,14 +11,14 @@
 use std::{
     collections::HashMap,
     os::fd::BorrowedFd,
-    sync::atomic::{AtomicU32, Ordering, fence},
+    sync::atomic::{AtomicI64, AtomicU32, Ordering, fence},
 };
 
 use crate::mapped::Mapping;
 use anyhow::Result;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use lvs_xdp_common::{
-    Clock, Flow, FlowBucketV4, FlowEntryV4, FlowKeyV4, conn,
+    Clock, ConnCount, Flow, FlowBucketV4, FlowEntryV4, FlowKeyV4, conn,
     flow_table::{SLOT_MASK, WAYS},
 };
 
@@ -139,6 +139,62 @@ impl Buckets {
     }
 }
 
+/// `REAL_CONNS`, mapped: each real server's connections as the data plane keeps them for its
+/// schedulers. Userspace zeroes a slot before a new real server takes it, and takes off what
+/// the sweep frees, with atomic subtractions (the data plane adds atomically too).
+pub struct RealConns {
+    map: Mapping,
+    slots: u32,
+}
+
+impl RealConns {
+    const SIZE: usize = std::mem::size_of::<ConnCount>();
+
+    pub fn map(fd: BorrowedFd<'_>, slots: u32) -> Result<RealConns> {
+        Ok(RealConns {
+            map: Mapping::new(fd, slots as usize * Self::SIZE, "the connection counts")?,
+            slots,
+        })
+    }
+
+    /// The (active, inactive) counter of `slot`.
+    fn counters(&self, slot: u32) -> Option<(&AtomicI64, &AtomicI64)> {
+        if slot >= self.slots {
+            return None;
+        }
+        let p = self
+            .map
+            .at(slot as usize * Self::SIZE, Self::SIZE)
+            .cast::<i64>();
+        // SAFETY: two 8-byte aligned i64 inside the mapping (values are 16 bytes, the mapping
+        // page-aligned), for as long as `self` lives.
+        Some(unsafe { (AtomicI64::from_ptr(p), AtomicI64::from_ptr(p.add(1))) })
+    }
+
+    /// `slot`'s counts now (active, inactive).
+    pub fn get(&self, slot: u32) -> (i64, i64) {
+        self.counters(slot).map_or((0, 0), |(a, i)| {
+            (a.load(Ordering::Relaxed), i.load(Ordering::Relaxed))
+        })
+    }
+
+    /// Zeroes `slot` (no packet counts for it: no service points at it yet).
+    pub fn zero(&self, slot: u32) {
+        if let Some((a, i)) = self.counters(slot) {
+            a.store(0, Ordering::SeqCst);
+            i.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// Takes one connection of `flow`'s class off its slot.
+    fn forget(&self, flow: &Flow) {
+        if let Some((a, i)) = self.counters(flow.target & SLOT_MASK) {
+            let c = if conn::is_active(flow.state) { a } else { i };
+            c.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Connections of each real-server slot: (active, inactive), as IPVS counts them
 /// (SYN_RECV and ESTABLISHED are active).
 pub type ConnCounts = HashMap<u32, (u64, u64)>;
@@ -220,6 +276,7 @@ impl Sweep {
         &mut self,
         buckets: &Buckets,
         overflow: &mut BpfHashMap<MapData, FlowKeyV4, Flow>,
+        conns: &RealConns,
         clock: &Clock,
         live: &[u32],
         budget: u32,
@@ -235,7 +292,12 @@ impl Sweep {
                 }
                 match judge(&way.flow, clock, live) {
                     Judged::Live { active } => count(&mut self.counting, &way.flow, active),
-                    Judged::Expired => self.expired += u64::from(buckets.free(i, w, &way.flow)),
+                    Judged::Expired => {
+                        if buckets.free(i, w, &way.flow) {
+                            self.expired += 1;
+                            conns.forget(&way.flow);
+                        }
+                    }
                     // Only once idle for 2 s: a flow rescheduled this second could look the
                     // same as the stale one in the word the swap compares.
                     Judged::Stale if conn::age(clock.now, way.flow.stamp) >= 2 => {
@@ -247,7 +309,7 @@ impl Sweep {
         }
         self.cursor = end;
         if self.cursor >= buckets.len() {
-            self.sweep_overflow(overflow, clock, live)?;
+            self.sweep_overflow(overflow, conns, clock, live)?;
             self.cursor = 0;
             self.counts = std::mem::take(&mut self.counting);
             self.passes += 1;
@@ -260,6 +322,7 @@ impl Sweep {
     fn sweep_overflow(
         &mut self,
         overflow: &mut BpfHashMap<MapData, FlowKeyV4, Flow>,
+        conns: &RealConns,
         clock: &Clock,
         live: &[u32],
     ) -> Result<()> {
@@ -273,6 +336,7 @@ impl Sweep {
                     }
                     if gone == Judged::Expired {
                         self.expired += 1;
+                        conns.forget(&flow);
                     } else {
                         self.stale += 1;
                     }

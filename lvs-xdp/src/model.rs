@@ -55,7 +55,6 @@ impl fmt::Display for Protocol {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Scheduler {
     /// Round-robin (ipvsadm `-s rr`).
-    #[default]
     #[serde(rename = "rr")]
     RoundRobin,
     /// Maglev consistent hashing of the client's address, with weights (ipvsadm `-s mh`).
@@ -64,27 +63,79 @@ pub enum Scheduler {
     /// Weighted round robin (ipvsadm `-s wrr`).
     #[serde(rename = "wrr")]
     WeightedRoundRobin,
+    /// Least connections (`lc`).
+    #[serde(rename = "lc")]
+    LeastConnection,
+    /// Weighted least connections (`wlc`): ipvsadm's default, and so lvs-xdp's.
+    #[default]
+    #[serde(rename = "wlc")]
+    WeightedLeastConnection,
+    /// Shortest expected delay (`sed`).
+    #[serde(rename = "sed")]
+    ShortestExpectedDelay,
+    /// Never queue (`nq`).
+    #[serde(rename = "nq")]
+    NeverQueue,
+    /// Weighted failover (`fo`).
+    #[serde(rename = "fo")]
+    WeightedFailover,
+    /// Weighted overflow (`ovf`).
+    #[serde(rename = "ovf")]
+    WeightedOverflow,
+}
+
+impl Scheduler {
+    /// Every scheduler, by its ipvsadm name.
+    pub const ALL: [Scheduler; 9] = [
+        Scheduler::RoundRobin,
+        Scheduler::WeightedRoundRobin,
+        Scheduler::LeastConnection,
+        Scheduler::WeightedLeastConnection,
+        Scheduler::ShortestExpectedDelay,
+        Scheduler::NeverQueue,
+        Scheduler::WeightedFailover,
+        Scheduler::WeightedOverflow,
+        Scheduler::Maglev,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduler::RoundRobin => "rr",
+            Scheduler::WeightedRoundRobin => "wrr",
+            Scheduler::LeastConnection => "lc",
+            Scheduler::WeightedLeastConnection => "wlc",
+            Scheduler::ShortestExpectedDelay => "sed",
+            Scheduler::NeverQueue => "nq",
+            Scheduler::WeightedFailover => "fo",
+            Scheduler::WeightedOverflow => "ovf",
+            Scheduler::Maglev => "mh",
+        }
+    }
+
+    /// The names, for messages: `rr, wrr, ...`.
+    pub fn names() -> String {
+        Scheduler::ALL.map(Scheduler::name).join(", ")
+    }
 }
 
 impl FromStr for Scheduler {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "rr" => Ok(Scheduler::RoundRobin),
-            "mh" => Ok(Scheduler::Maglev),
-            "wrr" => Ok(Scheduler::WeightedRoundRobin),
-            _ => bail!("unknown scheduler {s:?} (supported: \"rr\", \"wrr\", \"mh\")"),
-        }
+        Scheduler::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| {
+                anyhow!(
+                    "unknown scheduler {s:?} (supported: {})",
+                    Scheduler::names()
+                )
+            })
     }
 }
 
 impl fmt::Display for Scheduler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Scheduler::RoundRobin => "rr",
-            Scheduler::Maglev => "mh",
-            Scheduler::WeightedRoundRobin => "wrr",
-        })
+        f.write_str(self.name())
     }
 }
 

@@ -161,7 +161,7 @@ impl Bench {
         })?;
 
         let config = Config::from_toml(&format!(
-            "flow_table_size = {}\n[[service]]\nvip = \"{}\"\nport = {PORT}\nprotocol = \"{}\"\nreal_servers = [ {{ address = \"10.0.0.3\", mac = \"{}\" }}, {{ address = \"10.0.0.4\", mac = \"{}\" }} ]\n",
+            "flow_table_size = {}\n[[service]]\nvip = \"{}\"\nport = {PORT}\nprotocol = \"{}\"\nscheduler = \"rr\"\nreal_servers = [ {{ address = \"10.0.0.3\", mac = \"{}\" }}, {{ address = \"10.0.0.4\", mac = \"{}\" }} ]\n",
             opts.flow_table_size,
             std::net::Ipv4Addr::from(VIP4),
             if opts.proto == PROTO_UDP {

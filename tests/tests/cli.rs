@@ -76,8 +76,8 @@ fn config_refusals_name_the_problem() {
         ),
         (
             "unknown scheduler",
-            "[[service]]\nvip = \"10.9.0.10\"\nport = 80\nscheduler = \"lc\"\n",
-            "unknown scheduler \"lc\"",
+            "[[service]]\nvip = \"10.9.0.10\"\nport = 80\nscheduler = \"twos\"\n",
+            "unknown scheduler \"twos\"",
         ),
         (
             "bad MAC",
@@ -188,7 +188,7 @@ fn check_prints_the_services() {
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(
         o.stdout.starts_with(
-            "-A -t 10.9.0.10:80 -s rr\n-a -t 10.9.0.10:80 -r 10.9.0.3:80 -g -w 1\n-a -t 10.9.0.10:80 -r 10.9.0.4:80 -g -w 1\n-A -u 10.9.0.10:53 -s rr\n"
+            "-A -t 10.9.0.10:80 -s wlc\n-a -t 10.9.0.10:80 -r 10.9.0.3:80 -g -w 1\n-a -t 10.9.0.10:80 -r 10.9.0.4:80 -g -w 1\n-A -u 10.9.0.10:53 -s wlc\n"
         ),
         "{}",
         o.stdout

@@ -28,6 +28,7 @@ flow_table_size = 4096
 [[service]]
 vip = "10.0.0.10"
 port = 80
+scheduler = "rr"
 real_servers = [
   { address = "10.0.0.3", mac = "02:00:00:00:00:03" },
   { address = "10.0.0.4", mac = "02:00:00:00:00:04" },
@@ -36,11 +37,13 @@ real_servers = [
 [[service]]
 vip = "10.0.0.10"
 port = 53
+scheduler = "rr"
 protocol = "udp"
 real_servers = [ { address = "10.0.0.5", mac = "02:00:00:00:00:05" } ]
 [[service]]
 vip = "10.0.0.20"
 port = 80
+scheduler = "rr"
 "#;
 
 /// TCP 10.0.0.10:80, the service with three real servers.

@@ -236,3 +236,132 @@ fn wrr_follows_the_weights_in_ipvss_order() {
         "weight 6 of 11: {to_a} of 1100"
     );
 }
+
+/// A service of `scheduler` over real servers 10.0.0.(3 + i) of these weights.
+fn with_scheduler(scheduler: &str, weights: &[u32]) -> Director {
+    let order: Vec<usize> = (0..weights.len()).collect();
+    director_from(&config(weights, &order, "").replace("\"mh\"", &format!("\"{scheduler}\"")))
+}
+
+/// Opens a connection from client `i` that stays established.
+fn long(d: &Director, i: u32) -> u8 {
+    let rs = send(d, i, 20_000, SYN);
+    assert_eq!(send(d, i, 20_000, ACK), rs);
+    rs
+}
+
+/// A connection from client `i` that opens and closes (FIN, then RST: CLOSE, inactive).
+fn short(d: &Director, i: u32) -> u8 {
+    let rs = send(d, i, 21_000, SYN);
+    send(d, i, 21_000, ACK);
+    send(d, i, 21_000, 0x11);
+    send(d, i, 21_000, 0x04);
+    rs
+}
+
+/// Real server 10.0.0.(3 + i)'s connections as the data plane counts them for scheduling.
+fn counted(d: &Director, i: u8) -> (i64, i64) {
+    let slot = d.slot_of(&web(), Ipv4Addr::new(10, 0, 0, 3 + i)).unwrap();
+    d.balancer().real_conns().get(slot)
+}
+
+/// `lc` keeps the established connections balanced when connection lengths differ; round
+/// robin, on the same pattern, piles every long one on one real server.
+#[test]
+fn lc_keeps_connections_balanced_when_their_lengths_differ() {
+    pin_to_cpu0();
+    let run = |scheduler| {
+        let d = with_scheduler(scheduler, &[1, 1]);
+        let mut longs: HashMap<u8, u32> = HashMap::new();
+        for i in 0..20 {
+            *longs.entry(long(&d, 2 * i)).or_default() += 1;
+            short(&d, 2 * i + 1);
+        }
+        (d, longs)
+    };
+    let (_, rr) = run("rr");
+    assert_eq!(
+        rr.len(),
+        1,
+        "rr: every long connection on one real server: {rr:?}"
+    );
+    let (d, lc) = run("lc");
+    assert_eq!((lc[&3], lc[&4]), (10, 10), "lc: {lc:?}");
+    // The counts the scheduler read are IPVS's: 10 active and 10 inactive on each (one CPU:
+    // exact; the sweep's scan of the table agrees).
+    assert_eq!((counted(&d, 0), counted(&d, 1)), ((10, 10), (10, 10)));
+}
+
+/// The data plane's counts follow every change of state, and agree with a scan of the table.
+#[test]
+fn connection_counts_follow_every_change_of_state() {
+    pin_to_cpu0();
+    let mut d = with_scheduler("wlc", &[1, 1]);
+    for i in 0..30 {
+        long(&d, i);
+    }
+    for i in 0..10 {
+        send(&d, i, 20_000, 0x11); // FIN: established -> FIN_WAIT (inactive)
+    }
+    for i in 10..15 {
+        send(&d, i, 20_000, 0x04); // RST: established -> CLOSE (inactive)
+    }
+    for i in 100..105 {
+        send(&d, i, 22_000, SYN); // half-open: active
+    }
+    let total = |d: &Director| {
+        let (a, b) = (counted(d, 0), counted(d, 1));
+        (a.0 + b.0, a.1 + b.1)
+    };
+    assert_eq!(total(&d), (15 + 5, 15));
+    d.refresh_connections().unwrap();
+    let s = d.snapshot().unwrap();
+    let scanned = s
+        .service(&web())
+        .unwrap()
+        .reals
+        .iter()
+        .fold((0, 0), |(a, i), r| {
+            (a + r.conns.0 as i64, i + r.conns.1 as i64)
+        });
+    assert_eq!(
+        scanned,
+        total(&d),
+        "the table scan and the data plane agree"
+    );
+    // Expired flows freed by the sweep leave the counts: after 200 s idle, the FIN_WAIT (120 s),
+    // CLOSE (10 s) and half-open (60 s) ones; the established ones (900 s) stay.
+    let mut clock = d.balancer().clock().unwrap();
+    clock.now += 200;
+    d.balancer_mut().set_clock(&clock).unwrap();
+    d.sweep_now().unwrap();
+    assert_eq!(total(&d), (15, 0));
+}
+
+#[test]
+fn wlc_sed_nq_fo_and_ovf_choose_as_ipvs() {
+    pin_to_cpu0();
+    // wlc, weights 1:3: established connections split 1:3.
+    let d = with_scheduler("wlc", &[1, 3]);
+    let mut n: HashMap<u8, u32> = HashMap::new();
+    for i in 0..40 {
+        *n.entry(long(&d, i)).or_default() += 1;
+    }
+    assert_eq!((n[&3], n[&4]), (10, 30), "wlc: {n:?}");
+    // sed: (active + 1) / weight; weights 1:3 give the first three to the heavier one.
+    let d = with_scheduler("sed", &[1, 3]);
+    let first: Vec<u8> = (0..4).map(|i| long(&d, i)).collect();
+    assert_eq!(first, vec![4, 4, 3, 4], "sed");
+    // nq: an idle real server first (the first idle one in order), whatever the weights; then
+    // as sed.
+    let d = with_scheduler("nq", &[1, 3]);
+    let first: Vec<u8> = (0..4).map(|i| long(&d, i)).collect();
+    assert_eq!(first, vec![3, 4, 4, 4], "nq");
+    // fo: the highest weight takes everything.
+    let d = with_scheduler("fo", &[1, 3, 2]);
+    assert!((0..20).all(|i| long(&d, i) == 4), "fo");
+    // ovf: the highest weight until its active connections exceed its weight, then the next.
+    let d = with_scheduler("ovf", &[1, 3, 2]);
+    let first: Vec<u8> = (0..9).map(|i| long(&d, i)).collect();
+    assert_eq!(first, vec![4, 4, 4, 4, 5, 5, 5, 3, 3], "ovf");
+}

@@ -72,7 +72,11 @@ port = 53
     assert_eq!(services.len(), 2);
     let dns = &services[&udp([192, 168, 0, 10], 53)];
     let web = &services[&tcp([192, 168, 0, 10], 53)];
-    assert_eq!(web.opts.scheduler, Scheduler::RoundRobin);
+    assert_eq!(
+        web.opts.scheduler,
+        Scheduler::WeightedLeastConnection,
+        "ipvsadm's default"
+    );
     assert!(web.reals.is_empty());
     let real = &dns.reals[&Ipv4Addr::new(192, 168, 0, 3)];
     assert_eq!(real.mac, Some(Mac([2, 0, 0, 0, 0, 0x0a])));
@@ -154,8 +158,8 @@ fn refuses_ports_out_of_range() {
 fn refuses_unknown_protocol_and_scheduler() {
     let err = refused(&service("protocol = \"sctp\""));
     assert!(err.contains("unknown protocol \"sctp\""), "{err}");
-    let err = refused(&service("scheduler = \"wlc\""));
-    assert!(err.contains("unknown scheduler \"wlc\""), "{err}");
+    let err = refused(&service("scheduler = \"dh\""));
+    assert!(err.contains("unknown scheduler \"dh\""), "{err}");
 }
 
 #[test]

@@ -596,13 +596,19 @@ fn parse_scheduler(s: &str) -> Result<Scheduler, Usage> {
         return Ok(sched);
     }
     match s {
-        "lc" | "wlc" | "lblc" | "lblcr" | "dh" | "sh" | "sed" | "nq" | "fo" | "ovf" | "twos" => {
-            fail(format!(
-                "scheduler '{s}' is not supported yet (supported: rr, wrr, mh)"
-            ))
-        }
+        "lblc" | "lblcr" => fail(format!(
+            "scheduler '{s}' does not apply to a direct-routing director: it keeps a real server per \
+             destination address, for transparent proxy caches, which lvs-xdp does not serve \
+             (supported: {})",
+            Scheduler::names()
+        )),
+        "dh" | "sh" | "twos" => fail(format!(
+            "scheduler '{s}' is not supported yet (supported: {})",
+            Scheduler::names()
+        )),
         _ => fail(format!(
-            "Scheduler or persistence engine not found: '{s}' (supported: rr, wrr, mh)"
+            "Scheduler or persistence engine not found: '{s}' (supported: {})",
+            Scheduler::names()
         )),
     }
 }
@@ -714,10 +720,20 @@ mod tests {
     #[test]
     fn the_classic_recipe() {
         let key = ServiceKey::new(Protocol::Tcp, VIP, 80);
+        let rr = ServiceOpts {
+            scheduler: Scheduler::RoundRobin,
+            ..ServiceOpts::default()
+        };
         assert_eq!(
             p("-A -t 192.168.0.10:80 -s rr").unwrap(),
+            Command::Apply(Op::AddService(key, rr))
+        );
+        // Without -s, ipvsadm's default: wlc.
+        assert_eq!(
+            p("-A -t 192.168.0.10:80").unwrap(),
             Command::Apply(Op::AddService(key, ServiceOpts::default()))
         );
+        assert_eq!(ServiceOpts::default().scheduler.name(), "wlc");
         assert_eq!(
             p("-a -t 192.168.0.10:80 -r 192.168.0.3 -g").unwrap(),
             Command::Apply(Op::AddReal(key, RS, RealOpts::default()))
@@ -830,7 +846,10 @@ mod tests {
         assert!(err("-a -t 192.168.0.10:80 -r 192.168.0.3 -m").contains("direct-routing"));
         assert!(err("-a -t 192.168.0.10:80 -r 192.168.0.3 -i").contains("tunnelling"));
         assert!(err("-A -f 1").contains("firewall-mark"));
-        assert!(err("-A -t 192.168.0.10:80 -s wlc").contains("not supported yet"));
+        assert!(err("-A -t 192.168.0.10:80 -s sh").contains("not supported yet"));
+        assert!(
+            err("-A -t 192.168.0.10:80 -s lblc").contains("does not apply to a direct-routing")
+        );
         assert!(err("-A -t 192.168.0.10:80 -s nosuch").contains("not found"));
         assert!(err("-A -t [2001:db8::1]:80").contains("IPv6"));
     }
