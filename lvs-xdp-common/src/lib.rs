@@ -78,6 +78,20 @@ pub mod scheduler {
     pub const OVF: u16 = 7;
     /// Real servers a connection-based scheduler compares at most (the first of the range).
     pub const MAX_SCAN: u32 = 256;
+    /// Source hashing (IPVS's `sh`): the service's scheduling range is a table of
+    /// `HASH_BUCKETS` buckets, looked up by the client's address (and port, with `SH_PORT`).
+    pub const SH: u16 = 8;
+    /// Destination hashing (IPVS's `dh`): the same table, looked up by the destination address.
+    pub const DH: u16 = 9;
+    /// Buckets of an `sh` or `dh` table, as IPVS's (`IP_VS_SH_TAB_BITS` 8).
+    pub const HASH_BUCKETS: u32 = 256;
+
+    /// IPVS's bucket of a (host-order) address plus port: the top 8 bits of their sum times
+    /// 2^32 / phi (its `hash_32`).
+    #[inline(always)]
+    pub fn bucket(addr: u32, port: u16) -> u32 {
+        addr.wrapping_add(u32::from(port)).wrapping_mul(0x61C8_8647) >> 24
+    }
 }
 
 /// Maglev hashing (`mh`): what the data plane and userspace share.
@@ -111,8 +125,10 @@ pub mod service_flags {
     /// A marker entry keyed by (VIP, port 0, protocol): the address is a VIP for that protocol.
     /// Used only to classify IP fragments, which carry no port.
     pub const ADDRESS_MARKER: u16 = 1;
-    /// `mh-port`: the Maglev hash takes the client's port with its address.
+    /// `mh-port`, `sh-port`: the hash takes the client's port with its address.
     pub const MH_PORT: u16 = 2;
+    /// `sh-fallback`: when the bucket's real server has weight 0, the next bucket's.
+    pub const SH_FALLBACK: u16 = 4;
 }
 
 /// Index into `GLOBAL_STATS`. Every packet the program sees is counted under exactly one

@@ -96,10 +96,88 @@ extern "C" fn scan_step(i: u32, _ctx: *mut c_void) -> i64 {
 /// by the client's entry in the service's Maglev table.
 #[inline(always)]
 pub fn pick_for(svc: &Service, key: &FlowKeyV4) -> Option<(u32, RealServer)> {
-    if svc.scheduler == scheduler::MH {
-        return by_maglev(svc, key);
+    match svc.scheduler {
+        scheduler::MH => by_maglev(svc, key),
+        scheduler::SH | scheduler::DH => by_bucket(svc, key),
+        _ => pick(svc),
     }
-    pick(svc)
+}
+
+/// `sh` and `dh`: the real server of the client's (or the destination's) bucket in the table
+/// the scheduling range holds, as IPVS finds it. A real server of weight 0 is unavailable:
+/// with `sh-fallback` the following buckets are tried in turn, otherwise there is none.
+#[inline(always)]
+fn by_bucket(svc: &Service, key: &FlowKeyV4) -> Option<(u32, RealServer)> {
+    if svc.sched_len == 0 {
+        return None;
+    }
+    let ports = key.ports.to_le_bytes();
+    let (addr, port) = if svc.scheduler == scheduler::DH {
+        (key.daddr, 0)
+    } else if svc.flags & service_flags::MH_PORT != 0 {
+        (key.saddr, u16::from_be_bytes([ports[0], ports[1]]))
+    } else {
+        (key.saddr, 0)
+    };
+    let first = scheduler::bucket(u32::from_be(addr), port);
+    let (slot, real) = at(svc, first % svc.sched_len)?;
+    if real.weight != 0 {
+        return Some((slot, real));
+    }
+    if svc.flags & service_flags::SH_FALLBACK == 0 {
+        return None;
+    }
+    // The following buckets in turn, in bpf_loop with its state in `SCAN` (see
+    // `by_connections`).
+    let scan = SCAN.get_ptr_mut(0)?;
+    // SAFETY: this CPU's entry of a per-CPU array; nothing else runs on this CPU meanwhile.
+    let found = unsafe {
+        *scan = Scan {
+            start: svc.sched_start,
+            kind: svc.sched_len,
+            best: u32::MAX,
+            _pad: 0,
+            num: u64::from(first),
+            den: 0,
+        };
+        bpf_loop(
+            scheduler::HASH_BUCKETS - 1,
+            probe_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+        (*scan).best
+    };
+    if found == u32::MAX {
+        return None;
+    }
+    at(svc, found)
+}
+
+/// One step of the `sh-fallback` probe: the bucket `i + 1` after the first (`Scan::num`) in a
+/// table of `Scan::kind` buckets from `Scan::start`. Returns 1 to stop the loop.
+#[inline(never)]
+extern "C" fn probe_step(i: u32, _ctx: *mut c_void) -> i64 {
+    let Some(scan) = SCAN.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's entry of a per-CPU array, for this program run.
+    let scan = unsafe { &mut *scan };
+    if scan.kind == 0 {
+        return 1;
+    }
+    let b = ((scan.num as u32).wrapping_add(i + 1)) % scan.kind;
+    let Some(slot) = SCHED.get(scan.start.wrapping_add(b)) else {
+        return 1;
+    };
+    match REALS.get(*slot) {
+        Some(real) if real.weight != 0 => {
+            scan.best = b;
+            1
+        }
+        Some(_) => 0,
+        None => 1,
+    }
 }
 
 /// The real server of the client's entry in the service's Maglev table.
@@ -139,14 +217,16 @@ fn at(svc: &Service, offset: u32) -> Option<(u32, RealServer)> {
     live(slot)
 }
 
-/// The real server for a flow that is not remembered: for `mh`, where the Maglev table says
-/// (where its connection is, unless the real servers changed); otherwise picked by an unseeded
+/// The real server for a flow that is not remembered: for `mh`, `sh` and `dh`, where the table
+/// says (where its connection is, unless the real servers changed); otherwise picked by an unseeded
 /// hash of its 5-tuple over the service's scheduling range, so every packet of it goes to the
 /// same one while the range is unchanged.
 #[inline(always)]
 pub fn by_hash(svc: &Service, key: &FlowKeyV4) -> Option<(u32, RealServer)> {
-    if svc.scheduler == scheduler::MH {
-        return by_maglev(svc, key);
+    match svc.scheduler {
+        scheduler::MH => return by_maglev(svc, key),
+        scheduler::SH | scheduler::DH => return by_bucket(svc, key),
+        _ => {}
     }
     if svc.sched_len == 0 {
         return None;

@@ -263,6 +263,18 @@ fn marker_key(addr: Ipv4Addr, protocol: Protocol) -> common::ServiceKey {
     })
 }
 
+/// The data plane's flags for a service's options.
+fn kernel_flags(opts: &crate::model::ServiceOpts) -> u16 {
+    let mut flags = 0;
+    if opts.flags.port {
+        flags |= service_flags::MH_PORT;
+    }
+    if opts.flags.fallback && opts.scheduler == Scheduler::SourceHashing {
+        flags |= service_flags::SH_FALLBACK;
+    }
+    flags
+}
+
 fn scheduler_id(s: Scheduler) -> u16 {
     match s {
         Scheduler::RoundRobin => common::scheduler::RR,
@@ -275,6 +287,8 @@ fn scheduler_id(s: Scheduler) -> u16 {
         Scheduler::NeverQueue => common::scheduler::NQ,
         Scheduler::WeightedFailover => common::scheduler::FO,
         Scheduler::WeightedOverflow => common::scheduler::OVF,
+        Scheduler::SourceHashing => common::scheduler::SH,
+        Scheduler::DestinationHashing => common::scheduler::DH,
     }
 }
 
@@ -451,11 +465,7 @@ impl Director {
                         sched_len: p.scheduled.len() as u32,
                         table: p.table,
                         scheduler: p.scheduler,
-                        flags: if svc.opts.flags.port {
-                            service_flags::MH_PORT
-                        } else {
-                            0
-                        },
+                        flags: kernel_flags(&svc.opts),
                     },
                     scheduled: p.scheduled,
                     reals,
@@ -906,11 +916,7 @@ impl Director {
                 sched_len: 0,
                 table: 0,
                 scheduler: scheduler_id(svc.opts.scheduler),
-                flags: if svc.opts.flags.port {
-                    service_flags::MH_PORT
-                } else {
-                    0
-                },
+                flags: kernel_flags(&svc.opts),
             },
             gone: Vec::new(),
             table_taken: None,
@@ -989,6 +995,19 @@ impl Director {
                 .map(|(a, r)| (plan.reals[a].slot, r.weight))
                 .collect();
             scheduled = crate::wrr::sequence(&members);
+        }
+        if matches!(
+            svc.opts.scheduler,
+            Scheduler::SourceHashing | Scheduler::DestinationHashing
+        ) {
+            // IPVS's bucket table; real servers of weight 0 hold buckets too (skipped when
+            // looked up).
+            let members: Vec<(u32, u32)> = svc
+                .reals
+                .iter()
+                .map(|(a, r)| (plan.reals[a].slot, r.weight))
+                .collect();
+            scheduled = crate::hashtab::table(&members);
         }
         let len = scheduled.len() as u32;
         plan.old_range = (old_start, old_len);

@@ -18,6 +18,7 @@ pub mod config;
 pub mod control;
 pub mod director;
 pub mod flowtable;
+pub mod hashtab;
 pub mod iface;
 pub mod ipvsadm;
 pub mod keep;

@@ -82,11 +82,17 @@ pub enum Scheduler {
     /// Weighted overflow (`ovf`).
     #[serde(rename = "ovf")]
     WeightedOverflow,
+    /// Source hashing (`sh`): a table of 256 buckets by the client's address.
+    #[serde(rename = "sh")]
+    SourceHashing,
+    /// Destination hashing (`dh`): the same table, by the destination address.
+    #[serde(rename = "dh")]
+    DestinationHashing,
 }
 
 impl Scheduler {
     /// Every scheduler, by its ipvsadm name.
-    pub const ALL: [Scheduler; 9] = [
+    pub const ALL: [Scheduler; 11] = [
         Scheduler::RoundRobin,
         Scheduler::WeightedRoundRobin,
         Scheduler::LeastConnection,
@@ -95,6 +101,8 @@ impl Scheduler {
         Scheduler::NeverQueue,
         Scheduler::WeightedFailover,
         Scheduler::WeightedOverflow,
+        Scheduler::SourceHashing,
+        Scheduler::DestinationHashing,
         Scheduler::Maglev,
     ];
 
@@ -108,6 +116,8 @@ impl Scheduler {
             Scheduler::NeverQueue => "nq",
             Scheduler::WeightedFailover => "fo",
             Scheduler::WeightedOverflow => "ovf",
+            Scheduler::SourceHashing => "sh",
+            Scheduler::DestinationHashing => "dh",
             Scheduler::Maglev => "mh",
         }
     }
@@ -246,11 +256,18 @@ impl SchedFlags {
     /// Parses `-b`'s comma-separated words for `scheduler`, with ipvsadm's messages.
     pub fn parse(words: &str, scheduler: Scheduler) -> Result<SchedFlags, String> {
         let mut flags = SchedFlags::default();
+        let (mh, sh) = (
+            scheduler == Scheduler::Maglev,
+            scheduler == Scheduler::SourceHashing,
+        );
         for word in words.split(',') {
-            let mh = scheduler == Scheduler::Maglev;
             match word {
-                "mh-fallback" | "flag-1" if mh => flags.fallback = true,
-                "mh-port" | "flag-2" if mh => flags.port = true,
+                "mh-fallback" if mh => flags.fallback = true,
+                "mh-port" if mh => flags.port = true,
+                "sh-fallback" if sh => flags.fallback = true,
+                "sh-port" if sh => flags.port = true,
+                "flag-1" if mh || sh => flags.fallback = true,
+                "flag-2" if mh || sh => flags.port = true,
                 "mh-fallback" | "mh-port" | "sh-fallback" | "sh-port" | "flag-1" | "flag-2"
                 | "flag-3" => return Err(format!("incompatible scheduler flag `{word}'")),
                 _ => return Err(format!("invalid scheduler flag `{word}'")),
@@ -262,16 +279,20 @@ impl SchedFlags {
     pub fn is_empty(&self) -> bool {
         !self.fallback && !self.port
     }
-}
 
-impl fmt::Display for SchedFlags {
-    /// As ipvsadm prints them: `mh-fallback,mh-port`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let words: Vec<&str> = [(self.fallback, "mh-fallback"), (self.port, "mh-port")]
+    /// As ipvsadm 1.31 prints them for `scheduler`: `sh-fallback,sh-port`, `mh-fallback,mh-port`.
+    pub fn words(&self, scheduler: Scheduler) -> String {
+        let prefix = if scheduler == Scheduler::SourceHashing {
+            "sh"
+        } else {
+            "mh"
+        };
+        [(self.fallback, "fallback"), (self.port, "port")]
             .into_iter()
-            .filter_map(|(on, w)| on.then_some(w))
-            .collect();
-        f.write_str(&words.join(","))
+            .filter(|(on, _)| *on)
+            .map(|(_, w)| format!("{prefix}-{w}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 

@@ -365,3 +365,87 @@ fn wlc_sed_nq_fo_and_ovf_choose_as_ipvs() {
     let first: Vec<u8> = (0..9).map(|i| long(&d, i)).collect();
     assert_eq!(first, vec![4, 4, 4, 4, 5, 5, 5, 3, 3], "ovf");
 }
+
+/// `sh`: a client's connections all go to one real server, the one IPVS's bucket function and
+/// table give; weights set the buckets. A real server of weight 0 holds buckets, but its clients
+/// get nothing unless `sh-fallback`, which moves them to the next bucket's real server.
+#[test]
+fn sh_and_dh_look_clients_up_as_ipvs() {
+    pin_to_cpu0();
+    let d = with_scheduler("sh", &[1, 2]);
+    let members: Vec<(u32, u32)> = (0..2)
+        .map(|i| {
+            (
+                d.slot_of(&web(), Ipv4Addr::new(10, 0, 0, 3 + i)).unwrap(),
+                [1, 2][i as usize],
+            )
+        })
+        .collect();
+    let table = lvs_xdp::hashtab::table(&members);
+    let mut counts: HashMap<u8, u32> = HashMap::new();
+    for i in 0..3_000u32 {
+        let c: Ipv4Addr = client(i).parse().unwrap();
+        let b = lvs_xdp_common::scheduler::bucket(u32::from(c), 0);
+        let slot = table[b as usize];
+        let want = if slot == members[0].0 { 3 } else { 4 };
+        let got = send(&d, i, 5000, SYN);
+        assert_eq!(got, want, "client {i}");
+        assert_eq!(
+            send(&d, i, 5001, SYN),
+            got,
+            "client {i}: another connection"
+        );
+        *counts.entry(got).or_default() += 1;
+    }
+    let share = f64::from(counts[&3]) / 3000.0;
+    assert!((share - 1.0 / 3.0).abs() < 0.03, "weight 1 of 3: {share}");
+
+    // Weight 0 on 10.0.0.3: its clients are refused, or with sh-fallback moved on.
+    let quiet = |d: &mut Director| {
+        let opts = RealOpts {
+            weight: 0,
+            mac: Some(lvs_xdp::model::Mac([2, 0, 0, 0, 0, 3])),
+        };
+        d.apply(&[Op::EditReal(web(), "10.0.0.3".parse().unwrap(), opts)])
+            .unwrap();
+    };
+    let mut d = d;
+    quiet(&mut d);
+    let on_3: Vec<u32> = (0..3_000u32)
+        .filter(|i| before(&table, &members, *i) == 3)
+        .collect();
+    let frame = |i: u32| Frame::tcp(LB, &client(i), 6000, VIP, 80).build();
+    for &i in on_3.iter().take(20) {
+        assert_eq!(
+            d.balancer().test_run(&frame(i)).unwrap().0,
+            1,
+            "client {i}: XDP_DROP"
+        );
+    }
+    let mut fb = with_scheduler("sh", &[1, 2]);
+    let key = web();
+    let flags = lvs_xdp::model::ServiceOpts {
+        scheduler: lvs_xdp::model::Scheduler::SourceHashing,
+        flags: lvs_xdp::model::SchedFlags {
+            fallback: true,
+            port: false,
+        },
+    };
+    fb.apply(&[Op::EditService(key, flags)]).unwrap();
+    quiet(&mut fb);
+    for &i in on_3.iter().take(20) {
+        assert_eq!(send(&fb, i, 6000, SYN), 4, "client {i}: sh-fallback");
+    }
+
+    // dh: by the destination, so every client of a VIP goes to one real server.
+    let dh = with_scheduler("dh", &[1, 1]);
+    let first = send(&dh, 0, 7000, SYN);
+    assert!((1..500).all(|i| send(&dh, i, 7000, SYN) == first));
+}
+
+/// Which real server (last MAC byte) `sh` gives client `i` with the table of `members`.
+fn before(table: &[u32], members: &[(u32, u32)], i: u32) -> u8 {
+    let c: Ipv4Addr = client(i).parse().unwrap();
+    let slot = table[lvs_xdp_common::scheduler::bucket(u32::from(c), 0) as usize];
+    if slot == members[0].0 { 3 } else { 4 }
+}

@@ -602,7 +602,7 @@ fn parse_scheduler(s: &str) -> Result<Scheduler, Usage> {
              (supported: {})",
             Scheduler::names()
         )),
-        "dh" | "sh" | "twos" => fail(format!(
+        "twos" => fail(format!(
             "scheduler '{s}' is not supported yet (supported: {})",
             Scheduler::names()
         )),
@@ -846,7 +846,7 @@ mod tests {
         assert!(err("-a -t 192.168.0.10:80 -r 192.168.0.3 -m").contains("direct-routing"));
         assert!(err("-a -t 192.168.0.10:80 -r 192.168.0.3 -i").contains("tunnelling"));
         assert!(err("-A -f 1").contains("firewall-mark"));
-        assert!(err("-A -t 192.168.0.10:80 -s sh").contains("not supported yet"));
+        assert!(err("-A -t 192.168.0.10:80 -s twos").contains("not supported yet"));
         assert!(
             err("-A -t 192.168.0.10:80 -s lblc").contains("does not apply to a direct-routing")
         );
@@ -916,6 +916,16 @@ mod tests {
             err("-A -t 192.168.0.10:80 -s rr -b mh-port"),
             "incompatible scheduler flag `mh-port'"
         );
+        assert_eq!(
+            err("-A -t 192.168.0.10:80 -s mh -b sh-port"),
+            "incompatible scheduler flag `sh-port'"
+        );
+        let sh = p("-A -t 192.168.0.10:80 -s sh -b sh-fallback,sh-port").unwrap();
+        let Command::Apply(Op::AddService(_, opts)) = sh else {
+            panic!("{sh:?}")
+        };
+        assert_eq!(opts.scheduler, Scheduler::SourceHashing);
+        assert_eq!(opts.flags.words(opts.scheduler), "sh-fallback,sh-port");
         assert_eq!(
             err("-A -t 192.168.0.10:80 -s mh -b nosuch"),
             "invalid scheduler flag `nosuch'"

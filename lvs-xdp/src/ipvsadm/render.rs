@@ -101,7 +101,7 @@ fn service(out: &mut String, svc: &ServiceEntry, f: Format) {
     } else {
         let _ = write!(out, "{svc_name} {}", svc.scheduler);
         if !svc.sched_flags.is_empty() {
-            let _ = write!(out, " ({})", svc.sched_flags);
+            let _ = write!(out, " ({})", svc.sched_flags.words(svc.scheduler));
         }
     }
     out.push('\n');
@@ -181,7 +181,7 @@ pub fn save(
         let name = format!("{stype} {}", addr_port(svc.addr, svc.port, svc.protocol, f));
         let _ = write!(out, "-A {name} -s {}", svc.scheduler);
         if !svc.sched_flags.is_empty() {
-            let _ = write!(out, " -b {}", svc.sched_flags);
+            let _ = write!(out, " -b {}", svc.sched_flags.words(svc.scheduler));
         }
         out.push('\n');
         for real in &svc.reals {
