@@ -28,6 +28,9 @@ pub mod map {
     /// by the data plane with atomic adds on every change of state, and by the sweep when it
     /// frees expired flows. What the connection-based schedulers read.
     pub const REAL_CONNS: &str = "REAL_CONNS";
+    /// `HashMap<PersistKey, Persist>` (not preallocated): persistence templates, a client
+    /// network's real server per persistent service.
+    pub const PERSIST: &str = "PERSIST";
     /// `Array<u32>` (mmapable): Maglev lookup tables of `maglev::TABLE_SIZE` real-server slots
     /// each; an `mh` service uses table [`crate::Service::table`].
     pub const MAGLEV: &str = "MAGLEV";
@@ -235,6 +238,11 @@ pub struct Service {
     pub table: u32,
     pub scheduler: u16,
     pub flags: u16,
+    /// Persistence (`-p`): seconds a client keeps its real server after its last new
+    /// connection; 0: none.
+    pub persist_timeout: u32,
+    /// Persistence's client network mask (`-M`), as on the wire.
+    pub persist_mask: u32,
 }
 
 /// Value of `REALS`: one real server of one service ("destination" in IPVS).
@@ -371,6 +379,27 @@ pub struct FlowBucketV4 {
 pub struct ConnCount {
     pub active: i64,
     pub inactive: i64,
+}
+
+/// Key of `PERSIST`: a service and a client network (the client's address masked by the
+/// service's `persist_mask`, as on the wire).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PersistKey {
+    pub service: u32,
+    pub client: u32,
+}
+
+/// Value of `PERSIST`: the real server (as `Flow::target`) and the clock (low 16 bits) of the
+/// client network's last new connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Persist {
+    pub target: u32,
+    pub stamp: u16,
+    pub _pad: u16,
 }
 
 /// Value of `CLOCK`: the flow table's idle clock and the timeouts, both in seconds. Userspace
@@ -639,6 +668,8 @@ mod user {
     unsafe impl aya::Pod for super::Iface {}
     unsafe impl aya::Pod for super::Clock {}
     unsafe impl aya::Pod for super::ConnCount {}
+    unsafe impl aya::Pod for super::PersistKey {}
+    unsafe impl aya::Pod for super::Persist {}
     unsafe impl aya::Pod for super::Counters {}
 }
 
@@ -650,7 +681,9 @@ mod tests {
     #[test]
     fn layouts_are_stable() {
         assert_eq!(size_of::<ServiceKey>(), 20);
-        assert_eq!(size_of::<Service>(), 20);
+        assert_eq!(size_of::<Service>(), 28);
+        assert_eq!(size_of::<PersistKey>(), 8);
+        assert_eq!(size_of::<Persist>(), 8);
         assert_eq!(size_of::<RealServer>(), 16);
         assert_eq!(size_of::<FlowKeyV4>(), 16);
         assert_eq!(size_of::<Flow>(), 8);

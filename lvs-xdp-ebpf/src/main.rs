@@ -17,6 +17,7 @@ mod fast;
 mod flows;
 mod maps;
 mod parse;
+mod persist;
 mod sched;
 mod stats;
 
@@ -127,14 +128,27 @@ fn new_flow(
         // Not the start of a connection and not remembered: the hash decides, nothing is
         // remembered (a flood of such packets takes no place in the table).
         stats::global(reason::EVENT_FLOW_MISS_NONSYN, 0);
-        let Some((slot, real)) = sched::by_hash(&svc, key) else {
+        let chosen = persist::lookup(&svc, key, clock, false).or_else(|| sched::by_hash(&svc, key));
+        let Some((slot, real)) = chosen else {
             stats::count_drop(&SERVICE_STATS, svc.id, bytes);
             return Err(reason::DROP_NO_REAL_SERVER);
         };
         stats::count(&REAL_STATS, slot, bytes, false);
         return Ok(forward(ctx, iface, &real));
     }
-    let Some((mut slot, mut real)) = sched::pick_for(&svc, key) else {
+    // A persistent service's template first; a new choice makes the client's template.
+    let persistent = svc.persist_timeout != 0;
+    let chosen = match persist::lookup(&svc, key, clock, true) {
+        Some(found) => Some(found),
+        None => {
+            let picked = sched::pick_for(&svc, key);
+            if let Some((slot, real)) = picked {
+                persist::record(&svc, key, slot, real.generation, clock);
+            }
+            picked
+        }
+    };
+    let Some((mut slot, mut real)) = chosen else {
         stats::count_drop(&SERVICE_STATS, svc.id, bytes);
         return Err(reason::DROP_NO_REAL_SERVER);
     };
@@ -173,9 +187,10 @@ fn new_flow(
             }
         }
         Inserted::Failed => {
-            // Not remembered: its later packets are misses, so this one goes where they will.
+            // Not remembered: its later packets are misses, so this one goes where they will
+            // (for a persistent service, where its template says).
             stats::global(reason::EVENT_FLOW_INSERT_FAILED, 0);
-            if let Some((s, r)) = sched::by_hash(&svc, key) {
+            if !persistent && let Some((s, r)) = sched::by_hash(&svc, key) {
                 slot = s;
                 real = r;
             }

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use lvs_xdp_common::{
-    Clock, ConnCount, Counters, Flow, FlowBucketV4, FlowKeyV4, Iface, RealServer, Service,
-    ServiceKey, reason,
+    Clock, ConnCount, Counters, Flow, FlowBucketV4, FlowKeyV4, Iface, Persist, PersistKey,
+    RealServer, Service, ServiceKey, reason,
 };
 
 /// Not preallocated, so that a value replaced by userspace is freed only after readers are done
@@ -33,6 +33,11 @@ pub static FLOWS_V4: HashMap<FlowKeyV4, Flow> = HashMap::with_max_entries(1, BPF
 
 #[map]
 pub static CLOCK: Array<Clock> = Array::with_max_entries(1, 0);
+
+/// Not preallocated: a template deleted by userspace while a packet reads it stays valid for
+/// that packet.
+#[map]
+pub static PERSIST: HashMap<PersistKey, Persist> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 /// Mmapable: the sweep subtracts what it frees with atomics on the mapped memory.
 #[map]

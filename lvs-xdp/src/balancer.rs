@@ -82,6 +82,7 @@ struct Maps {
     real_stats: PerCpuArray<MapData, Counters>,
     global_stats: PerCpuArray<MapData, Counters>,
     clock: Array<MapData, common::Clock>,
+    persist: HashMap<MapData, common::PersistKey, common::Persist>,
 }
 
 /// Bytes an entry of `MAGLEV` takes in the map's memory (values of array maps are rounded up
@@ -94,7 +95,7 @@ pub fn maglev_tables(capacity: &Capacity) -> u32 {
 }
 
 /// Every map this program shares with userspace, by name: what `keep` pins.
-pub const PINNED_MAPS: [&str; 13] = [
+pub const PINNED_MAPS: [&str; 14] = [
     map::SERVICES,
     map::REALS,
     map::SCHED,
@@ -108,6 +109,7 @@ pub const PINNED_MAPS: [&str; 13] = [
     map::CLOCK,
     map::MAGLEV,
     map::REAL_CONNS,
+    map::PERSIST,
 ];
 
 /// A second handle on each map of [`PINNED_MAPS`] (the typed handles cannot pin).
@@ -155,6 +157,7 @@ impl Maps {
             real_stats: take(ebpf, map::REAL_STATS)?,
             global_stats: take(ebpf, map::GLOBAL_STATS)?,
             clock: take(ebpf, map::CLOCK)?,
+            persist: take(ebpf, map::PERSIST)?,
         })
     }
 }
@@ -262,6 +265,7 @@ impl Balancer {
             .map_max_entries(map::FLOWS_V4, overflow)
             .map_max_entries(map::MAGLEV, maglev_tables(capacity) * maglev::TABLE_SIZE)
             .map_max_entries(map::REAL_CONNS, capacity.real_servers)
+            .map_max_entries(map::PERSIST, overflow)
             .map_max_entries(map::IFACES, max_ifindex + 1)
             .map_max_entries(map::RR, capacity.services)
             .map_max_entries(map::SERVICE_STATS, capacity.services)
@@ -372,6 +376,11 @@ impl Balancer {
     /// The connection counts the data plane keeps for its schedulers.
     pub fn real_conns(&self) -> &RealConns {
         &self.conns
+    }
+
+    /// The persistence templates.
+    pub fn templates(&mut self) -> &mut HashMap<MapData, common::PersistKey, common::Persist> {
+        &mut self.maps.persist
     }
 
     /// The flow table's hash seed (a restart that keeps the flows must use it again).

@@ -8,7 +8,9 @@ use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Deserialize;
 
-use crate::model::{MAX_WEIGHT, Op, RealOpts, Refusal, ServiceKey, ServiceOpts, State, ipv4};
+use crate::model::{
+    MAX_WEIGHT, Op, Persistence, RealOpts, Refusal, ServiceKey, ServiceOpts, State, ipv4,
+};
 pub use crate::model::{Mac, Protocol, SchedFlags, Scheduler};
 
 /// Default number of flow-table entries (connections remembered at once).
@@ -90,6 +92,8 @@ struct RawService {
     protocol: Option<String>,
     scheduler: Option<String>,
     scheduler_flags: Option<Vec<String>>,
+    persistence_timeout: Option<i64>,
+    persistence_netmask: Option<String>,
     #[serde(default)]
     real_servers: Vec<RawReal>,
 }
@@ -256,8 +260,28 @@ fn validate_service(raw: RawService) -> Result<Vec<Op>> {
         }
         _ => SchedFlags::default(),
     };
+    let persistence = match (raw.persistence_timeout, raw.persistence_netmask) {
+        (None, None) => None,
+        (None, Some(_)) => bail!("persistence_netmask needs persistence_timeout"),
+        (Some(t), mask) => {
+            let mask = match mask {
+                Some(m) => m
+                    .parse::<Ipv4Addr>()
+                    .map_err(|_| anyhow!("bad persistence_netmask {m:?}"))?,
+                None => Ipv4Addr::BROADCAST,
+            };
+            let t =
+                u32::try_from(t).map_err(|_| anyhow!("persistence_timeout {t} out of range"))?;
+            Some(Persistence::new(t, mask).map_err(|e| anyhow!("{e}"))?)
+        }
+    };
     let key = ServiceKey::new(protocol, vip, port);
-    let mut ops = vec![Op::AddService(key, ServiceOpts { scheduler, flags })];
+    let opts = ServiceOpts {
+        scheduler,
+        flags,
+        persistence,
+    };
+    let mut ops = vec![Op::AddService(key, opts)];
     let mut seen = BTreeSet::new();
     for (i, real) in raw.real_servers.into_iter().enumerate() {
         let (addr, opts) = validate_real(real).with_context(|| format!("real server {}", i + 1))?;

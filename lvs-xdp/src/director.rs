@@ -263,6 +263,13 @@ fn marker_key(addr: Ipv4Addr, protocol: Protocol) -> common::ServiceKey {
     })
 }
 
+/// Persistence as the data plane reads it: (timeout, the netmask as on the wire); (0, 0) none.
+fn persist_fields(opts: &crate::model::ServiceOpts) -> (u32, u32) {
+    opts.persistence.map_or((0, 0), |p| {
+        (p.timeout, u32::from_ne_bytes(p.netmask.octets()))
+    })
+}
+
 /// The data plane's flags for a service's options.
 fn kernel_flags(opts: &crate::model::ServiceOpts) -> u16 {
     let mut flags = 0;
@@ -466,6 +473,8 @@ impl Director {
                         table: p.table,
                         scheduler: p.scheduler,
                         flags: kernel_flags(&svc.opts),
+                        persist_timeout: persist_fields(&svc.opts).0,
+                        persist_mask: persist_fields(&svc.opts).1,
                     },
                     scheduled: p.scheduled,
                     reals,
@@ -710,6 +719,7 @@ impl Director {
         self.balancer.set_clock(&clock)?;
         let live = self.live_generations();
         let (buckets, overflow, conns) = self.balancer.flow_table();
+        let passes = self.sweep.passes;
         self.sweep.step(
             buckets,
             overflow,
@@ -717,10 +727,39 @@ impl Director {
             &clock,
             &live,
             flowtable::SWEEP_BUCKETS,
-        )
+        )?;
+        if self.sweep.passes != passes {
+            self.sweep_templates(&clock, &live)?;
+        }
+        Ok(())
     }
 
-    /// A whole sweep now, at the clock the data plane reads (tests set it by hand).
+    /// Deletes the persistence templates that expired (their service's timeout after the
+    /// client network's last new connection) or whose real server is gone; returns how many.
+    pub fn sweep_templates(&mut self, clock: &common::Clock, live: &[u32]) -> Result<u64> {
+        let timeouts: HashMap<u32, u32> = self
+            .placed
+            .values()
+            .map(|p| (p.id, p.value.persist_timeout))
+            .collect();
+        let templates = self.balancer.templates();
+        let all: Vec<(common::PersistKey, common::Persist)> =
+            templates.iter().filter_map(|r| r.ok()).collect();
+        let mut deleted = 0;
+        for (key, t) in all {
+            let timeout = timeouts.get(&key.service).copied().unwrap_or(0);
+            let slot = (t.target & flow_table::SLOT_MASK) as usize;
+            let stale = live.get(slot).copied().unwrap_or(0) != t.target >> flow_table::SLOT_BITS;
+            let expired = common::conn::age(clock.now, t.stamp) > timeout;
+            if (stale || expired) && templates.get(&key, 0).ok() == Some(t) {
+                deleted += u64::from(templates.remove(&key).is_ok());
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// A whole sweep now, at the clock the data plane reads (tests set it by hand), persistence
+    /// templates included.
     pub fn sweep_now(&mut self) -> Result<()> {
         let clock = self.balancer.clock()?;
         let live = self.live_generations();
@@ -736,6 +775,7 @@ impl Director {
                 flowtable::SWEEP_BUCKETS,
             )?;
         }
+        self.sweep_templates(&clock, &live)?;
         Ok(())
     }
 
@@ -917,6 +957,8 @@ impl Director {
                 table: 0,
                 scheduler: scheduler_id(svc.opts.scheduler),
                 flags: kernel_flags(&svc.opts),
+                persist_timeout: persist_fields(&svc.opts).0,
+                persist_mask: persist_fields(&svc.opts).1,
             },
             gone: Vec::new(),
             table_taken: None,
@@ -1239,6 +1281,8 @@ impl Director {
         let want: BTreeSet<(Ipv4Addr, Protocol)> =
             self.placed.keys().map(|k| (k.addr, k.protocol)).collect();
         let marker = common::Service {
+            persist_timeout: 0,
+            persist_mask: 0,
             id: u32::MAX,
             sched_start: 0,
             sched_len: 0,

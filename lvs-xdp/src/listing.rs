@@ -7,7 +7,7 @@ use lvs_xdp_common::{Counters, reason};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Mac, Protocol, RealOpts, SchedFlags, Scheduler, ServiceKey, ServiceOpts, Timeouts,
+    Mac, Persistence, Protocol, RealOpts, SchedFlags, Scheduler, ServiceKey, ServiceOpts, Timeouts,
 };
 
 /// A real server and its counters.
@@ -206,6 +206,9 @@ pub struct ServiceEntry {
     /// `-b`: the scheduler's flags.
     #[serde(default)]
     pub sched_flags: SchedFlags,
+    /// `-p`/`-M`.
+    #[serde(default)]
+    pub persistence: Option<Persistence>,
     /// New connections dropped for want of a real server.
     pub drops: u64,
     pub stats: Stats,
@@ -239,6 +242,7 @@ impl Listing {
                 port: key.port,
                 scheduler: svc.opts.scheduler,
                 sched_flags: svc.opts.flags,
+                persistence: svc.opts.persistence,
                 drops: 0,
                 stats: Stats::default(),
                 rates: Rates::default(),
@@ -308,6 +312,7 @@ impl Listing {
                     port: svc.key.port,
                     scheduler: svc.opts.scheduler,
                     sched_flags: svc.opts.flags,
+                    persistence: svc.opts.persistence,
                     drops: svc.counters.drops,
                     // As IPVS counts them: what was forwarded, not what was dropped.
                     stats: {

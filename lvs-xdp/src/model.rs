@@ -239,6 +239,37 @@ pub struct ServiceOpts {
     /// `-b`: the scheduler's flags.
     #[serde(default)]
     pub flags: SchedFlags,
+    /// `-p [TIMEOUT] [-M NETMASK]`.
+    #[serde(default)]
+    pub persistence: Option<Persistence>,
+}
+
+/// Persistence (`ipvsadm -p TIMEOUT -M NETMASK`): connections from one client network go to
+/// the same real server for TIMEOUT seconds after the network's last new connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Persistence {
+    pub timeout: u32,
+    pub netmask: Ipv4Addr,
+}
+
+impl Persistence {
+    /// ipvsadm's `-p` without a value (`IPVS_SVC_PERSISTENT_TIMEOUT`).
+    pub const DEFAULT_TIMEOUT: u32 = 360;
+
+    /// Checks a timeout (1 to lvs-xdp's largest) and a netmask (contiguous ones).
+    pub fn new(timeout: u32, netmask: Ipv4Addr) -> Result<Persistence, String> {
+        let max = common::conn::MAX_TIMEOUT;
+        if !(1..=max).contains(&timeout) {
+            return Err(format!(
+                "persistence timeout {timeout} out of range (1..={max} seconds)"
+            ));
+        }
+        let m = u32::from(netmask);
+        if m.leading_ones() + m.trailing_zeros() != 32 || m == 0 {
+            return Err(format!("illegal virtual server persistent mask {netmask}"));
+        }
+        Ok(Persistence { timeout, netmask })
+    }
 }
 
 /// Scheduler flags (`ipvsadm -b`), for `mh`: `mh-fallback` (ipvsadm's `flag-1`) and `mh-port`

@@ -430,6 +430,7 @@ fn sh_and_dh_look_clients_up_as_ipvs() {
             fallback: true,
             port: false,
         },
+        persistence: None,
     };
     fb.apply(&[Op::EditService(key, flags)]).unwrap();
     quiet(&mut fb);
@@ -448,4 +449,50 @@ fn before(table: &[u32], members: &[(u32, u32)], i: u32) -> u8 {
     let c: Ipv4Addr = client(i).parse().unwrap();
     let slot = table[lvs_xdp_common::scheduler::bucket(u32::from(c), 0) as usize];
     if slot == members[0].0 { 3 } else { 4 }
+}
+
+/// Persistence (`-p 300 -M 255.255.255.0`): every new connection of a client network goes to
+/// the real server of its first one, whatever the scheduler would say, until 300 s after its
+/// last new connection; misses follow the template too; then the sweep deletes it.
+#[test]
+fn persistence_keeps_a_client_network_on_one_real_server() {
+    pin_to_cpu0();
+    let toml = config(&[1, 1], &[0, 1], "").replace(
+        "scheduler = \"mh\"",
+        "scheduler = \"rr\"\npersistence_timeout = 300\npersistence_netmask = \"255.255.255.0\"",
+    );
+    let mut d = director_from(&toml);
+    // Clients 10.100.0.0 .. 10.100.0.255 are one /24 network; round robin alone alternates.
+    let first = send(&d, 0, 1000, SYN);
+    for i in 0..40u32 {
+        assert_eq!(
+            send(&d, i, 2000 + i as u16, SYN),
+            first,
+            "client {i}: persistent"
+        );
+    }
+    // Another network: its own template (round robin's next choice).
+    let other = 256;
+    let theirs = send(&d, other, 1000, SYN);
+    assert_ne!(theirs, first);
+    // A packet without SYN that misses goes where the template says.
+    assert_eq!(send(&d, 5, 9000, ACK), first);
+    // 299 s later the template still holds (the last new connection renewed it) ...
+    let mut clock = d.balancer().clock().unwrap();
+    clock.now += 299;
+    d.balancer_mut().set_clock(&clock).unwrap();
+    assert_eq!(send(&d, 1, 3000, SYN), first);
+    // ... and 301 s after that it has expired: the sweep deletes both networks' templates, and
+    // the next new connection is scheduled again and makes a new one.
+    let templates = |d: &mut Director| d.balancer_mut().templates().iter().count();
+    assert_eq!(templates(&mut d), 2);
+    clock.now += 301;
+    d.balancer_mut().set_clock(&clock).unwrap();
+    d.sweep_now().unwrap();
+    assert_eq!(templates(&mut d), 0, "expired templates deleted");
+    let next = send(&d, 2, 4000, SYN);
+    assert_eq!(templates(&mut d), 1);
+    for i in 3..10 {
+        assert_eq!(send(&d, i, 4001, SYN), next, "client {i}: the new template");
+    }
 }

@@ -41,6 +41,7 @@ fn issue_example_parses_exactly() {
         opts: ServiceOpts {
             scheduler: Scheduler::RoundRobin,
             flags: Default::default(),
+            persistence: None,
         },
         reals,
     };
@@ -336,4 +337,30 @@ fn mh_and_its_flags() {
             .contains("incompatible scheduler flag")
     );
     assert!(refused("max_mh_services = 0\n").contains("max_mh_services 0 out of range"));
+}
+
+#[test]
+fn persistence_in_the_config() {
+    let c = Config::from_toml(&service(
+        "persistence_timeout = 600\npersistence_netmask = \"255.255.255.0\"",
+    ))
+    .unwrap();
+    let p = c
+        .state
+        .services
+        .values()
+        .next()
+        .unwrap()
+        .opts
+        .persistence
+        .unwrap();
+    assert_eq!(
+        (p.timeout, p.netmask),
+        (600, Ipv4Addr::new(255, 255, 255, 0))
+    );
+    assert!(
+        refused(&service("persistence_netmask = \"255.255.255.0\""))
+            .contains("needs persistence_timeout")
+    );
+    assert!(refused(&service("persistence_timeout = 0")).contains("out of range"));
 }

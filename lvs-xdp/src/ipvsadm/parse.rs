@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs as _};
 
 use crate::model::{
-    MAX_WEIGHT, Mac, Op, Protocol, RealOpts, SchedFlags, Scheduler, ServiceKey, ServiceOpts,
-    Timeouts,
+    MAX_WEIGHT, Mac, Op, Persistence, Protocol, RealOpts, SchedFlags, Scheduler, ServiceKey,
+    ServiceOpts, Timeouts,
 };
 
 /// A refused command line: the message and the exit code.
@@ -108,22 +108,22 @@ impl Cmd {
     /// ipvsadm's table of legal options for this command, over [`OPTS`]: '+' compulsory,
     /// 'x' illegal, '1' exclusive, ' ' optional.
     fn legal(self) -> &'static [u8; OPTS.len()] {
-        //                 n    c    svc  s    r    fwd  w    tot  st   rt   thr  pc   srt  ex   dmn  b
+        //                 n    c    svc  s    r    fwd  w    tot  st   rt   thr  pc   srt  ex   dmn  b    p    M
         match self {
-            Cmd::Add | Cmd::Edit => b"xx+ xxxxxxxxxxx ",
-            Cmd::Del => b"xx+xxxxxxxxxxxxx",
-            Cmd::Flush | Cmd::Timeout | Cmd::Restore => b"xxxxxxxxxxxxxxxx",
-            Cmd::List => b" 11xxxx1      1x",
-            Cmd::AddSrv | Cmd::EditSrv => b"xx+x+  xxxxxxxxx",
-            Cmd::DelSrv => b"xx+x+xxxxxxxxxxx",
-            Cmd::Save => b" xxxxxxxxxxxxxxx",
-            Cmd::Zero => b"xx xxxxxxxxxxxxx",
+            Cmd::Add | Cmd::Edit => b"xx+ xxxxxxxxxxx   ",
+            Cmd::Del => b"xx+xxxxxxxxxxxxxxx",
+            Cmd::Flush | Cmd::Timeout | Cmd::Restore => b"xxxxxxxxxxxxxxxxxx",
+            Cmd::List => b" 11xxxx1      1xxx",
+            Cmd::AddSrv | Cmd::EditSrv => b"xx+x+  xxxxxxxxxxx",
+            Cmd::DelSrv => b"xx+x+xxxxxxxxxxxxx",
+            Cmd::Save => b" xxxxxxxxxxxxxxxxx",
+            Cmd::Zero => b"xx xxxxxxxxxxxxxxx",
         }
     }
 }
 
 /// ipvsadm's option names, in the order of `Cmd::legal`.
-const OPTS: [&str; 16] = [
+const OPTS: [&str; 18] = [
     "numeric",
     "connection",
     "service-address",
@@ -140,6 +140,8 @@ const OPTS: [&str; 16] = [
     "exact",
     "daemon",
     "sched-flags",
+    "persistent",
+    "netmask",
 ];
 const O_NUMERIC: usize = 0;
 const O_CONNECTION: usize = 1;
@@ -157,6 +159,8 @@ const O_NOSORT: usize = 12;
 const O_EXACT: usize = 13;
 const O_DAEMON: usize = 14;
 const O_SCHED_FLAGS: usize = 15;
+const O_PERSISTENT: usize = 16;
+const O_NETMASK: usize = 17;
 
 /// Options that take a value.
 fn takes_value(name: &str) -> bool {
@@ -284,9 +288,7 @@ fn unsupported(name: &str) -> Option<&'static str> {
         }
         "sctp-service" => "--sctp-service: only TCP and UDP services are supported",
         "6" | "ipv6" => "-6: IPv6 is not supported yet",
-        "p" | "persistent" | "M" | "netmask" | "pe" => {
-            "persistence (-p, -M, --pe) is not supported yet"
-        }
+        "pe" => "persistence engines (--pe) are not supported: persistence is by client address",
         "o" | "ops" => "one-packet scheduling (-o) is not supported yet",
         "x" | "u-threshold" | "y" | "l-threshold" => {
             "connection thresholds (-x, -y) are not supported yet"
@@ -308,6 +310,8 @@ pub fn parse(args: &[String]) -> Result<Invocation, Usage> {
     let mut service: Option<(Protocol, String)> = None;
     let mut scheduler: Option<String> = None;
     let mut sched_flags: Option<String> = None;
+    let mut persistent: Option<Option<String>> = None;
+    let mut netmask: Option<String> = None;
     let mut real: Option<String> = None;
     let mut weight: Option<String> = None;
     let mut mac: Option<String> = None;
@@ -372,6 +376,14 @@ pub fn parse(args: &[String]) -> Result<Invocation, Usage> {
             "b" | "sched-flags" => {
                 set_opt(O_SCHED_FLAGS, &mut set)?;
                 sched_flags = value;
+            }
+            "p" | "persistent" => {
+                set_opt(O_PERSISTENT, &mut set)?;
+                persistent = Some(value);
+            }
+            "M" | "netmask" => {
+                set_opt(O_NETMASK, &mut set)?;
+                netmask = value;
             }
             "r" | "real-server" => {
                 set_opt(O_SERVER, &mut set)?;
@@ -462,7 +474,36 @@ pub fn parse(args: &[String]) -> Result<Invocation, Usage> {
             Some(words) => SchedFlags::parse(words, scheduler).or_else(fail)?,
             None => SchedFlags::default(),
         };
-        Ok(ServiceOpts { scheduler, flags })
+        let persistence = match &persistent {
+            None if netmask.is_some() => {
+                return fail("netmask (-M) only applies to a persistent service (-p)");
+            }
+            None => None,
+            Some(timeout) => {
+                let timeout = match timeout {
+                    None => Persistence::DEFAULT_TIMEOUT,
+                    Some(t) => match number(t, 1, MAX_TIMEOUT) {
+                        Some(n) => n,
+                        None => return fail(format!("invalid timeout value `{t}' specified")),
+                    },
+                };
+                let mask = match &netmask {
+                    None => Ipv4Addr::BROADCAST,
+                    Some(m) => match m.parse::<Ipv4Addr>() {
+                        Ok(m) => m,
+                        Err(_) => {
+                            return fail("illegal virtual server persistent mask specified");
+                        }
+                    },
+                };
+                Some(Persistence::new(timeout, mask).or_else(fail)?)
+            }
+        };
+        Ok(ServiceOpts {
+            scheduler,
+            flags,
+            persistence,
+        })
     };
     let real_opts = || -> Result<RealOpts, Usage> {
         let weight = match &weight {
@@ -897,6 +938,7 @@ mod tests {
                 ServiceOpts {
                     scheduler: Scheduler::Maglev,
                     flags: SchedFlags { fallback, port },
+                    persistence: None,
                 },
             ))
         };
@@ -934,5 +976,35 @@ mod tests {
             err("-a -t 192.168.0.10:80 -r 192.168.0.3 -b mh-port"),
             "Illegal 'sched-flags' option with the 'add-server' command"
         );
+    }
+
+    #[test]
+    fn persistence_as_ipvsadm_takes_it() {
+        let opts = |line: &str| match p(line).unwrap() {
+            Command::Apply(Op::AddService(_, o)) => o.persistence,
+            other => panic!("{other:?}"),
+        };
+        let p360 = Persistence::new(360, Ipv4Addr::BROADCAST).unwrap();
+        assert_eq!(opts("-A -t 192.168.0.10:80 -s rr -p"), Some(p360));
+        assert_eq!(opts("-A -t 192.168.0.10:80 -p -s rr"), Some(p360));
+        assert_eq!(
+            opts("-A -t 192.168.0.10:80 -s rr -p 600 -M 255.255.255.0"),
+            Some(Persistence::new(600, Ipv4Addr::new(255, 255, 255, 0)).unwrap())
+        );
+        assert_eq!(
+            opts("-A -t 192.168.0.10:80 --persistent=60"),
+            Some(Persistence::new(60, Ipv4Addr::BROADCAST).unwrap())
+        );
+        assert_eq!(opts("-A -t 192.168.0.10:80"), None);
+        assert_eq!(
+            err("-A -t 192.168.0.10:80 -p 0"),
+            "invalid timeout value `0' specified"
+        );
+        assert_eq!(
+            err("-A -t 192.168.0.10:80 -M 255.255.255.0"),
+            "netmask (-M) only applies to a persistent service (-p)"
+        );
+        assert!(err("-A -t 192.168.0.10:80 -p 60 -M 255.0.255.0").contains("persistent mask"));
+        assert!(err("-A -t 192.168.0.10:80 -p 100000").contains("out of range"));
     }
 }

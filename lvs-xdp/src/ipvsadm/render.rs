@@ -103,6 +103,12 @@ fn service(out: &mut String, svc: &ServiceEntry, f: Format) {
         if !svc.sched_flags.is_empty() {
             let _ = write!(out, " ({})", svc.sched_flags.words(svc.scheduler));
         }
+        if let Some(p) = svc.persistence {
+            let _ = write!(out, " persistent {}", p.timeout);
+            if p.netmask != Ipv4Addr::BROADCAST {
+                let _ = write!(out, " mask {}", p.netmask);
+            }
+        }
     }
     out.push('\n');
     for real in &svc.reals {
@@ -180,6 +186,12 @@ pub fn save(
         };
         let name = format!("{stype} {}", addr_port(svc.addr, svc.port, svc.protocol, f));
         let _ = write!(out, "-A {name} -s {}", svc.scheduler);
+        if let Some(p) = svc.persistence {
+            let _ = write!(out, " -p {}", p.timeout);
+            if p.netmask != Ipv4Addr::BROADCAST {
+                let _ = write!(out, " -M {}", p.netmask);
+            }
+        }
         if !svc.sched_flags.is_empty() {
             let _ = write!(out, " -b {}", svc.sched_flags.words(svc.scheduler));
         }
@@ -265,6 +277,7 @@ mod tests {
                 port: 80,
                 scheduler: Scheduler::RoundRobin,
                 sched_flags: Default::default(),
+                persistence: None,
                 drops: 0,
                 stats: Stats {
                     conns: 6,
@@ -385,6 +398,23 @@ mod tests {
         let saved = save(&l, &[], numeric());
         assert!(
             saved.starts_with("-A -t 192.168.0.10:80 -s mh -b mh-fallback,mh-port\n"),
+            "{saved}"
+        );
+    }
+
+    #[test]
+    fn persistence_as_ipvsadm_shows_it() {
+        let mut l = listing();
+        l.services[0].persistence =
+            Some(crate::model::Persistence::new(600, Ipv4Addr::new(255, 255, 255, 0)).unwrap());
+        let list = list_all(&l, numeric());
+        assert!(
+            list.contains("TCP  192.168.0.10:80 rr persistent 600 mask 255.255.255.0\n"),
+            "{list}"
+        );
+        let saved = save(&l, &[], numeric());
+        assert!(
+            saved.starts_with("-A -t 192.168.0.10:80 -s rr -p 600 -M 255.255.255.0\n"),
             "{saved}"
         );
     }
