@@ -86,6 +86,10 @@ pub mod scheduler {
     pub const SH: u16 = 8;
     /// Destination hashing (IPVS's `dh`): the same table, looked up by the destination address.
     pub const DH: u16 = 9;
+    /// Weighted random two choices (IPVS's `twos`): two real servers drawn at random by
+    /// weight, the one of lower overhead / weight taken. The service's `table` holds the sum
+    /// of the weights in its range.
+    pub const TWOS: u16 = 10;
     /// Buckets of an `sh` or `dh` table, as IPVS's (`IP_VS_SH_TAB_BITS` 8).
     pub const HASH_BUCKETS: u32 = 256;
 

@@ -19,6 +19,7 @@ fn pick(svc: &Service) -> Option<(u32, RealServer)> {
     }
     let offset = match svc.scheduler {
         scheduler::RR => round_robin(svc)?,
+        scheduler::TWOS => two_choices(svc)?,
         _ => by_connections(svc)?,
     };
     at(svc, offset)
@@ -49,6 +50,83 @@ fn by_connections(svc: &Service) -> Option<u32> {
         let best = (*scan).best;
         (best < len).then_some(best)
     }
+}
+
+/// `twos`: two draws by weight (`bpf_get_prandom_u32` over the sum of the weights, kept in the
+/// service's `table`), one pass over the range to find both, then the lower overhead / weight
+/// (overhead as `wlc`'s, plus one, so that idle real servers compare by weight).
+#[inline(always)]
+fn two_choices(svc: &Service) -> Option<u32> {
+    if svc.table == 0 {
+        return None;
+    }
+    let scan = SCAN.get_ptr_mut(0)?;
+    // SAFETY: a helper without arguments.
+    let (r1, r2) = unsafe {
+        (
+            aya_ebpf::helpers::bpf_get_prandom_u32() % svc.table,
+            aya_ebpf::helpers::bpf_get_prandom_u32() % svc.table,
+        )
+    };
+    let len = svc.sched_len.min(scheduler::MAX_SCAN);
+    // SAFETY: this CPU's entry of a per-CPU array; nothing else runs on this CPU meanwhile.
+    let (a, b) = unsafe {
+        *scan = Scan {
+            start: svc.sched_start,
+            kind: u32::MAX,
+            best: u32::MAX,
+            _pad: u32::MAX,
+            num: u64::from(r1),
+            den: u64::from(r2),
+        };
+        bpf_loop(len, draw_step as *mut c_void, core::ptr::null_mut(), 0);
+        ((*scan).best, (*scan)._pad)
+    };
+    if a >= len || b >= len {
+        return None;
+    }
+    let overhead = |i: u32| -> Option<(u64, u64)> {
+        let slot = *SCHED.get(svc.sched_start.wrapping_add(i))?;
+        let real = REALS.get(slot)?;
+        let c = conns::of(slot);
+        let o = c.active.max(0) as u64 * 256 + c.inactive.max(0) as u64 + 1;
+        Some((o, u64::from(real.weight.max(1))))
+    };
+    let ((oa, wa), (ob, wb)) = (overhead(a)?, overhead(b)?);
+    Some(if oa * wb > ob * wa { b } else { a })
+}
+
+/// One step of the `twos` draws: position `i` takes a draw whose remainder (`num`, `den`) falls
+/// within its weight; the positions go to `best` and `_pad`. Returns 1 to stop the loop.
+#[inline(never)]
+extern "C" fn draw_step(i: u32, _ctx: *mut c_void) -> i64 {
+    let Some(scan) = SCAN.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's entry of a per-CPU array, for this program run.
+    let scan = unsafe { &mut *scan };
+    let Some(slot) = SCHED.get(scan.start.wrapping_add(i)) else {
+        return 1;
+    };
+    let Some(real) = REALS.get(*slot) else {
+        return 1;
+    };
+    let w = u64::from(real.weight);
+    if scan.best == u32::MAX {
+        if scan.num < w {
+            scan.best = i;
+        } else {
+            scan.num -= w;
+        }
+    }
+    if scan._pad == u32::MAX {
+        if scan.den < w {
+            scan._pad = i;
+        } else {
+            scan.den -= w;
+        }
+    }
+    i64::from(scan.best != u32::MAX && scan._pad != u32::MAX)
 }
 
 /// One step of `by_connections`: position `i`. Returns 1 to stop the loop.

@@ -296,6 +296,7 @@ fn scheduler_id(s: Scheduler) -> u16 {
         Scheduler::WeightedOverflow => common::scheduler::OVF,
         Scheduler::SourceHashing => common::scheduler::SH,
         Scheduler::DestinationHashing => common::scheduler::DH,
+        Scheduler::TwoChoices => common::scheduler::TWOS,
     }
 }
 
@@ -1093,6 +1094,21 @@ impl Director {
         plan.value.sched_start = start;
         plan.scheduled = scheduled;
         plan.value.sched_len = len;
+        if svc.opts.scheduler == Scheduler::TwoChoices {
+            // The sum of the weights of the real servers the data plane scans (the first
+            // MAX_SCAN of the range), that its draws take from.
+            let weight_of: HashMap<u32, u32> = svc
+                .reals
+                .iter()
+                .map(|(a, r)| (plan.reals[a].slot, r.weight))
+                .collect();
+            plan.value.table = plan
+                .scheduled
+                .iter()
+                .take(common::scheduler::MAX_SCAN as usize)
+                .map(|s| weight_of.get(s).copied().unwrap_or(0))
+                .sum();
+        }
         if svc.opts.scheduler == Scheduler::Maglev
             && let Err(e) = self.plan_table(&mut plan, svc, placed.as_ref())
         {

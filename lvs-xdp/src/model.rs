@@ -88,11 +88,14 @@ pub enum Scheduler {
     /// Destination hashing (`dh`): the same table, by the destination address.
     #[serde(rename = "dh")]
     DestinationHashing,
+    /// Weighted random two choices (`twos`).
+    #[serde(rename = "twos")]
+    TwoChoices,
 }
 
 impl Scheduler {
     /// Every scheduler, by its ipvsadm name.
-    pub const ALL: [Scheduler; 11] = [
+    pub const ALL: [Scheduler; 12] = [
         Scheduler::RoundRobin,
         Scheduler::WeightedRoundRobin,
         Scheduler::LeastConnection,
@@ -103,6 +106,7 @@ impl Scheduler {
         Scheduler::WeightedOverflow,
         Scheduler::SourceHashing,
         Scheduler::DestinationHashing,
+        Scheduler::TwoChoices,
         Scheduler::Maglev,
     ];
 
@@ -118,6 +122,7 @@ impl Scheduler {
             Scheduler::WeightedOverflow => "ovf",
             Scheduler::SourceHashing => "sh",
             Scheduler::DestinationHashing => "dh",
+            Scheduler::TwoChoices => "twos",
             Scheduler::Maglev => "mh",
         }
     }

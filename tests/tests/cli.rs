@@ -76,8 +76,8 @@ fn config_refusals_name_the_problem() {
         ),
         (
             "unknown scheduler",
-            "[[service]]\nvip = \"10.9.0.10\"\nport = 80\nscheduler = \"twos\"\n",
-            "unknown scheduler \"twos\"",
+            "[[service]]\nvip = \"10.9.0.10\"\nport = 80\nscheduler = \"nosuch\"\n",
+            "unknown scheduler \"nosuch\"",
         ),
         (
             "bad MAC",

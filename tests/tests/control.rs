@@ -319,7 +319,7 @@ fn refusals_are_ipvsadms_with_its_exit_codes() {
         lb,
         &format!("-A -t {VIP}:90 -s nosuch"),
         2,
-        "Scheduler or persistence engine not found: 'nosuch' (supported: rr, wrr, lc, wlc, sed, nq, fo, ovf, sh, dh, mh)",
+        "Scheduler or persistence engine not found: 'nosuch' (supported: rr, wrr, lc, wlc, sed, nq, fo, ovf, sh, dh, twos, mh)",
     );
     // Nothing of the refusals was applied.
     assert_eq!(

@@ -496,3 +496,18 @@ fn persistence_keeps_a_client_network_on_one_real_server() {
         assert_eq!(send(&d, i, 4001, SYN), next, "client {i}: the new template");
     }
 }
+
+/// `twos`: two draws by weight, the lower overhead / weight kept. Long connections settle near
+/// the weights (1:3), as with `wlc`, though each choice is random.
+#[test]
+fn twos_settles_near_the_weights() {
+    pin_to_cpu0();
+    let d = with_scheduler("twos", &[1, 3]);
+    let mut n: HashMap<u8, u32> = HashMap::new();
+    for i in 0..400 {
+        *n.entry(long(&d, i)).or_default() += 1;
+    }
+    println!("twos 1:3 over 400 long connections: {n:?}");
+    let light = f64::from(n.get(&3).copied().unwrap_or(0)) / 400.0;
+    assert!((light - 0.25).abs() < 0.05, "weight 1 of 4: {light}");
+}

@@ -159,8 +159,8 @@ fn refuses_ports_out_of_range() {
 fn refuses_unknown_protocol_and_scheduler() {
     let err = refused(&service("protocol = \"sctp\""));
     assert!(err.contains("unknown protocol \"sctp\""), "{err}");
-    let err = refused(&service("scheduler = \"twos\""));
-    assert!(err.contains("unknown scheduler \"twos\""), "{err}");
+    let err = refused(&service("scheduler = \"nosuch\""));
+    assert!(err.contains("unknown scheduler \"nosuch\""), "{err}");
 }
 
 #[test]

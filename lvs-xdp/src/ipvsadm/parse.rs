@@ -643,10 +643,6 @@ fn parse_scheduler(s: &str) -> Result<Scheduler, Usage> {
              (supported: {})",
             Scheduler::names()
         )),
-        "twos" => fail(format!(
-            "scheduler '{s}' is not supported yet (supported: {})",
-            Scheduler::names()
-        )),
         _ => fail(format!(
             "Scheduler or persistence engine not found: '{s}' (supported: {})",
             Scheduler::names()
@@ -887,7 +883,6 @@ mod tests {
         assert!(err("-a -t 192.168.0.10:80 -r 192.168.0.3 -m").contains("direct-routing"));
         assert!(err("-a -t 192.168.0.10:80 -r 192.168.0.3 -i").contains("tunnelling"));
         assert!(err("-A -f 1").contains("firewall-mark"));
-        assert!(err("-A -t 192.168.0.10:80 -s twos").contains("not supported yet"));
         assert!(
             err("-A -t 192.168.0.10:80 -s lblc").contains("does not apply to a direct-routing")
         );
