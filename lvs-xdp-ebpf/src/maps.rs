@@ -68,9 +68,10 @@ pub static GLOBAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(r
 pub struct Scan {
     pub start: u32,
     pub kind: u32,
-    /// The best position so far (`u32::MAX`: none), and its score `num / den`.
+    /// The best position so far (`u32::MAX`: none), and its score `num / den`; for `twos`,
+    /// the two drawn positions (`best`, `second`) and the draws' remainders (`num`, `den`).
     pub best: u32,
-    pub _pad: u32,
+    pub second: u32,
     pub num: u64,
     pub den: u64,
 }

@@ -42,7 +42,7 @@ fn by_connections(svc: &Service) -> Option<u32> {
             start: svc.sched_start,
             kind: u32::from(svc.scheduler),
             best: u32::MAX,
-            _pad: 0,
+            second: 0,
             num: 0,
             den: 0,
         };
@@ -75,12 +75,12 @@ fn two_choices(svc: &Service) -> Option<u32> {
             start: svc.sched_start,
             kind: u32::MAX,
             best: u32::MAX,
-            _pad: u32::MAX,
+            second: u32::MAX,
             num: u64::from(r1),
             den: u64::from(r2),
         };
         bpf_loop(len, draw_step as *mut c_void, core::ptr::null_mut(), 0);
-        ((*scan).best, (*scan)._pad)
+        ((*scan).best, (*scan).second)
     };
     if a >= len || b >= len {
         return None;
@@ -96,19 +96,23 @@ fn two_choices(svc: &Service) -> Option<u32> {
     Some(if oa * wb > ob * wa { b } else { a })
 }
 
-/// One step of the `twos` draws: position `i` takes a draw whose remainder (`num`, `den`) falls
-/// within its weight; the positions go to `best` and `_pad`. Returns 1 to stop the loop.
-#[inline(never)]
-extern "C" fn draw_step(i: u32, _ctx: *mut c_void) -> i64 {
-    let Some(scan) = SCAN.get_ptr_mut(0) else {
-        return 1;
-    };
+/// What a step of a scan in `bpf_loop` works on: this CPU's `SCAN` entry, and the slot and
+/// real server at position `i` of the range it scans.
+#[inline(always)]
+fn step_at(i: u32) -> Option<(&'static mut Scan, u32, &'static RealServer)> {
+    let scan = SCAN.get_ptr_mut(0)?;
     // SAFETY: this CPU's entry of a per-CPU array, for this program run.
     let scan = unsafe { &mut *scan };
-    let Some(slot) = SCHED.get(scan.start.wrapping_add(i)) else {
-        return 1;
-    };
-    let Some(real) = REALS.get(*slot) else {
+    let slot = *SCHED.get(scan.start.wrapping_add(i))?;
+    let real = REALS.get(slot)?;
+    Some((scan, slot, real))
+}
+
+/// One step of the `twos` draws: position `i` takes a draw whose remainder (`num`, `den`) falls
+/// within its weight; the positions go to `best` and `second`. Returns 1 to stop the loop.
+#[inline(never)]
+extern "C" fn draw_step(i: u32, _ctx: *mut c_void) -> i64 {
+    let Some((scan, _, real)) = step_at(i) else {
         return 1;
     };
     let w = u64::from(real.weight);
@@ -119,31 +123,23 @@ extern "C" fn draw_step(i: u32, _ctx: *mut c_void) -> i64 {
             scan.num -= w;
         }
     }
-    if scan._pad == u32::MAX {
+    if scan.second == u32::MAX {
         if scan.den < w {
-            scan._pad = i;
+            scan.second = i;
         } else {
             scan.den -= w;
         }
     }
-    i64::from(scan.best != u32::MAX && scan._pad != u32::MAX)
+    i64::from(scan.best != u32::MAX && scan.second != u32::MAX)
 }
 
 /// One step of `by_connections`: position `i`. Returns 1 to stop the loop.
 #[inline(never)]
 extern "C" fn scan_step(i: u32, _ctx: *mut c_void) -> i64 {
-    let Some(scan) = SCAN.get_ptr_mut(0) else {
+    let Some((scan, slot, real)) = step_at(i) else {
         return 1;
     };
-    // SAFETY: this CPU's entry of a per-CPU array, for this program run.
-    let scan = unsafe { &mut *scan };
-    let Some(slot) = SCHED.get(scan.start.wrapping_add(i)) else {
-        return 1;
-    };
-    let Some(real) = REALS.get(*slot) else {
-        return 1;
-    };
-    let c = conns::of(*slot);
+    let c = conns::of(slot);
     let active = c.active.max(0) as u64;
     let inactive = c.inactive.max(0) as u64;
     let weight = u64::from(real.weight.max(1));
@@ -214,7 +210,7 @@ fn by_bucket(svc: &Service, key: &FlowKeyV4) -> Option<(u32, RealServer)> {
             start: svc.sched_start,
             kind: svc.sched_len,
             best: u32::MAX,
-            _pad: 0,
+            second: 0,
             num: u64::from(first),
             den: 0,
         };

@@ -719,20 +719,25 @@ impl Director {
         let clock = flowtable::clock(self.state.timeouts.per_state());
         self.balancer.set_clock(&clock)?;
         let live = self.live_generations();
-        let (buckets, overflow, conns) = self.balancer.flow_table();
         let passes = self.sweep.passes;
-        self.sweep.step(
-            buckets,
-            overflow,
-            conns,
-            &clock,
-            &live,
-            flowtable::SWEEP_BUCKETS,
-        )?;
+        self.sweep_step(&clock, &live)?;
         if self.sweep.passes != passes {
             self.sweep_templates(&clock, &live)?;
         }
         Ok(())
+    }
+
+    /// One step of the flow table's sweep (see [`flowtable::Sweep::step`]).
+    fn sweep_step(&mut self, clock: &common::Clock, live: &[u32]) -> Result<()> {
+        let (buckets, overflow, conns) = self.balancer.flow_table();
+        self.sweep.step(
+            buckets,
+            overflow,
+            conns,
+            clock,
+            live,
+            flowtable::SWEEP_BUCKETS,
+        )
     }
 
     /// Deletes the persistence templates that expired (their service's timeout after the
@@ -764,17 +769,9 @@ impl Director {
     pub fn sweep_now(&mut self) -> Result<()> {
         let clock = self.balancer.clock()?;
         let live = self.live_generations();
-        let (buckets, overflow, conns) = self.balancer.flow_table();
         let passes = self.sweep.passes;
         while self.sweep.passes == passes {
-            self.sweep.step(
-                buckets,
-                overflow,
-                conns,
-                &clock,
-                &live,
-                flowtable::SWEEP_BUCKETS,
-            )?;
+            self.sweep_step(&clock, &live)?;
         }
         self.sweep_templates(&clock, &live)?;
         Ok(())

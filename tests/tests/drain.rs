@@ -29,29 +29,27 @@ fn lvs(ns: &Netns, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The lab with nginx (serving `big` as big.bin) and `lvs-xdp run` on the LB with the lab's
+/// configuration and `extra` flags.
+fn lab_with_lb(tag: &str, big: Option<&[u8]>, extra: &[&str]) -> Lab {
+    assert!(unsafe { libc::geteuid() } == 0, "needs root (netns, XDP)");
+    let mut lab = Lab::new(tag).expect("the lab topology");
+    lab.start_nginx(big).expect("nginx");
+    let config = lab.write_lvs_config().unwrap();
+    let mut args = vec!["--config", config.to_str().unwrap(), "--mode", "native"];
+    args.extend_from_slice(extra);
+    lab.start_lb(&bins::lvs_xdp(), &args).expect("lvs-xdp run");
+    lab
+}
+
 #[test]
 fn drain_waits_for_the_connections_to_end_then_removes_the_real_server() {
-    assert!(unsafe { libc::geteuid() } == 0, "needs root (netns, XDP)");
     let bin = bins::lvs_xdp();
-    let mut lab = Lab::new("drain").expect("the lab topology");
     // 12 MiB at nginx's 4 MiB/s on /slow/: a transfer of about 3 s.
     let big: Vec<u8> = (0..12u32 << 20)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
-    lab.start_nginx(Some(&big)).expect("nginx");
-    let config = lab.write_lvs_config().unwrap();
-    lab.start_lb(
-        &bin,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--mode",
-            "native",
-            "--interval",
-            "0",
-        ],
-    )
-    .expect("lvs-xdp run");
+    let lab = lab_with_lb("drain", Some(&big), &["--interval", "0"]);
     let dest = lab.dir.0.join("big.out");
     let mut curl = lab.start_download("/slow/big.bin", &dest, 60).unwrap();
     Lab::wait_for_bytes(&dest, 1 << 20, Duration::from_secs(20)).unwrap();
@@ -146,25 +144,11 @@ fn drain_waits_for_the_connections_to_end_then_removes_the_real_server() {
 /// timeout and a closed one after the FIN timeout, and its table counts them.
 #[test]
 fn short_timeouts_expire_idle_and_closed_connections_in_a_running_director() {
-    assert!(unsafe { libc::geteuid() } == 0, "needs root (netns, XDP)");
-    let bin = bins::lvs_xdp();
-    let mut lab = Lab::new("expire").expect("the lab topology");
-    lab.start_nginx(None).expect("nginx");
-    let config = lab.write_lvs_config().unwrap();
-    lab.start_lb(
-        &bin,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--mode",
-            "native",
-            "--interval",
-            "1",
-            "--flow-table-size",
-            "65536",
-        ],
-    )
-    .expect("lvs-xdp run");
+    let mut lab = lab_with_lb(
+        "expire",
+        None,
+        &["--interval", "1", "--flow-table-size", "65536"],
+    );
     let lb = &lab.lb;
     lvs(lb, &["--set", "4", "2", "0"]);
     assert_eq!(
