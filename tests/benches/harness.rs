@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use lvs_xdp::{AttachMode, Config, Director, iface::Interface};
 
-use lvs_xdp::model::Mac;
+use lvs_xdp::model::{Mac, Scheduler};
 
 use crate::programs::{self, BenchPrograms};
 use lvs_xdp_common::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, bench as contract};
@@ -339,8 +339,19 @@ impl Bench {
     /// Replaces lvs-xdp with a freshly loaded one: an empty flow table, so each measurement sees
     /// exactly its own flows, as a load balancer with that many active connections would.
     fn reload(&mut self) -> Result<()> {
+        self.reload_with(None)
+    }
+
+    /// `reload`, with every service's scheduler set to `scheduler` when given.
+    fn reload_with(&mut self, scheduler: Option<Scheduler>) -> Result<()> {
+        let mut state = self.balancer.state().clone();
+        if let Some(s) = scheduler {
+            for svc in state.services.values_mut() {
+                svc.opts.scheduler = s;
+            }
+        }
         let config = Config {
-            state: self.balancer.state().clone(),
+            state,
             capacity: *self.balancer.balancer().capacity(),
         };
         let fresh = in_netns(&self.lb_ns.name, || {
@@ -354,6 +365,34 @@ impl Bench {
 
     fn conns(&self) -> Result<u64> {
         Ok(self.balancer.snapshot()?.services[0].counters.conns)
+    }
+
+    /// New connections per second with `scheduler`: a SYN flood of `flows` distinct flows, more
+    /// than the run sends, so that every packet is a new connection to schedule and remember
+    /// (the table fills, and half-open flows make room for each other). Returns (forwarded
+    /// per second, scheduled per second).
+    pub fn new_connections(&mut self, scheduler: Scheduler, flows: u32) -> Result<(f64, f64)> {
+        self.reload_with(Some(scheduler))?;
+        let link = self.install(Variant::LvsXdp)?;
+        let result = (|| {
+            let before = self.programs.sink_counts()?;
+            let conns0 = self.conns()?;
+            let (_, took) = self.generate(flows, self.opts.duration, programs::TCP_SYN)?;
+            thread_settle();
+            let after = self.programs.sink_counts()?;
+            let received: u64 = RS_MACS
+                .iter()
+                .map(|m| after[m[5] as usize] - before[m[5] as usize])
+                .sum();
+            let secs = took.as_secs_f64();
+            Ok((
+                received as f64 / secs,
+                (self.conns()? - conns0) as f64 / secs,
+            ))
+        })();
+        self.remove(Variant::LvsXdp, link)?;
+        self.reload_with(Some(Scheduler::RoundRobin))?;
+        result
     }
 
     /// Measures `variant` at `flows` flows: warm up, then count what comes back to the sink.

@@ -5,7 +5,8 @@
 //! Options: --quick (short runs), --runs N, --secs S, --flows A,B,C, --udp, --ipv6,
 //! --chunk N (frames in the first BPF_PROG_TEST_RUN call; later calls adapt to about half a
 //! second), --fixed-chunk (every call exactly --chunk frames), --no-cost, --no-control,
-//! --out DIR (writes bench.md and bench.svg there).
+//! --no-new-conns (skip the SYN-flood new-connections runs), --out DIR (writes bench.md and
+//! bench.svg there).
 #[path = "control.rs"]
 mod control;
 #[path = "harness.rs"]
@@ -35,6 +36,7 @@ fn real_main() -> Result<()> {
     let mut opts = Options::full();
     let mut out: Option<PathBuf> = None;
     let mut control_plane = true;
+    let mut new_conns = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -62,6 +64,7 @@ fn real_main() -> Result<()> {
             "--ipv6" => opts.family = FAMILY_V6,
             "--no-cost" => opts.cost_pass = false,
             "--no-control" => control_plane = false,
+            "--no-new-conns" => new_conns = false,
             "--out" => out = Some(PathBuf::from(args.next().context("--out DIR")?)),
             other => bail!("unknown option {other}"),
         }
@@ -122,13 +125,53 @@ fn real_main() -> Result<()> {
             costs.push((flows, c));
         }
     }
+    // The known-flow runs' verdicts (the new-connection runs below reload lvs-xdp).
     let snap = bench.balancer().snapshot()?;
+    let mut new_conn_table = String::new();
+    if new_conns && opts.runs > 0 {
+        // More distinct flows than a run can send: every packet opens a connection.
+        let flows = 4_000_000;
+        println!(
+            "New connections (a SYN flood of {flows} distinct flows, flow table {}):",
+            opts.flow_table_size
+        );
+        new_conn_table.push_str(&format!(
+            "\nNew connections per second: a SYN flood of {flows} distinct flows (every packet a new connection to schedule and remember; flow table {}), median of {} run(s):\n\n| scheduler | forwarded | scheduled |\n|---|---:|---:|\n",
+            opts.flow_table_size, opts.runs
+        ));
+        for scheduler in [
+            lvs_xdp::model::Scheduler::RoundRobin,
+            lvs_xdp::model::Scheduler::WeightedLeastConnection,
+            lvs_xdp::model::Scheduler::Maglev,
+        ] {
+            let mut fwd = Vec::new();
+            let mut sched = Vec::new();
+            for _ in 0..opts.runs {
+                let (f, s) = bench.new_connections(scheduler, flows)?;
+                fwd.push(f);
+                sched.push(s);
+            }
+            let (f, s) = (harness::median(fwd), harness::median(sched));
+            println!(
+                "  {:<4} {:.2} M/s forwarded, {:.2} M/s scheduled",
+                scheduler.name(),
+                f / 1e6,
+                s / 1e6
+            );
+            new_conn_table.push_str(&format!(
+                "| `{}` | {:.2} M/s | {:.2} M/s |\n",
+                scheduler.name(),
+                f / 1e6,
+                s / 1e6
+            ));
+        }
+    }
     let rows = if opts.runs == 0 {
         Vec::new()
     } else {
         harness::rows(&samples, &opts.flows)
     };
-    let table = harness::table(&rows, &costs);
+    let table = harness::table(&rows, &costs) + &new_conn_table;
     println!("\nMedians on {machine}:\n\n{table}");
     println!(
         "lvs-xdp verdicts over the whole run: {}",
