@@ -21,6 +21,23 @@ pub fn lvs_xdp() -> PathBuf {
     bin
 }
 
+/// Runs `lvs-xdp ARGS` inside `ns`; it must succeed. Returns its standard output.
+pub fn output_in(ns: &crate::netns::Netns, args: &[&str]) -> String {
+    let bin = lvs_xdp();
+    let out = ns
+        .command(bin.to_str().expect("binary path"))
+        .expect("lvs-xdp is a listed program")
+        .args(args)
+        .output()
+        .expect("lvs-xdp runs");
+    assert!(
+        out.status.success(),
+        "lvs-xdp {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Starts `lvs-xdp run --iface IFACE --mode generic --interval SECS --config CONFIG` inside `ns`
 /// and waits for its first line on stdout, which must say it attached to `iface`. The pipe's
 /// reader is dropped once that line is read (the process keeps running, its stdout closed).

@@ -14,19 +14,7 @@ use lvs_xdp_tests::{
 };
 
 fn lvs(ns: &Netns, args: &[&str]) -> String {
-    let bin = bins::lvs_xdp();
-    let out = ns
-        .command(bin.to_str().unwrap())
-        .unwrap()
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "lvs-xdp {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    bins::output_in(ns, args)
 }
 
 /// The lab with nginx (serving `big` as big.bin) and `lvs-xdp run` on the LB with the lab's

@@ -8,20 +8,8 @@ use lvs_xdp_tests::{bins, lab::Lab, netns::Netns};
 
 const SIZE: usize = 20 << 20;
 
-fn ok(ns: &Netns, words: &[&str]) -> String {
-    let bin = bins::lvs_xdp();
-    let out = ns
-        .command(bin.to_str().unwrap())
-        .unwrap()
-        .args(words)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "lvs-xdp {words:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+fn ok(ns: &Netns, args: &[&str]) -> String {
+    bins::output_in(ns, args)
 }
 
 /// The connection lines of `-L -n -c` from `client`, each "source destination".

@@ -40,6 +40,24 @@ fn config(weights: &[u32], order: &[usize], extra: &str) -> String {
     )
 }
 
+/// Checks that `counts` (connections by the last byte of the real server's MAC: 3, 4, 5) split
+/// `n` as weights 1:2:3 do, within `tolerance` of each share; prints the shares.
+fn assert_one_two_three(label: &str, counts: &HashMap<u8, u32>, n: u32, tolerance: f64) {
+    for (mac, weight) in [(3u8, 1.0), (4, 2.0), (5, 3.0)] {
+        let share = f64::from(counts.get(&mac).copied().unwrap_or(0)) / f64::from(n);
+        let want = weight / 6.0;
+        println!(
+            "{label} 1:2:3 over {n} new connections: 10.0.0.{mac} {:.2}% (weight share {:.2}%)",
+            share * 100.0,
+            want * 100.0
+        );
+        assert!(
+            (share - want).abs() < want * tolerance,
+            "{label} 10.0.0.{mac}: {share}, want {want}"
+        );
+    }
+}
+
 /// Client `i`'s address: one client a connection, all different.
 fn client(i: u32) -> String {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i).to_string()
@@ -64,19 +82,7 @@ fn mh_spreads_new_connections_by_weight() {
     for i in 0..n {
         *counts.entry(send(&d, i, 40_000, SYN)).or_default() += 1;
     }
-    for (mac, weight) in [(3u8, 1.0), (4, 2.0), (5, 3.0)] {
-        let share = f64::from(counts[&mac]) / f64::from(n);
-        let want = weight / 6.0;
-        println!(
-            "mh 1:2:3 over {n} new connections: 10.0.0.{mac} {:.2}% (weight share {:.2}%)",
-            share * 100.0,
-            want * 100.0
-        );
-        assert!(
-            (share - want).abs() < want * 0.05,
-            "10.0.0.{mac}: {share}, want {want}"
-        );
-    }
+    assert_one_two_three("mh", &counts, n, 0.05);
 }
 
 #[test]
@@ -209,16 +215,7 @@ fn wrr_follows_the_weights_in_ipvss_order() {
     for i in 6..6 + n {
         *counts.entry(send(&d, i, 30_000, SYN)).or_default() += 1;
     }
-    for (mac, weight) in [(3u8, 1.0), (4, 2.0), (5, 3.0)] {
-        let share = f64::from(counts[&mac]) / f64::from(n);
-        let want = weight / 6.0;
-        println!(
-            "wrr 1:2:3 over {n} new connections: 10.0.0.{mac} {:.2}% (weight share {:.2}%)",
-            share * 100.0,
-            want * 100.0
-        );
-        assert!((share - want).abs() < want * 0.02, "10.0.0.{mac}: {share}");
-    }
+    assert_one_two_three("wrr", &counts, n, 0.02);
     // A weight changed live changes the turns at once.
     let mut d = d;
     let w = |weight| RealOpts {
