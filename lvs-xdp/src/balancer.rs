@@ -383,6 +383,14 @@ impl Balancer {
         &mut self.maps.persist
     }
 
+    /// The persistence templates, read.
+    pub fn templates_iter(
+        &self,
+    ) -> impl Iterator<Item = Result<(common::PersistKey, common::Persist), aya::maps::MapError>> + '_
+    {
+        self.maps.persist.iter()
+    }
+
     /// The flow table's hash seed (a restart that keeps the flows must use it again).
     pub fn seed(&self) -> u32 {
         self.seed

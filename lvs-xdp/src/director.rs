@@ -1367,8 +1367,49 @@ impl Director {
                 expires: flowtable::expires_in(&flow, &clock),
             });
         }
+        out.extend(self.templates(&by_slot, &clock));
         out.sort_by_key(|c| (c.service, c.client, c.client_port));
         Ok(out)
+    }
+
+    /// The persistence templates in force, as ipvsadm lists them among the connections: state
+    /// `NONE`, the client network with port 0, and the seconds left of the service's
+    /// persistence timeout (counted from the network's last new connection).
+    fn templates(
+        &self,
+        by_slot: &HashMap<u32, (ServiceKey, Ipv4Addr, u32)>,
+        clock: &common::Clock,
+    ) -> Vec<Connection> {
+        let timeouts: HashMap<u32, u32> = self
+            .placed
+            .values()
+            .map(|p| (p.id, p.value.persist_timeout))
+            .collect();
+        let mut out = Vec::new();
+        for (key, t) in self.balancer.templates_iter().filter_map(|r| r.ok()) {
+            let flow = common::Flow {
+                target: t.target,
+                ..Default::default()
+            };
+            let Some((service, real, generation)) = by_slot.get(&flow.slot()) else {
+                continue;
+            };
+            let timeout = timeouts.get(&key.service).copied().unwrap_or(0);
+            let age = common::conn::age(clock.now, t.stamp);
+            if *generation != flow.generation() || age > timeout {
+                continue;
+            }
+            out.push(Connection {
+                protocol: service.protocol,
+                client: Ipv4Addr::from(key.client.to_ne_bytes()),
+                client_port: 0,
+                service: *service,
+                real: *real,
+                state: "NONE".to_string(),
+                expires: timeout - age,
+            });
+        }
+        out
     }
 
     /// Every counter, summed over the CPUs, by service and real server. Forwarded traffic is

@@ -117,13 +117,8 @@ impl Lab {
         // longer carries: compute them in software (real NICs do it before the wire).
         lab.client.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
 
-        // Real servers: the VIP on lo, and never answer or announce ARP for it.
         for ns in &lab.real_servers {
-            ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
-            for conf in ["all", "lo", "eth0"] {
-                ns.sysctl(&format!("net.ipv4.conf.{conf}.arp_ignore"), "1")?;
-                ns.sysctl(&format!("net.ipv4.conf.{conf}.arp_announce"), "2")?;
-            }
+            real_server(ns, VIP)?;
         }
         Ok(lab)
     }
@@ -142,54 +137,13 @@ impl Lab {
 
     /// A veth pair: `eth0` in `ns`, `port` on the bridge.
     pub fn plug(&self, ns: &Netns, port: &str, mac: &str, addr: &str) -> Result<()> {
-        self.switch.ip(&[
-            "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-        ])?;
-        self.switch
-            .ip(&["link", "set", port, "master", "br0", "up"])?;
-        ns.ip(&["link", "set", "eth0", "address", mac])?;
-        ns.ip(&["addr", "add", addr, "dev", "eth0"])?;
-        ns.ip(&["link", "set", "eth0", "up"])?;
-        Ok(())
+        plug(&self.switch, ns, port, mac, addr)
     }
 
     /// Starts nginx on every real server, serving `index.html` naming the server and, when
     /// given, `big.bin` with these bytes. Returns once all listen on port 80.
     pub fn start_nginx(&mut self, big_file: Option<&[u8]>) -> Result<()> {
-        let base = self.dir.0.clone();
-        for (i, ns) in self.real_servers.iter_mut().enumerate() {
-            let (name, ip, _) = REAL_SERVERS[i];
-            let dir = base.join(name);
-            let www = dir.join("www");
-            fs::create_dir_all(&www)?;
-            fs::create_dir_all(dir.join("tmp"))?;
-            fs::write(www.join("index.html"), format!("{name} {ip}\n"))?;
-            if let Some(bytes) = big_file {
-                fs::write(www.join("big.bin"), bytes)?;
-            }
-            make_world_readable(&base)?;
-            let conf = dir.join("nginx.conf");
-            fs::write(&conf, nginx_conf(&dir))?;
-            let mut cmd = ns.command("nginx")?;
-            cmd.arg("-c")
-                .arg(&conf)
-                .arg("-e")
-                .arg(dir.join("error.log"));
-            cmd.stdout(Stdio::null()).stderr(Stdio::null());
-            ns.spawn("nginx", cmd)?;
-        }
-        for ns in &self.real_servers {
-            ns.wait_for(
-                "nginx to listen on port 80",
-                Duration::from_secs(10),
-                || {
-                    ns.stdout("ss", &["-Hnlt", "sport = 80"])
-                        .map(|s| !s.trim().is_empty())
-                        .unwrap_or(false)
-                },
-            )?;
-        }
-        Ok(())
+        start_nginx(&self.dir.0, &mut self.real_servers, big_file)
     }
 
     /// Writes the lab's lvs-xdp configuration and returns its path.
@@ -203,45 +157,7 @@ impl Lab {
     /// stderr appended to `lvs-xdp.log`; returns once it says it is attached. It runs under
     /// `nsenter --net`, so it sees the host's /sys/fs/bpf as on a real host.
     pub fn start_lb(&mut self, bin: &Path, args: &[&str]) -> Result<()> {
-        let attached = |out: &str| out.matches("lvs-xdp: attached to eth0").count();
-        let before = attached(&self.lb_output());
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.lb_log())?;
-        let mut cmd = self
-            .lb
-            .nsenter_command(bin.to_str().context("binary path")?)?;
-        cmd.args(["run", "--iface", "eth0"]).args(args);
-        cmd.stdout(log.try_clone()?)
-            .stderr(log)
-            .stdin(Stdio::null());
-        let mut child = cmd.spawn().context("cannot start lvs-xdp")?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if attached(&self.lb_output()) > before && self.xdp_attached()? {
-                break;
-            }
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "lvs-xdp exited ({status}) before attaching: {}",
-                    self.lb_output().trim()
-                );
-            }
-            if Instant::now() >= deadline {
-                netns::stop(&mut child, Duration::from_secs(3));
-                bail!(
-                    "lvs-xdp did not attach within 20 s: {}",
-                    self.lb_output().trim()
-                );
-            }
-            if let Err(e) = crate::signals::check() {
-                netns::stop(&mut child, Duration::from_secs(3));
-                return Err(e);
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        self.lb_process = Some(child);
+        self.lb_process = Some(start_lvs_xdp(&self.lb, bin, &self.lb_log(), args)?);
         Ok(())
     }
 
@@ -279,8 +195,7 @@ impl Lab {
 
     /// Whether an XDP program is attached to the LB's eth0 (`ip link` shows `prog/xdp`).
     pub fn xdp_attached(&self) -> Result<bool> {
-        let out = self.lb.ip(&["-d", "link", "show", "dev", "eth0"])?;
-        Ok(String::from_utf8_lossy(&out.stdout).contains("prog/xdp"))
+        xdp_attached(&self.lb)
     }
 
     /// `curl http://VIP{path}` from the client, pinned to CPU 0 (see `get`). Returns the body.
@@ -306,18 +221,7 @@ impl Lab {
     /// Starts `curl http://VIP{path} -o dest` on the client, at most `max_secs` long, and
     /// returns at once (stderr piped, for the failure message).
     pub fn start_download(&self, path: &str, dest: &Path, max_secs: u32) -> Result<Child> {
-        let child = self
-            .client
-            .command("curl")?
-            .args(["-sS", "--fail", "--max-time", &max_secs.to_string(), "-o"])
-            .arg(dest)
-            .arg(format!("http://{VIP}{path}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot start curl")?;
-        Ok(child)
+        start_download(&self.client, &format!("http://{VIP}{path}"), dest, max_secs)
     }
 
     /// Waits for a download from [`Lab::start_download`] to end, and checks that it succeeded
@@ -371,6 +275,127 @@ impl Drop for Lab {
             netns::stop(&mut child, Duration::from_secs(5));
         }
     }
+}
+
+/// A veth pair: `eth0` in `ns` with `mac` and `addr`, `port` on `switch`'s br0.
+pub fn plug(switch: &Netns, ns: &Netns, port: &str, mac: &str, addr: &str) -> Result<()> {
+    switch.ip(&[
+        "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+    ])?;
+    switch.ip(&["link", "set", port, "master", "br0", "up"])?;
+    ns.ip(&["link", "set", "eth0", "address", mac])?;
+    ns.ip(&["addr", "add", addr, "dev", "eth0"])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    Ok(())
+}
+
+/// The real-server half of the LVS-DR recipe: `vip` on lo, and never answer or announce ARP
+/// for it.
+pub fn real_server(ns: &Netns, vip: &str) -> Result<()> {
+    ns.ip(&["addr", "add", &format!("{vip}/32"), "dev", "lo"])?;
+    for conf in ["all", "lo", "eth0"] {
+        ns.sysctl(&format!("net.ipv4.conf.{conf}.arp_ignore"), "1")?;
+        ns.sysctl(&format!("net.ipv4.conf.{conf}.arp_announce"), "2")?;
+    }
+    Ok(())
+}
+
+/// Starts nginx in each of `real_servers` (named and addressed as [`REAL_SERVERS`]), its files
+/// under `base`, serving `index.html` naming the server and, when given, `big.bin` with these
+/// bytes (also at 4 MB/s under `/slow/`). Returns once all listen on port 80.
+pub fn start_nginx(base: &Path, real_servers: &mut [Netns], big_file: Option<&[u8]>) -> Result<()> {
+    for (i, ns) in real_servers.iter_mut().enumerate() {
+        let (name, ip, _) = REAL_SERVERS[i];
+        let dir = base.join(name);
+        let www = dir.join("www");
+        fs::create_dir_all(&www)?;
+        fs::create_dir_all(dir.join("tmp"))?;
+        fs::write(www.join("index.html"), format!("{name} {ip}\n"))?;
+        if let Some(bytes) = big_file {
+            fs::write(www.join("big.bin"), bytes)?;
+        }
+        make_world_readable(base)?;
+        let conf = dir.join("nginx.conf");
+        fs::write(&conf, nginx_conf(&dir))?;
+        let mut cmd = ns.command("nginx")?;
+        cmd.arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(dir.join("error.log"));
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        ns.spawn("nginx", cmd)?;
+    }
+    for ns in real_servers.iter() {
+        ns.wait_for(
+            "nginx to listen on port 80",
+            Duration::from_secs(10),
+            || {
+                ns.stdout("ss", &["-Hnlt", "sport = 80"])
+                    .map(|s| !s.trim().is_empty())
+                    .unwrap_or(false)
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Starts `curl URL -o dest` in `ns`, at most `max_secs` long, and returns at once (stderr
+/// piped, for the failure message).
+pub fn start_download(ns: &Netns, url: &str, dest: &Path, max_secs: u32) -> Result<Child> {
+    let child = ns
+        .command("curl")?
+        .args(["-sS", "--fail", "--max-time", &max_secs.to_string(), "-o"])
+        .arg(dest)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start curl")?;
+    Ok(child)
+}
+
+/// Starts `lvs-xdp run --iface eth0 ARGS` in `ns` under `nsenter --net` (so it sees the host's
+/// /sys/fs/bpf, as on a real host), its stdout and stderr appended to `log`; returns once it says
+/// it is attached and `ip link` shows the program.
+pub fn start_lvs_xdp(ns: &Netns, bin: &Path, log: &Path, args: &[&str]) -> Result<Child> {
+    let output = || fs::read_to_string(log).unwrap_or_default();
+    let attached = |out: &str| out.matches("lvs-xdp: attached to eth0").count();
+    let before = attached(&output());
+    let file = fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let mut cmd = ns.nsenter_command(bin.to_str().context("binary path")?)?;
+    cmd.args(["run", "--iface", "eth0"]).args(args);
+    cmd.stdout(file.try_clone()?)
+        .stderr(file)
+        .stdin(Stdio::null());
+    let mut child = cmd.spawn().context("cannot start lvs-xdp")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if attached(&output()) > before && xdp_attached(ns)? {
+            return Ok(child);
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "lvs-xdp exited ({status}) before attaching: {}",
+                output().trim()
+            );
+        }
+        if Instant::now() >= deadline {
+            netns::stop(&mut child, Duration::from_secs(3));
+            bail!("lvs-xdp did not attach within 20 s: {}", output().trim());
+        }
+        if let Err(e) = crate::signals::check() {
+            netns::stop(&mut child, Duration::from_secs(3));
+            return Err(e);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether an XDP program is attached to `eth0` in `ns` (`ip link` shows `prog/xdp`).
+pub fn xdp_attached(ns: &Netns) -> Result<bool> {
+    let out = ns.ip(&["-d", "link", "show", "dev", "eth0"])?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains("prog/xdp"))
 }
 
 fn nginx_conf(dir: &Path) -> String {

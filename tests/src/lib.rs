@@ -2,6 +2,7 @@
 //! network namespaces that remove themselves, the LVS-DR lab topology with real nginx, a packet
 //! builder and a header-by-header frame comparison.
 pub mod bins;
+pub mod ecmp;
 pub mod lab;
 pub mod netns;
 pub mod packet;

@@ -189,6 +189,14 @@ impl Netns {
         Ok(())
     }
 
+    /// The process id of a started process.
+    pub fn child_pid(&self, label: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, c)| c.id())
+    }
+
     /// Takes a started process back (to signal it and check its exit).
     pub fn take_child(&mut self, label: &str) -> Option<Child> {
         let i = self.children.iter().position(|(l, _)| l == label)?;

@@ -479,6 +479,30 @@ fn persistence_keeps_a_client_network_on_one_real_server() {
     clock.now += 299;
     d.balancer_mut().set_clock(&clock).unwrap();
     assert_eq!(send(&d, 1, 3000, SYN), first);
+    // `-L -c` lists the templates as ipvsadm does: state NONE, the network with port 0, the
+    // seconds left (the first network's renewed just now, the other's 1 s from its end).
+    let listed: Vec<(String, u16, String, u32)> = d
+        .connections()
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.state == "NONE")
+        .map(|c| {
+            (
+                c.client.to_string(),
+                c.client_port,
+                c.real.to_string(),
+                c.expires,
+            )
+        })
+        .collect();
+    let real = |mac: u8| format!("10.0.0.{mac}");
+    assert_eq!(
+        listed,
+        [
+            ("10.100.0.0".to_string(), 0, real(first), 300),
+            ("10.100.1.0".to_string(), 0, real(theirs), 1),
+        ]
+    );
     // ... and 301 s after that it has expired: the sweep deletes both networks' templates, and
     // the next new connection is scheduled again and makes a new one.
     let templates = |d: &mut Director| d.balancer_mut().templates().iter().count();

@@ -50,6 +50,16 @@ const fn deb(name: &'static str, package: &'static str, used_for: &'static str) 
 pub const PROGRAMS: &[Program] = &[
     deb("apt-get", "apt", "setup: installs the packages below"),
     deb(
+        "bird",
+        "bird2",
+        "tests: BGP on the router and the directors of the ECMP test",
+    ),
+    deb(
+        "birdc",
+        "bird2",
+        "tests: asks BIRD whether its BGP sessions are up",
+    ),
+    deb(
         "cat",
         "coreutils",
         "lab: reads interface counters inside a namespace",
