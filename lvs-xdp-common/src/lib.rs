@@ -31,7 +31,7 @@ pub mod map {
     /// `HashMap<PersistKey, Persist>` (not preallocated): persistence templates, a client
     /// network's real server per persistent service.
     pub const PERSIST: &str = "PERSIST";
-    /// `Array<u32>` (mmapable): Maglev lookup tables of `maglev::TABLE_SIZE` real-server slots
+    /// `Array<u32>` (mmapable): Maglev lookup tables of `MAGLEV_TABLE_SIZE` real-server slots
     /// each; an `mh` service uses table [`crate::Service::table`].
     pub const MAGLEV: &str = "MAGLEV";
     /// `Array<Iface>`, indexed by ifindex: the interfaces the program serves and their MACs.
@@ -103,8 +103,16 @@ pub mod scheduler {
 
 /// Maglev hashing (`mh`): what the data plane and userspace share.
 pub mod maglev {
-    /// Entries of a lookup table: a prime, so that every skip visits every entry.
-    pub const TABLE_SIZE: u32 = 65_537;
+    /// Entries of a lookup table unless configured otherwise: a prime, so that every skip
+    /// visits every entry.
+    pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
+    /// The smallest and largest sizes accepted (both primes). The paper asks for a size well
+    /// above 100 times the real servers of a service, for shares within 1% of their weights.
+    pub const MIN_TABLE_SIZE: u32 = 251;
+    pub const MAX_TABLE_SIZE: u32 = 4_194_301;
+    /// Name of the program's read-only global holding the size of every table, set by the
+    /// loader.
+    pub const TABLE_SIZE_GLOBAL: &str = "MAGLEV_TABLE_SIZE";
 
     /// The hash of a client's address and source port (`mh-port`): `ports` is a flow key's
     /// ports word (the source port in its first two bytes).

@@ -254,6 +254,11 @@ extern "C" fn probe_step(i: u32, _ctx: *mut c_void) -> i64 {
     }
 }
 
+/// Entries of every Maglev table (a prime), set by the loader before the program is loaded
+/// (read-only data, constant for the verifier).
+#[unsafe(no_mangle)]
+static MAGLEV_TABLE_SIZE: u32 = maglev::DEFAULT_TABLE_SIZE;
+
 /// The real server of the client's entry in the service's Maglev table.
 #[inline(always)]
 fn by_maglev(svc: &Service, key: &FlowKeyV4) -> Option<(u32, RealServer)> {
@@ -265,11 +270,13 @@ fn by_maglev(svc: &Service, key: &FlowKeyV4) -> Option<(u32, RealServer)> {
     } else {
         maglev::client_hash(key.saddr)
     };
-    let entry = hash % maglev::TABLE_SIZE;
-    let index = svc
-        .table
-        .wrapping_mul(maglev::TABLE_SIZE)
-        .wrapping_add(entry);
+    // SAFETY: a plain read of a read-only global.
+    let size = unsafe { core::ptr::read_volatile(&MAGLEV_TABLE_SIZE) };
+    if size == 0 {
+        return None;
+    }
+    let entry = hash % size;
+    let index = svc.table.wrapping_mul(size).wrapping_add(entry);
     let slot = *MAGLEV.get(index)?;
     live(slot)
 }

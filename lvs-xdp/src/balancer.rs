@@ -257,13 +257,17 @@ impl Balancer {
             .override_global(flow_table::SEED, &seed, true)
             .override_global(flow_table::BUCKET_MASK, &(buckets - 1), true)
             .override_global(flow_table::FRONT_MASK, &(front - 1), true)
+            .override_global(maglev::TABLE_SIZE_GLOBAL, &capacity.maglev_table_size, true)
             // Each service, and one address marker per (VIP, protocol) at most.
             .map_max_entries(map::SERVICES, capacity.services.saturating_mul(2))
             .map_max_entries(map::REALS, capacity.real_servers)
             .map_max_entries(map::SCHED, sched_capacity(capacity.real_servers))
             .map_max_entries(map::FLOW_CACHE_V4, buckets)
             .map_max_entries(map::FLOWS_V4, overflow)
-            .map_max_entries(map::MAGLEV, maglev_tables(capacity) * maglev::TABLE_SIZE)
+            .map_max_entries(
+                map::MAGLEV,
+                maglev_tables(capacity) * capacity.maglev_table_size,
+            )
             .map_max_entries(map::REAL_CONNS, capacity.real_servers)
             .map_max_entries(map::PERSIST, overflow)
             .map_max_entries(map::IFACES, max_ifindex + 1)
@@ -293,7 +297,9 @@ impl Balancer {
                 .iter()
                 .find(|(name, _)| *name == map::MAGLEV)
                 .ok_or_else(|| anyhow!("map {} missing", map::MAGLEV))?;
-            let bytes = (maglev_tables(capacity) * maglev::TABLE_SIZE) as usize * MAGLEV_STRIDE;
+            let bytes = maglev_tables(capacity) as usize
+                * capacity.maglev_table_size as usize
+                * MAGLEV_STRIDE;
             Mapping::new(tables.fd().as_fd(), bytes, "the Maglev tables")?
         };
         let conns = {
@@ -335,7 +341,7 @@ impl Balancer {
 
     /// Writes Maglev table `index` (a table no service points at).
     pub(crate) fn write_maglev(&mut self, index: u32, table: &[u32]) -> Result<()> {
-        let entries = maglev::TABLE_SIZE as usize;
+        let entries = self.capacity.maglev_table_size as usize;
         if table.len() > entries || index >= maglev_tables(&self.capacity) {
             bail!("Maglev table {index} out of range");
         }

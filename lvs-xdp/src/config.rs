@@ -40,9 +40,43 @@ pub struct Capacity {
     pub services: u32,
     /// Real servers at once, over all services.
     pub real_servers: u32,
-    /// `mh` services at once (each holds a Maglev table of 65 537 entries, 512 KiB of kernel
-    /// memory, and a second one for its next change).
+    /// `mh` services at once (each holds a Maglev table, and a second one for its next change).
     pub mh_services: u32,
+    /// Entries of every Maglev table: a prime (65 537 by default). Absent from the state of a
+    /// director kept by an earlier version, which had 65 537.
+    #[serde(default = "default_maglev_table_size")]
+    pub maglev_table_size: u32,
+}
+
+fn default_maglev_table_size() -> u32 {
+    lvs_xdp_common::maglev::DEFAULT_TABLE_SIZE
+}
+
+/// Kernel memory the Maglev tables may take in all: `max_mh_services` x 2 x
+/// `maglev_table_size` x 8 bytes.
+pub const MAX_MAGLEV_BYTES: u64 = 1 << 30;
+
+impl Capacity {
+    /// Bytes of kernel memory the Maglev tables take (two per `mh` service, 8 bytes an entry).
+    pub fn maglev_bytes(&self) -> u64 {
+        u64::from(self.mh_services) * 2 * u64::from(self.maglev_table_size) * 8
+    }
+
+    /// Refuses a combination of `mh` services and table size that would take more than
+    /// [`MAX_MAGLEV_BYTES`].
+    fn check_maglev(&self) -> Result<()> {
+        let bytes = self.maglev_bytes();
+        if bytes > MAX_MAGLEV_BYTES {
+            bail!(
+                "max_mh_services {} x 2 tables x maglev_table_size {} x 8 bytes = {} MiB of kernel memory; at most {} MiB",
+                self.mh_services,
+                self.maglev_table_size,
+                bytes >> 20,
+                MAX_MAGLEV_BYTES >> 20
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for Capacity {
@@ -52,6 +86,7 @@ impl Default for Capacity {
             services: DEFAULT_MAX_SERVICES,
             real_servers: DEFAULT_MAX_REAL_SERVERS,
             mh_services: DEFAULT_MAX_MH_SERVICES,
+            maglev_table_size: default_maglev_table_size(),
         }
     }
 }
@@ -72,6 +107,7 @@ struct RawConfig {
     max_services: Option<i64>,
     max_real_servers: Option<i64>,
     max_mh_services: Option<i64>,
+    maglev_table_size: Option<i64>,
     timeouts: Option<RawTimeouts>,
 }
 
@@ -159,6 +195,10 @@ impl Config {
             }
             config.capacity.mh_services = n as u32;
         }
+        if let Some(n) = raw.maglev_table_size {
+            config.capacity.maglev_table_size = maglev_table_size(n, "maglev_table_size")?;
+        }
+        config.capacity.check_maglev()?;
         if let Some(t) = raw.timeouts {
             let mut want = config.state.timeouts;
             for (field, value, name) in [
@@ -215,6 +255,11 @@ impl Config {
         Ok(())
     }
 
+    pub fn set_maglev_table_size(&mut self, n: i64) -> Result<()> {
+        self.capacity.maglev_table_size = maglev_table_size(n, "--maglev-table-size")?;
+        self.capacity.check_maglev()
+    }
+
     pub fn set_max_services(&mut self, n: i64) -> Result<()> {
         self.capacity.services = capacity(n, "--max-services")?;
         Ok(())
@@ -229,6 +274,21 @@ impl Config {
 fn capacity(n: i64, field: &str) -> Result<u32> {
     if !(1..=i64::from(MAX_CAPACITY)).contains(&n) {
         bail!("{field} {n} out of range (1..={MAX_CAPACITY})");
+    }
+    Ok(n as u32)
+}
+
+/// A Maglev table size: a prime in range (a skip must visit every entry).
+fn maglev_table_size(n: i64, field: &str) -> Result<u32> {
+    use lvs_xdp_common::maglev::{MAX_TABLE_SIZE, MIN_TABLE_SIZE};
+    if !(i64::from(MIN_TABLE_SIZE)..=i64::from(MAX_TABLE_SIZE)).contains(&n) {
+        bail!("{field} {n} out of range ({MIN_TABLE_SIZE}..={MAX_TABLE_SIZE})");
+    }
+    let is_prime = (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+    if !is_prime {
+        bail!(
+            "{field} {n} is not a prime (Maglev's table size must be one, for example 65537, 131071 or 1048573)"
+        );
     }
     Ok(n as u32)
 }

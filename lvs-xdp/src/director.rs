@@ -365,10 +365,12 @@ impl Director {
         }
         if kept.capacity != config.capacity {
             log::warn!(
-                "the kept director's tables stay as they were made ({} services, {} real servers, {} flows); restart without --keep to resize them",
+                "the kept director's tables stay as they were made ({} services, {} real servers, {} flows, {} mh services of {} entries); restart without --keep to resize them",
                 kept.capacity.services,
                 kept.capacity.real_servers,
-                kept.capacity.flow_table_size
+                kept.capacity.flow_table_size,
+                kept.capacity.mh_services,
+                kept.capacity.maglev_table_size
             );
         }
         let first = &opts.interfaces[0];
@@ -1131,7 +1133,7 @@ impl Director {
                 slot: plan.reals[addr].slot,
             })
             .collect();
-        let table = maglev::populate(&members);
+        let table = maglev::populate(self.balancer.capacity().maglev_table_size, &members);
         let mut index = self.tables.alloc();
         // Tables given up a moment ago wait out their grace: wait for them.
         let deadline = Instant::now() + crate::alloc::GRACE * 2;

@@ -1,7 +1,7 @@
 //! Maglev lookup tables for the `mh` scheduler (Eisenbud et al., "Maglev: A Fast and Reliable
 //! Software Network Load Balancer", NSDI 2016), with weights.
 //!
-//! A table has [`TABLE_SIZE`] entries (a prime), each a real server. Every real server has its
+//! A table has `size` entries (a prime: 65 537 unless configured), each a real server. Every real server has its
 //! own permutation of the entries, from two hashes of its address: it starts at `offset` and
 //! steps by `skip`. The real servers take turns claiming the next entry of their permutation
 //! that is still free, a server of weight `w` taking `w / max weight` turns a round, until every
@@ -13,8 +13,6 @@
 //! hashes are fixed functions of the address (no seed, no CPU, no node); the turns are integer
 //! arithmetic. The same input gives the same table byte for byte.
 use std::net::Ipv4Addr;
-
-use lvs_xdp_common::maglev::TABLE_SIZE;
 
 /// A real server of a table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,15 +39,15 @@ fn address_hash(addr: Ipv4Addr, salt: u8) -> u64 {
     h ^ (h >> 31)
 }
 
-/// The lookup table for `members` (empty if none has a weight above 0): entry `i` holds the
-/// slot of the real server that clients hashed to `i` go to.
-pub fn populate(members: &[Member]) -> Vec<u32> {
+/// The lookup table of `size` entries (a prime) for `members` (empty if none has a weight
+/// above 0): entry `i` holds the slot of the real server that clients hashed to `i` go to.
+pub fn populate(size: u32, members: &[Member]) -> Vec<u32> {
     let mut members: Vec<Member> = members.iter().copied().filter(|m| m.weight > 0).collect();
-    if members.is_empty() {
+    if members.is_empty() || size < 2 {
         return Vec::new();
     }
     members.sort_by_key(|m| m.addr);
-    let size = u64::from(TABLE_SIZE);
+    let size = u64::from(size);
     let perm: Vec<(u64, u64)> = members
         .iter()
         .map(|m| {
@@ -61,7 +59,7 @@ pub fn populate(members: &[Member]) -> Vec<u32> {
         .collect();
     let max_weight = u64::from(members.iter().map(|m| m.weight).max().unwrap_or(1));
     const FREE: u32 = u32::MAX;
-    let mut table = vec![FREE; TABLE_SIZE as usize];
+    let mut table = vec![FREE; size as usize];
     let mut next = vec![0u64; members.len()];
     let mut taken = vec![0u64; members.len()];
     let mut filled = 0u64;
@@ -94,6 +92,8 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    const SIZE: u32 = lvs_xdp_common::maglev::DEFAULT_TABLE_SIZE;
+
     fn members(weights: &[u32]) -> Vec<Member> {
         weights
             .iter()
@@ -120,14 +120,14 @@ mod tests {
         let mut b = a.clone();
         b.reverse();
         b.swap(0, 2);
-        assert_eq!(populate(&a), populate(&b));
-        assert_eq!(populate(&a).len(), TABLE_SIZE as usize);
-        assert!(populate(&members(&[0, 0])).is_empty());
+        assert_eq!(populate(SIZE, &a), populate(SIZE, &b));
+        assert_eq!(populate(SIZE, &a).len(), SIZE as usize);
+        assert!(populate(SIZE, &members(&[0, 0])).is_empty());
     }
 
     #[test]
     fn weights_set_the_shares() {
-        let s = shares(&populate(&members(&[1, 2, 3])));
+        let s = shares(&populate(SIZE, &members(&[1, 2, 3])));
         for (slot, want) in [(0, 1.0 / 6.0), (1, 2.0 / 6.0), (2, 3.0 / 6.0)] {
             let got = s[&slot];
             assert!(
@@ -135,7 +135,7 @@ mod tests {
                 "slot {slot}: {got} of the table, want {want}"
             );
         }
-        let s = shares(&populate(&members(&[1, 0, 1])));
+        let s = shares(&populate(SIZE, &members(&[1, 0, 1])));
         assert!(!s.contains_key(&1), "weight 0 takes no entry");
     }
 
@@ -145,11 +145,11 @@ mod tests {
     fn removing_one_of_n_moves_about_one_nth() {
         for n in [5usize, 10, 20] {
             let all = members(&vec![1; n]);
-            let before = populate(&all);
-            let after = populate(&all[1..]);
+            let before = populate(SIZE, &all);
+            let after = populate(SIZE, &all[1..]);
             let changed = before.iter().zip(&after).filter(|(a, b)| a != b).count();
-            let share = changed as f64 / f64::from(TABLE_SIZE);
-            let own = before.iter().filter(|s| **s == 0).count() as f64 / f64::from(TABLE_SIZE);
+            let share = changed as f64 / f64::from(SIZE);
+            let own = before.iter().filter(|s| **s == 0).count() as f64 / f64::from(SIZE);
             println!(
                 "mh: removing 1 of {n} changes {:.2}% of the entries (its own: {:.2}%)",
                 share * 100.0,
@@ -157,6 +157,28 @@ mod tests {
             );
             assert!(share < 1.5 / n as f64, "1 of {n}: {share}");
             assert!(share >= own);
+        }
+    }
+
+    /// Other prime sizes: every entry claimed, the same table for the same members, shares
+    /// within two entries of the weights.
+    #[test]
+    fn any_prime_size_works() {
+        use lvs_xdp_common::maglev::MIN_TABLE_SIZE;
+        for size in [MIN_TABLE_SIZE, 1_021, 131_071] {
+            let m = members(&[1, 2, 3]);
+            let table = populate(size, &m);
+            assert_eq!(table.len(), size as usize);
+            assert!(
+                table.iter().all(|s| *s < 3),
+                "size {size}: every entry claimed"
+            );
+            assert_eq!(table, populate(size, &m));
+            let counts = shares(&table);
+            for (slot, want) in [(0u32, 1.0 / 6.0), (1, 2.0 / 6.0), (2, 3.0 / 6.0)] {
+                let off = (counts[&slot] - want).abs() * f64::from(size);
+                assert!(off <= 2.0, "size {size}, slot {slot}: {off} entries off");
+            }
         }
     }
 }

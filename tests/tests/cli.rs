@@ -205,6 +205,23 @@ fn check_prints_the_services() {
 }
 
 #[test]
+fn the_maglev_table_size_is_checked_and_shown() {
+    let o = lvs_xdp(None, &["check", "--maglev-table-size", "131071"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.contains(
+            "maglev: 8 mh services at most, tables of 131071 entries (16.0 MiB of kernel memory)"
+        ),
+        "{}",
+        o.stdout
+    );
+    refused(
+        &lvs_xdp(None, &["check", "--maglev-table-size", "131072"]),
+        "--maglev-table-size 131072 is not a prime",
+    );
+}
+
+#[test]
 fn missing_and_non_ethernet_interfaces_are_refused() {
     root();
     let ns = Netns::new("cli-iface").unwrap();

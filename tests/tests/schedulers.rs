@@ -149,11 +149,27 @@ fn one_real_server_in_ten_changes_about_a_tenth_of_the_choices() {
 }
 
 /// The data plane looks a client up where the library's table says: the unseeded client hash
-/// is the same in both, and the table lies in the map as written.
+/// is the same in both, and the table lies in the map as written; with the default table size
+/// and with configured ones (`maglev_table_size`, the size the loader gives the program).
 #[test]
 fn the_data_plane_follows_the_table_the_library_builds() {
     pin_to_cpu0();
-    let d = director_from(&config(&[1, 2, 3], &[0, 1, 2], ""));
+    let default = lvs_xdp_common::maglev::DEFAULT_TABLE_SIZE;
+    for size in [default, 251, 1_048_573] {
+        let head = if size == default {
+            String::new()
+        } else {
+            format!("maglev_table_size = {size}\nmax_mh_services = 1\n")
+        };
+        follows_the_table(
+            &format!("{head}{}", config(&[1, 2, 3], &[0, 1, 2], "")),
+            size,
+        );
+    }
+}
+
+fn follows_the_table(toml: &str, size: u32) {
+    let d = director_from(toml);
     let members: Vec<lvs_xdp::maglev::Member> = (0..3)
         .map(|i| {
             let addr: Ipv4Addr = format!("10.0.0.{}", 3 + i).parse().unwrap();
@@ -165,18 +181,22 @@ fn the_data_plane_follows_the_table_the_library_builds() {
             }
         })
         .collect();
-    let table = lvs_xdp::maglev::populate(&members);
+    let table = lvs_xdp::maglev::populate(size, &members);
     for i in 0..1000u32 {
         let c: Ipv4Addr = client(i).parse().unwrap();
         let h = lvs_xdp_common::maglev::client_hash(u32::from_ne_bytes(c.octets()));
-        let slot = table[(h % lvs_xdp_common::maglev::TABLE_SIZE) as usize];
+        let slot = table[(h % size) as usize];
         let want = members
             .iter()
             .find(|m| m.slot == slot)
             .unwrap()
             .addr
             .octets()[3];
-        assert_eq!(send(&d, i, 1000, SYN), want, "client {i}");
+        assert_eq!(
+            send(&d, i, 1000, SYN),
+            want,
+            "table size {size}, client {i}"
+        );
     }
 }
 

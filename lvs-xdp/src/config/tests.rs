@@ -340,6 +340,27 @@ fn mh_and_its_flags() {
 }
 
 #[test]
+fn maglev_table_size_is_a_prime_in_range_within_the_memory_bound() {
+    let size = |text: &str| Config::from_toml(text).unwrap().capacity.maglev_table_size;
+    assert_eq!(size(""), 65_537);
+    assert_eq!(size("maglev_table_size = 251\n"), 251);
+    assert_eq!(size("maglev_table_size = 1048573\n"), 1_048_573);
+    assert!(refused("maglev_table_size = 65536\n").contains("65536 is not a prime"));
+    assert!(refused("maglev_table_size = 250\n").contains("out of range (251..=4194301)"));
+    assert!(refused("maglev_table_size = 4194319\n").contains("out of range"));
+    // 256 services x 2 x 4194301 x 8 bytes: 16 GiB.
+    let err = refused("max_mh_services = 256\nmaglev_table_size = 4194301\n");
+    assert!(
+        err.contains("16383 MiB of kernel memory; at most 1024 MiB"),
+        "{err}"
+    );
+    assert_eq!(
+        size("max_mh_services = 16\nmaglev_table_size = 4194301\n"),
+        4_194_301
+    );
+}
+
+#[test]
 fn persistence_in_the_config() {
     let c = Config::from_toml(&service(
         "persistence_timeout = 600\npersistence_netmask = \"255.255.255.0\"",

@@ -119,6 +119,9 @@ struct ServiceArgs {
     /// Real servers (over all services) the maps have room for.
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     max_real_servers: Option<i64>,
+    /// Entries of each `mh` service's Maglev table: a prime (default 65537).
+    #[arg(long, value_name = "PRIME", allow_negative_numbers = true)]
+    maglev_table_size: Option<i64>,
 }
 
 fn main() -> ExitCode {
@@ -304,6 +307,9 @@ fn build_config(args: &ServiceArgs, matches: &ArgMatches) -> Result<Config> {
     if let Some(n) = args.max_real_servers {
         config.set_max_real_servers(n)?;
     }
+    if let Some(n) = args.maglev_table_size {
+        config.set_maglev_table_size(n)?;
+    }
     // No service is valid: an empty director, driven later with `lvs-xdp -A ...`.
     Ok(config)
 }
@@ -337,6 +343,12 @@ fn describe(config: &Config) -> String {
     out += &format!(
         "capacity: {} services, {} real servers\n",
         config.capacity.services, config.capacity.real_servers
+    );
+    out += &format!(
+        "maglev: {} mh services at most, tables of {} entries ({:.1} MiB of kernel memory)\n",
+        config.capacity.mh_services,
+        config.capacity.maglev_table_size,
+        config.capacity.maglev_bytes() as f64 / f64::from(1 << 20)
     );
     out
 }
