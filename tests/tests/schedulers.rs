@@ -355,6 +355,54 @@ fn connection_counts_follow_every_change_of_state() {
     assert_eq!(total(&d), (15, 0));
 }
 
+/// The approximation the README states: two CPUs scheduling at the same instant read the same
+/// counts and may both pick the same real server. Bounded here: 6 000 new connections from two
+/// CPUs at once over four real servers with `lc`; the counts stay exact (each change is an
+/// atomic add: they equal a scan of the flow table), and the real servers' counts differ by at
+/// most two, the number of CPUs (a decision misses at most the one in flight on the other CPU).
+#[test]
+fn two_cpus_scheduling_at_once_keep_exact_counts_and_lc_within_two() {
+    const PER_CPU: u32 = 3_000;
+    let d = director_from(&config(&[1, 1, 1, 1], &[0, 1, 2, 3], "").replace("\"mh\"", "\"lc\""));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(cpus >= 2, "this test needs two CPUs");
+    std::thread::scope(|scope| {
+        for cpu in 0..2u32 {
+            let d = &d;
+            scope.spawn(move || {
+                // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
+                unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu as usize, &mut set);
+                    assert_eq!(
+                        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+                        0
+                    );
+                }
+                for i in 0..PER_CPU {
+                    send(d, cpu * PER_CPU + i, 20_000, SYN);
+                }
+            });
+        }
+    });
+    let counts: Vec<i64> = (0..4).map(|i| counted(&d, i).0).collect();
+    println!("lc from two CPUs at once, 4 real servers: active {counts:?}");
+    assert_eq!(counts.iter().sum::<i64>(), i64::from(2 * PER_CPU));
+    let (max, min) = (counts.iter().max().unwrap(), counts.iter().min().unwrap());
+    assert!(max - min <= 2, "lc from two CPUs: {counts:?}");
+    let mut d = d;
+    d.refresh_connections().unwrap();
+    let s = d.snapshot().unwrap();
+    let scanned: Vec<i64> = s
+        .service(&web())
+        .unwrap()
+        .reals
+        .iter()
+        .map(|r| r.conns.0 as i64)
+        .collect();
+    assert_eq!(scanned, counts, "the table scan and the data plane agree");
+}
+
 #[test]
 fn wlc_sed_nq_fo_and_ovf_choose_as_ipvs() {
     pin_to_cpu0();
