@@ -25,6 +25,8 @@ use lvs_xdp_tests::netns::{Netns, in_netns};
 pub const GEN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x0b];
 pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x0a];
 pub const RS_MACS: [[u8; 6]; 2] = [[0x02, 0, 0, 0, 0x02, 0x01], [0x02, 0, 0, 0, 0x02, 0x02]];
+/// A third real server, for the weighted distribution runs.
+pub const RS3_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x03];
 const VIP4: [u8; 4] = [10, 0, 0, 10];
 const SRC4: [u8; 4] = [10, 1, 0, 1];
 const VIP6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
@@ -344,23 +346,83 @@ impl Bench {
 
     /// `reload`, with every service's scheduler set to `scheduler` when given.
     fn reload_with(&mut self, scheduler: Option<Scheduler>) -> Result<()> {
-        let mut state = self.balancer.state().clone();
+        let mut config = self.config();
         if let Some(s) = scheduler {
-            for svc in state.services.values_mut() {
+            for svc in config.state.services.values_mut() {
                 svc.opts.scheduler = s;
             }
         }
-        let config = Config {
-            state,
+        self.load(&config)
+    }
+
+    /// The running lvs-xdp's services and table sizes.
+    fn config(&self) -> Config {
+        Config {
+            state: self.balancer.state().clone(),
             capacity: *self.balancer.balancer().capacity(),
-        };
+        }
+    }
+
+    /// Replaces lvs-xdp with a fresh one loaded with `config`.
+    fn load(&mut self, config: &Config) -> Result<()> {
         let fresh = in_netns(&self.lb_ns.name, || {
             let iface = Interface::lookup("l0")?;
-            Director::load(&config, &[iface], None)
+            Director::load(config, &[iface], None)
         })?;
         drop(std::mem::replace(&mut self.balancer, fresh));
         settle_after_free();
         Ok(())
+    }
+
+    /// How `scheduler` shares new connections over three real servers of `weights`: `flows`
+    /// distinct flows, each sending SYNs for the run, in a flow table of a million, so each is
+    /// scheduled once (but for the rare flow whose two buckets were full of half-open flows: it
+    /// took the place of one, which is scheduled again at its next SYN). `mh` hashes the ports too (`mh-port`): the generator's flows share
+    /// source addresses. Returns the connections each real server was given.
+    pub fn distribution(
+        &mut self,
+        scheduler: Scheduler,
+        weights: [u32; 3],
+        flows: u32,
+    ) -> Result<[u64; 3]> {
+        let saved = self.config();
+        let flags = if scheduler == Scheduler::Maglev {
+            "scheduler_flags = [\"mh-port\"]\n"
+        } else {
+            ""
+        };
+        let reals: Vec<String> = [RS_MACS[0], RS_MACS[1], RS3_MAC]
+            .iter()
+            .zip(weights)
+            .enumerate()
+            .map(|(i, (m, w))| {
+                format!(
+                    "{{ address = \"10.0.0.{}\", mac = \"{}\", weight = {w} }}",
+                    3 + i,
+                    mac(*m)
+                )
+            })
+            .collect();
+        let config = Config::from_toml(&format!(
+            "flow_table_size = {}\n[[service]]\nvip = \"{}\"\nport = {PORT}\nprotocol = \"tcp\"\nscheduler = \"{}\"\n{flags}real_servers = [ {} ]\n",
+            lvs_xdp::config::DEFAULT_FLOW_TABLE_SIZE,
+            std::net::Ipv4Addr::from(VIP4),
+            scheduler.name(),
+            reals.join(", ")
+        ))?;
+        self.load(&config)?;
+        let link = self.install(Variant::LvsXdp)?;
+        let result = (|| {
+            self.generate(flows, self.opts.duration, programs::TCP_SYN)?;
+            thread_settle();
+            let snap = self.balancer.snapshot()?;
+            let reals = &snap.services[0].reals;
+            anyhow::ensure!(reals.len() == 3, "three real servers");
+            Ok([0, 1, 2].map(|i| reals[i].counters.conns))
+        })();
+        self.remove(Variant::LvsXdp, link)?;
+        self.load(&saved)?;
+        result
     }
 
     fn conns(&self) -> Result<u64> {

@@ -166,6 +166,36 @@ fn real_main() -> Result<()> {
             ));
         }
     }
+    if new_conns && opts.runs > 0 && opts.family != FAMILY_V6 && opts.proto != PROTO_UDP {
+        // Weights 1:2:3 over 60 000 new connections.
+        let flows = 60_000;
+        println!("Distribution, weights 1:2:3 over three real servers, {flows} new connections:");
+        new_conn_table.push_str(&format!(
+            "\nDistribution of {flows} new connections over three real servers of weights 1:2:3 (ideal 16.67%, 33.33%, 50.00%):\n\n| scheduler | weight 1 | weight 2 | weight 3 |\n|---|---:|---:|---:|\n"
+        ));
+        for scheduler in [
+            lvs_xdp::model::Scheduler::WeightedRoundRobin,
+            lvs_xdp::model::Scheduler::Maglev,
+        ] {
+            let got = bench.distribution(scheduler, [1, 2, 3], flows)?;
+            let total: u64 = got.iter().sum();
+            let pct = got.map(|n| 100.0 * n as f64 / total.max(1) as f64);
+            println!(
+                "  {:<4} {:.2}% {:.2}% {:.2}% ({total} connections)",
+                scheduler.name(),
+                pct[0],
+                pct[1],
+                pct[2]
+            );
+            new_conn_table.push_str(&format!(
+                "| `{}` | {:.2}% | {:.2}% | {:.2}% |\n",
+                scheduler.name(),
+                pct[0],
+                pct[1],
+                pct[2]
+            ));
+        }
+    }
     let rows = if opts.runs == 0 {
         Vec::new()
     } else {

@@ -216,6 +216,32 @@ fn the_benchmark_runs_end_to_end() {
         svg.starts_with("<svg") && svg.contains("20000 flows"),
         "{svg}"
     );
+    // Weights 1:2:3 over 60 000 new connections on the veth harness: wrr within 2% of each
+    // share, mh within 5%.
+    for (scheduler, tolerance) in [
+        (lvs_xdp::model::Scheduler::WeightedRoundRobin, 0.02),
+        (lvs_xdp::model::Scheduler::Maglev, 0.05),
+    ] {
+        let got = bench
+            .distribution(scheduler, [1, 2, 3], 60_000)
+            .expect("distribution run");
+        println!(
+            "{}: 1:2:3 over 60 000 new connections: {got:?}",
+            scheduler.name()
+        );
+        let total = got.iter().sum::<u64>();
+        assert!(
+            (60_000..=60_060).contains(&total),
+            "{scheduler:?}: every flow scheduled once, a few made room and scheduled again: {got:?}"
+        );
+        for (n, want) in got.iter().zip([1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0]) {
+            let share = *n as f64 / total as f64;
+            assert!(
+                (share - want).abs() <= want * tolerance,
+                "{scheduler:?}: {got:?} is not within {tolerance} of 1:2:3"
+            );
+        }
+    }
     let names = (bench.gen_ns.name.clone(), bench.lb_ns.name.clone());
     drop(bench);
     let left = lvs_xdp_tests::netns::list().unwrap();
