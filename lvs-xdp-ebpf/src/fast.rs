@@ -12,30 +12,35 @@
 //! packet's cost, and the instructions of the whole path decide how much of them overlaps with
 //! other work (measured: 40 dependent ALU instructions ahead of the lookup cost 30 ns a packet
 //! at 1 000 flows and 120 ns at 1 000 000).
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lvs_xdp_common::{FlowKeyV4, PROTO_TCP, PROTO_UDP, conn};
+use aya_ebpf::programs::XdpContext;
+use lvs_xdp_common::{FlowKeyV4, PROTO_TCP, conn};
 
 use crate::{
     flows::{self, Lookup},
     maps::{CLOCK, IFACES, REAL_STATS},
-    parse::{TCP_FLAGS, load, opaque},
     set_macs, stats,
+    verdict::Verdict,
+    wire::{self, eth, ipv4, load, opaque, tcp},
 };
 
-/// Ethernet header, the 20-byte IPv4 header and the four bytes of ports.
-const MIN_FRAME: usize = 14 + 20 + 4;
-const ETH_LEN: usize = 14;
-const IPV4_LEN: usize = 20;
-/// The three bytes at offset 12 of such a frame: ethertype IPv4, then version 4 with IHL 5.
-const IPV4_NO_OPTIONS: u32 = u32::from_ne_bytes([0x08, 0x00, 0x45, 0]);
+/// Where the IPv4 header starts in an untagged frame.
+const L3: usize = eth::LEN;
+/// Where TCP/UDP starts in an untagged frame without IP options.
+const L4: usize = L3 + ipv4::MIN_LEN;
+/// Ethernet header, the fixed IPv4 header and the four bytes of ports.
+const MIN_FRAME: usize = L4 + wire::PORTS + 4;
+/// The three bytes at the ethertype of such a frame: IPv4, then version 4 with IHL 5.
+const IPV4_NO_OPTIONS_WIRE: u32 = {
+    let t = eth::P_IPV4_WIRE.to_ne_bytes();
+    u32::from_ne_bytes([t[0], t[1], ipv4::VERSION_IHL_NO_OPTIONS, 0])
+};
 const THREE_BYTES: u32 = u32::from_ne_bytes([0xff, 0xff, 0xff, 0]);
-/// More-fragments flag and fragment offset, as the 16 bits at offset 20 read from the wire.
-const IP_FRAGMENT_MASK: u16 = u16::from_ne_bytes([0x3f, 0xff]);
+const _: () = assert!(ipv4::VERSION_IHL == 0 && eth::TYPE + 2 == L3);
 
-/// `Some(XDP_TX)` when the frame was forwarded to its flow's real server (and counted there);
-/// `None` when the general path must decide.
+/// `Some(Verdict::FORWARDED)` when the frame was forwarded to its flow's real server (and
+/// counted there); `None` when the general path must decide.
 #[inline(always)]
-pub fn forward_known_flow(ctx: &XdpContext) -> Option<u32> {
+pub fn forward_known_flow(ctx: &XdpContext) -> Option<Verdict> {
     let data = ctx.data();
     let end = ctx.data_end();
     if data + MIN_FRAME > end {
@@ -44,50 +49,44 @@ pub fn forward_known_flow(ctx: &XdpContext) -> Option<u32> {
     // SAFETY: MIN_FRAME bytes are inside the frame (checked above).
     let key = unsafe {
         FlowKeyV4 {
-            saddr: load::<u32>(data + 26),
-            daddr: load::<u32>(data + 30),
-            ports: load::<u32>(data + 34),
-            proto: u32::from(load::<u8>(data + 23)),
+            saddr: load::<u32>(data + L3 + ipv4::SADDR),
+            daddr: load::<u32>(data + L3 + ipv4::DADDR),
+            ports: load::<u32>(data + L4 + wire::PORTS),
+            proto: u32::from(load::<u8>(data + L3 + ipv4::PROTO)),
         }
     };
     // Before the checks, on purpose (see the module comment). A lookup changes nothing.
     let found = flows::lookup(&key);
 
     let iface = IFACES.get(ctx.ingress_ifindex() as u32)?;
-    let mac = iface.mac.as_ptr() as usize;
-    // SAFETY: MIN_FRAME bytes of frame as above; `mac` is a 6-byte field of a map value.
+    // SAFETY: MIN_FRAME bytes of frame as above; the MAC is a 6-byte field of a map value.
     let (mac_diff, head, tot_len, frag) = unsafe {
         (
-            (load::<u32>(data) ^ load::<u32>(mac))
-                | u32::from(load::<u16>(data + 4) ^ load::<u16>(mac + 4)),
-            load::<u32>(data + 12) & THREE_BYTES,
-            usize::from(u16::from_be(load::<u16>(data + 16))),
-            load::<u16>(data + 20) & IP_FRAGMENT_MASK,
+            wire::mac_differs(data, iface.mac.as_ptr() as usize),
+            load::<u32>(data + eth::TYPE) & THREE_BYTES,
+            usize::from(u16::from_be(load::<u16>(data + L3 + ipv4::TOT_LEN))),
+            load::<u16>(data + L3 + ipv4::FRAG) & ipv4::FRAG_MASK_WIRE,
         )
     };
-    let l4_min = match key.proto as u8 {
-        PROTO_TCP => 20,
-        PROTO_UDP => 8,
-        _ => return None,
-    };
+    let l4_min = wire::l4_min_len(key.proto as u8)?;
     if iface.enabled == 0
         || mac_diff != 0
-        || head != IPV4_NO_OPTIONS
+        || head != IPV4_NO_OPTIONS_WIRE
         || frag != 0
-        || tot_len < IPV4_LEN + l4_min
-        || data + ETH_LEN + tot_len > end
+        || tot_len < ipv4::MIN_LEN + l4_min
+        || data + L3 + tot_len > end
     {
         return None;
     }
     let flags = if key.proto as u8 == PROTO_TCP {
         // The checks above imply this one; `opaque` keeps LLVM from dropping it (the verifier
         // needs it).
-        let l4 = opaque(data + ETH_LEN + IPV4_LEN);
-        if l4 + TCP_FLAGS + 1 > end {
+        let l4 = opaque(data + L4);
+        if l4 + tcp::FLAGS + 1 > end {
             return None;
         }
         // SAFETY: checked just above.
-        unsafe { load::<u8>(l4 + TCP_FLAGS) }
+        unsafe { load::<u8>(l4 + tcp::FLAGS) }
     } else {
         0
     };
@@ -105,5 +104,5 @@ pub fn forward_known_flow(ctx: &XdpContext) -> Option<u32> {
     // SAFETY: MIN_FRAME bytes of frame, checked on `data` above.
     unsafe { set_macs(data, real, iface) };
     stats::count(&REAL_STATS, flow.slot(), (end - data) as u64, false);
-    Some(xdp_action::XDP_TX)
+    Some(Verdict::FORWARDED)
 }

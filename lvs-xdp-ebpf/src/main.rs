@@ -6,8 +6,9 @@
 //!
 //! A frame of a known flow in the common format (untagged, IPv4 without options) takes the fast
 //! path in `fast`: one flow lookup, issued before the frame's checks. Everything else takes the
-//! general path here, which parses the frame from scratch (a tagged frame or one with IP
-//! options thus pays the fast path's wasted lookup too).
+//! general path here, which parses the frame from scratch with `parse` (a tagged frame or one
+//! with IP options thus pays the fast path's wasted lookup too). Both read the frame at the
+//! offsets of `wire`, the one description of the wire format, and end in a `verdict::Verdict`.
 #![no_std]
 #![no_main]
 #![feature(asm_experimental_arch)]
@@ -20,8 +21,10 @@ mod parse;
 mod persist;
 mod sched;
 mod stats;
+mod verdict;
+mod wire;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
 use lvs_xdp_common::{
     Clock, FAMILY_V4, Flow, FlowKeyV4, Iface, PROTO_TCP, RealServer, ServiceKey, conn, reason,
@@ -31,41 +34,40 @@ use lvs_xdp_common::{
 use crate::{
     flows::{Inserted, Lookup},
     maps::{CLOCK, IFACES, REAL_STATS, SERVICE_STATS, SERVICES},
-    parse::{Parsed, load, store},
+    parse::Parsed,
+    verdict::{Dropped, Verdict},
+    wire::{eth, load, store},
 };
 
 #[xdp]
 pub fn lvs_xdp(ctx: XdpContext) -> u32 {
     // Nearly every packet: a known flow in the common frame format (see `fast`).
-    if let Some(action) = fast::forward_known_flow(&ctx) {
-        return action;
+    if let Some(verdict) = fast::forward_known_flow(&ctx) {
+        return verdict.action;
     }
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let (action, why) = match process(&ctx, bytes) {
-        Ok(verdict) => verdict,
-        Err(why) => (xdp_action::XDP_DROP, why),
-    };
+    let verdict = process(&ctx, bytes).unwrap_or_else(Verdict::from);
     // A forwarded packet is counted once, in its real server's counters (see `reason`).
-    if why != reason::FORWARDED {
-        stats::global(why, bytes);
+    if verdict.reason != reason::FORWARDED {
+        stats::global(verdict.reason, bytes);
     }
-    action
+    verdict.action
 }
 
-/// `Ok((action, reason))` for passes and forwards; `Err(reason)` drops.
+/// The general path: parse the frame from scratch and decide it.
 #[inline(always)]
-fn process(ctx: &XdpContext, bytes: u64) -> Result<(u32, u32), u32> {
+fn process(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Dropped> {
     let iface = match IFACES.get(ctx.ingress_ifindex() as u32) {
         Some(iface) if iface.enabled != 0 => iface,
-        _ => return Ok(pass(reason::PASS_UNKNOWN_IFACE)),
+        _ => return Ok(Verdict::pass(reason::PASS_UNKNOWN_IFACE)),
     };
     let data = ctx.data();
     let (key, flags) = match parse::parse(data, ctx.data_end(), iface.mac.as_ptr() as usize)? {
-        Parsed::Pass(why) => return Ok(pass(why)),
+        Parsed::Pass(why) => return Ok(Verdict::pass(why)),
         Parsed::FragmentV4 { daddr, proto } => return fragment(daddr, proto),
         Parsed::V4(key, flags) => (key, flags),
     };
-    let clock = CLOCK.get(0).ok_or(reason::DROP_FLOW_BUSY)?;
+    let clock = CLOCK.get(0).ok_or(Dropped(reason::DROP_FLOW_BUSY))?;
     let now = clock.now as u16;
     let tcp = key.proto == u32::from(PROTO_TCP);
 
@@ -95,7 +97,7 @@ fn process(ctx: &XdpContext, bytes: u64) -> Result<(u32, u32), u32> {
             // Other CPUs kept rewriting this flow's buckets through every retry; rare enough
             // to log each one.
             warn!(ctx, "flow table busy: a packet was dropped");
-            return Err(reason::DROP_FLOW_BUSY);
+            return Err(Dropped(reason::DROP_FLOW_BUSY));
         }
         Lookup::Missing => {}
     }
@@ -113,15 +115,15 @@ fn new_flow(
     again: Option<(flows::Place, Flow, bool)>,
     clock: &Clock,
     bytes: u64,
-) -> Result<(u32, u32), u32> {
+) -> Result<Verdict, Dropped> {
     let svc = match SERVICES.get_ptr(service_key(key.daddr, port_of(key.ports), key.proto as u8)) {
         // SAFETY: a pointer into the map's value, valid for this program run (RCU).
         Some(svc) => unsafe { *svc },
-        None => return Ok(pass(reason::PASS_NO_SERVICE)),
+        None => return Ok(Verdict::pass(reason::PASS_NO_SERVICE)),
     };
     if svc.flags & service_flags::ADDRESS_MARKER != 0 {
         // Destination port 0: not a service, only the address marker.
-        return Ok(pass(reason::PASS_NO_SERVICE));
+        return Ok(Verdict::pass(reason::PASS_NO_SERVICE));
     }
     let tcp = key.proto == u32::from(PROTO_TCP);
     if tcp && !conn::is_syn(flags) && again.is_none() {
@@ -131,7 +133,7 @@ fn new_flow(
         let chosen = persist::lookup(&svc, key, clock, false).or_else(|| sched::by_hash(&svc, key));
         let Some((slot, real)) = chosen else {
             stats::count_drop(&SERVICE_STATS, svc.id, bytes);
-            return Err(reason::DROP_NO_REAL_SERVER);
+            return Err(Dropped(reason::DROP_NO_REAL_SERVER));
         };
         stats::count(&REAL_STATS, slot, bytes, false);
         return Ok(forward(ctx, iface, &real));
@@ -150,7 +152,7 @@ fn new_flow(
     };
     let Some((mut slot, mut real)) = chosen else {
         stats::count_drop(&SERVICE_STATS, svc.id, bytes);
-        return Err(reason::DROP_NO_REAL_SERVER);
+        return Err(Dropped(reason::DROP_NO_REAL_SERVER));
     };
     let state = match again {
         _ if !tcp => conn::UDP,
@@ -203,11 +205,11 @@ fn new_flow(
 /// A fragment carries no ports. Fragments for a VIP are dropped (they could not be sent to the
 /// same real server as their first fragment); others are the host's business.
 #[inline(always)]
-fn fragment(daddr: u32, proto: u8) -> Result<(u32, u32), u32> {
+fn fragment(daddr: u32, proto: u8) -> Result<Verdict, Dropped> {
     if SERVICES.get_ptr(service_key(daddr, 0, proto)).is_some() {
-        Err(reason::DROP_FRAGMENT)
+        Err(Dropped(reason::DROP_FRAGMENT))
     } else {
-        Ok(pass(reason::PASS_FRAGMENT))
+        Ok(Verdict::pass(reason::PASS_FRAGMENT))
     }
 }
 
@@ -230,38 +232,33 @@ fn service_key(daddr: u32, port: u16, proto: u8) -> ServiceKey {
 
 /// Direct routing: only the Ethernet addresses change. Nothing else in the frame is touched.
 #[inline(always)]
-fn forward(ctx: &XdpContext, iface: &Iface, real: &RealServer) -> (u32, u32) {
+fn forward(ctx: &XdpContext, iface: &Iface, real: &RealServer) -> Verdict {
     let data = ctx.data();
     // The verifier wants the check on this very pointer; the parser made it for the same frame.
-    if data + 12 > ctx.data_end() {
-        return (xdp_action::XDP_DROP, reason::DROP_MALFORMED);
+    if data + eth::TYPE > ctx.data_end() {
+        return Dropped(reason::DROP_MALFORMED).into();
     }
-    // SAFETY: 12 bytes of frame checked above.
+    // SAFETY: both MACs' bytes of frame checked above.
     unsafe { set_macs(data, real, iface) };
-    (xdp_action::XDP_TX, reason::FORWARDED)
+    Verdict::FORWARDED
 }
 
 /// Writes the real server's MAC as the destination and the interface's as the source.
 ///
 /// # Safety
-/// `data` must point at a frame of at least 12 bytes, checked against `data_end` (the verifier
-/// wants that check on the same pointer).
+/// `data` must point at a frame of at least `eth::TYPE` (12) bytes, checked against `data_end`
+/// (the verifier wants that check on the same pointer).
 #[inline(always)]
 unsafe fn set_macs(data: usize, real: &RealServer, iface: &Iface) {
     let dst = real.mac.as_ptr() as usize;
     let src = iface.mac.as_ptr() as usize;
     // SAFETY: 12 bytes of frame per the caller; both MACs are 6-byte fields of map values.
     unsafe {
-        store(data, load::<u32>(dst));
-        store(data + 4, load::<u16>(dst + 4));
-        store(data + 6, load::<u16>(src));
-        store(data + 8, load::<u32>(src + 2));
+        store(data + eth::DST, load::<u32>(dst));
+        store(data + eth::DST + 4, load::<u16>(dst + 4));
+        store(data + eth::SRC, load::<u16>(src));
+        store(data + eth::SRC + 2, load::<u32>(src + 2));
     }
-}
-
-#[inline(always)]
-fn pass(why: u32) -> (u32, u32) {
-    (xdp_action::XDP_PASS, why)
 }
 
 #[cfg(not(test))]
