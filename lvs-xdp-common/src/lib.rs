@@ -161,7 +161,8 @@ pub mod reason {
     pub const PASS_NOT_IP: u32 = 3;
     /// XDP_PASS: IPv6 (not load-balanced by this version).
     pub const PASS_IPV6: u32 = 4;
-    /// XDP_PASS: IPv4 but neither TCP nor UDP (ICMP, ...).
+    /// XDP_PASS: IPv4 but neither TCP nor UDP (ICMP other than the "fragmentation needed" that
+    /// `EVENT_ICMP_TOO_BIG_FORWARDED` counts, ...).
     pub const PASS_OTHER_PROTO: u32 = 5;
     /// XDP_PASS: TCP/UDP not addressed to a virtual service.
     pub const PASS_NO_SERVICE: u32 = 6;
@@ -196,8 +197,16 @@ pub mod reason {
     pub const EVENT_FLOW_RECLAIMED: u32 = 16;
     /// Event: an established flow moved from its bucket to the overflow hash to make room.
     pub const EVENT_FLOW_MOVED: u32 = 17;
+    /// Event: an ICMP "fragmentation needed" about a connection of a virtual service was sent
+    /// to the real server that owns the connection (its flow's, or where the flow hash says),
+    /// so that path-MTU discovery works through the director.
+    pub const EVENT_ICMP_TOO_BIG_FORWARDED: u32 = 18;
+    /// Event: an ICMP "fragmentation needed" that names no connection of a virtual service (the
+    /// quoted packet truncated or invalid, not TCP/UDP, or not from a VIP:port): left to the
+    /// host (verdict `PASS_OTHER_PROTO`).
+    pub const EVENT_ICMP_TOO_BIG_UNMATCHED: u32 = 19;
     /// Number of `GLOBAL_STATS` entries.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 20;
 
     /// Short names, index-aligned with the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -219,6 +228,8 @@ pub mod reason {
         "flow_miss_nonsyn",
         "flow_reclaimed",
         "flow_moved",
+        "icmp_too_big_forwarded",
+        "icmp_too_big_unmatched",
     ];
 }
 

@@ -16,6 +16,7 @@
 mod conns;
 mod fast;
 mod flows;
+mod icmp;
 mod maps;
 mod parse;
 mod persist;
@@ -66,6 +67,11 @@ fn process(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Dropped> {
         Parsed::Pass(why) => return Ok(Verdict::pass(why)),
         Parsed::FragmentV4 { daddr, proto } => return fragment(daddr, proto),
         Parsed::V4(key, flags) => (key, flags),
+        Parsed::IcmpTooBigV4(key) => return icmp::too_big(ctx, iface, &key, bytes),
+        Parsed::IcmpTooBigUnmatched => {
+            stats::global(reason::EVENT_ICMP_TOO_BIG_UNMATCHED, 0);
+            return Ok(Verdict::pass(reason::PASS_OTHER_PROTO));
+        }
     };
     let clock = CLOCK.get(0).ok_or(Dropped(reason::DROP_FLOW_BUSY))?;
     let now = clock.now as u16;

@@ -6,7 +6,7 @@ use lvs_xdp_common::{FlowKeyV4, PROTO_TCP, reason};
 
 use crate::{
     verdict::Dropped,
-    wire::{self, eth, ipv4, load, opaque, tcp},
+    wire::{self, eth, icmp, ipv4, load, opaque, tcp},
 };
 
 const MALFORMED: Dropped = Dropped(reason::DROP_MALFORMED);
@@ -19,6 +19,12 @@ pub enum Parsed {
     FragmentV4 { daddr: u32, proto: u8 },
     /// A complete IPv4 TCP/UDP header, as a flow key, and the TCP flags (0 for UDP).
     V4(FlowKeyV4, u8),
+    /// An ICMP "fragmentation needed" quoting a TCP/UDP packet: the flow key of the
+    /// connection it belongs to, seen from the client (the quoted packet is a reply, turned
+    /// around).
+    IcmpTooBigV4(FlowKeyV4),
+    /// An ICMP "fragmentation needed" whose quoted packet is truncated, invalid or not TCP/UDP.
+    IcmpTooBigUnmatched,
 }
 
 /// Parses the frame at `data..end`. `own_mac` points at the receiving interface's MAC (six
@@ -79,6 +85,9 @@ pub fn parse(data: usize, end: usize, own_mac: usize) -> Result<Parsed, Dropped>
     if ihl < ipv4::MIN_LEN || tot_len < ihl || l3 + tot_len > end {
         return Err(MALFORMED);
     }
+    if proto == icmp::PROTO && frag & ipv4::FRAG_MASK_WIRE == 0 {
+        return Ok(icmp_v4(l3 + ihl, l3 + tot_len, end));
+    }
     let Some(l4_min) = wire::l4_min_len(proto) else {
         return Ok(Parsed::Pass(reason::PASS_OTHER_PROTO));
     };
@@ -113,4 +122,52 @@ pub fn parse(data: usize, end: usize, own_mac: usize) -> Result<Parsed, Dropped>
         },
         flags,
     ))
+}
+
+/// An ICMP message at `at`, its datagram ending at `limit` (the IP total length; `end` is the
+/// frame's end, for the verifier). A "fragmentation needed" quoting a TCP/UDP packet gives the
+/// flow key of the connection it is about; any other message is the host's.
+#[inline(always)]
+fn icmp_v4(at: usize, limit: usize, end: usize) -> Parsed {
+    let at = opaque(at);
+    if at + icmp::LEN > limit || at + icmp::LEN > end {
+        return Parsed::Pass(reason::PASS_OTHER_PROTO);
+    }
+    // SAFETY: the ICMP header is inside the frame (checked above).
+    if unsafe { load::<u16>(at + icmp::TYPE_CODE) } != icmp::FRAG_NEEDED_WIRE {
+        return Parsed::Pass(reason::PASS_OTHER_PROTO);
+    }
+    let quote = opaque(at + icmp::LEN);
+    if quote + ipv4::MIN_LEN > limit || quote + ipv4::MIN_LEN > end {
+        return Parsed::IcmpTooBigUnmatched;
+    }
+    // SAFETY: the quoted packet's fixed IPv4 header is inside the frame (checked above).
+    let (version_ihl, proto, saddr, daddr) = unsafe {
+        (
+            load::<u8>(quote + ipv4::VERSION_IHL),
+            load::<u8>(quote + ipv4::PROTO),
+            load::<u32>(quote + ipv4::SADDR),
+            load::<u32>(quote + ipv4::DADDR),
+        )
+    };
+    let ihl = ((version_ihl & 0x0f) as usize) * 4;
+    if version_ihl >> 4 != 4 || ihl < ipv4::MIN_LEN || wire::l4_min_len(proto).is_none() {
+        return Parsed::IcmpTooBigUnmatched;
+    }
+    // The quoted ports: the first four bytes after the quoted header (an error quotes at least
+    // eight).
+    let ports_at = opaque(quote + ihl);
+    if ports_at + wire::PORTS + 4 > limit || ports_at + wire::PORTS + 4 > end {
+        return Parsed::IcmpTooBigUnmatched;
+    }
+    // SAFETY: checked just above.
+    let ports = unsafe { load::<u32>(ports_at + wire::PORTS) };
+    // The quoted packet went from the VIP to the client: the connection's key is the other
+    // way round (the source and destination ports are the two halves of the word).
+    Parsed::IcmpTooBigV4(FlowKeyV4 {
+        saddr: daddr,
+        daddr: saddr,
+        ports: ports.rotate_left(16),
+        proto: u32::from(proto),
+    })
 }

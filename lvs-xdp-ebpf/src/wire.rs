@@ -86,6 +86,18 @@ pub mod udp {
     pub const LEN: usize = 8;
 }
 
+/// ICMP for IPv4 (RFC 792).
+pub mod icmp {
+    pub const PROTO: u8 = 1;
+    /// Type, code, checksum, and four bytes that depend on the type; then, for an error, the
+    /// IP header and at least the first 8 bytes of the datagram that caused it.
+    pub const LEN: usize = 8;
+    /// Type and code, as one 16-bit field.
+    pub const TYPE_CODE: usize = 0;
+    /// Destination unreachable (3), fragmentation needed and DF set (4).
+    pub const FRAG_NEEDED_WIRE: u16 = u16::from_ne_bytes([3, 4]);
+}
+
 /// Both TCP and UDP start with the source and destination ports: one 32-bit word, which the
 /// flow key keeps as it reads from the wire.
 pub const PORTS: usize = 0;

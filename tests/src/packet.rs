@@ -104,6 +104,26 @@ impl Frame {
         f
     }
 
+    /// An ICMP "fragmentation needed" (type 3, code 4) from `router` to `dst`, announcing
+    /// `mtu` and quoting `quoted` (an IP packet, or the part of it a router keeps: its header
+    /// and at least 8 bytes).
+    pub fn icmp_frag_needed(
+        dst_mac: Mac,
+        router: &str,
+        dst: &str,
+        mtu: u16,
+        quoted: &[u8],
+    ) -> Frame {
+        let mut msg = vec![3, 4, 0, 0, 0, 0];
+        msg.extend_from_slice(&mtu.to_be_bytes());
+        msg.extend_from_slice(quoted);
+        let sum = checksum(&msg, 0);
+        msg[2..4].copy_from_slice(&sum.to_be_bytes());
+        let mut f = Frame::ipv4(dst_mac, router, dst, 1, L4::Raw(msg));
+        f.payload.clear();
+        f
+    }
+
     /// An ARP request for `target` from `sender`.
     pub fn arp(sender: &str, target: &str) -> Frame {
         let s: Ipv4Addr = sender.parse().unwrap();

@@ -13,7 +13,7 @@ use lvs_xdp_common::{Counters, reason};
 use lvs_xdp_tests::packet::{self, ETH_P_8021AD, ETH_P_8021Q, Frame};
 
 mod support;
-use support::{LB, XDP_DROP, XDP_PASS, XDP_TX};
+use support::{LB, XDP_TX, drop, pass, tx};
 const RS1: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
 const RS2: [u8; 6] = [0x02, 0, 0, 0, 0, 0x04];
 const RS3: [u8; 6] = [0x02, 0, 0, 0, 0, 0x05];
@@ -89,82 +89,6 @@ fn balancer() -> Director {
 
 fn balancer_from(config: &str) -> Director {
     support::director_from(config)
-}
-
-/// `input` with the Ethernet addresses a forward to `real` must produce.
-fn forwarded(input: &[u8], real: [u8; 6]) -> Vec<u8> {
-    let mut out = input.to_vec();
-    out[0..6].copy_from_slice(&real);
-    out[6..12].copy_from_slice(&LB);
-    out
-}
-
-/// Runs one case: action, output header by header, and exactly one verdict counted, `why`.
-fn check(b: &Director, name: &str, input: &[u8], action: u32, output: &[u8], why: u32) {
-    let before = b.snapshot().unwrap();
-    let (got_action, got) = b.balancer().test_run(input).unwrap();
-    let after = b.snapshot().unwrap();
-    assert_eq!(
-        got_action,
-        action,
-        "{name}: action (1 drop, 2 pass, 3 tx); verdicts now {:?}",
-        verdict_deltas(&before, &after)
-    );
-    let d = packet::diff(output, &got);
-    assert!(
-        d.is_empty(),
-        "{name}: output differs:\n  {}",
-        d.join("\n  ")
-    );
-    assert_eq!(
-        after.total_packets() - before.total_packets(),
-        1,
-        "{name}: one verdict per packet"
-    );
-    assert_eq!(
-        after.reason(why).packets - before.reason(why).packets,
-        1,
-        "{name}: expected verdict {}; got {:?}",
-        reason::NAMES[why as usize],
-        verdict_deltas(&before, &after)
-    );
-    assert_eq!(
-        after.reason(why).bytes - before.reason(why).bytes,
-        input.len() as u64,
-        "{name}: verdict bytes"
-    );
-}
-
-fn verdict_deltas(a: &Snapshot, b: &Snapshot) -> Vec<String> {
-    (0..reason::COUNT as usize)
-        .filter(|&i| b.global[i].packets != a.global[i].packets)
-        .map(|i| {
-            format!(
-                "{}+{}",
-                reason::NAMES[i],
-                b.global[i].packets - a.global[i].packets
-            )
-        })
-        .collect()
-}
-
-fn tx(b: &Director, name: &str, frame: &[u8], real: [u8; 6]) {
-    check(
-        b,
-        name,
-        frame,
-        XDP_TX,
-        &forwarded(frame, real),
-        reason::FORWARDED,
-    );
-}
-
-fn pass(b: &Director, name: &str, frame: &[u8], why: u32) {
-    check(b, name, frame, XDP_PASS, frame, why);
-}
-
-fn drop(b: &Director, name: &str, frame: &[u8], why: u32) {
-    check(b, name, frame, XDP_DROP, frame, why);
 }
 
 fn pin_to_cpu0() {

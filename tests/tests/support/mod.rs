@@ -1,8 +1,11 @@
 //! What the BPF_PROG_TEST_RUN test files share: a director loaded on the loopback interface
-//! (its frames arrive on ifindex 1) and the CPU pinning that per-CPU round robin needs.
+//! (its frames arrive on ifindex 1), the CPU pinning that per-CPU round robin needs, and the
+//! check of one packet fixture (action, output header by header, exactly one verdict).
 #![allow(dead_code)]
 
-use lvs_xdp::{Config, Director, iface::Interface, model::Mac};
+use lvs_xdp::{Config, Director, iface::Interface, listing::Snapshot, model::Mac};
+use lvs_xdp_common::reason;
+use lvs_xdp_tests::packet;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -37,4 +40,80 @@ pub fn pin_to_cpu0() {
             0
         );
     }
+}
+
+/// `input` with the Ethernet addresses a forward to `real` must produce.
+pub fn forwarded(input: &[u8], real: [u8; 6]) -> Vec<u8> {
+    let mut out = input.to_vec();
+    out[0..6].copy_from_slice(&real);
+    out[6..12].copy_from_slice(&LB);
+    out
+}
+
+/// Runs one case: action, output header by header, and exactly one verdict counted, `why`.
+pub fn check(b: &Director, name: &str, input: &[u8], action: u32, output: &[u8], why: u32) {
+    let before = b.snapshot().unwrap();
+    let (got_action, got) = b.balancer().test_run(input).unwrap();
+    let after = b.snapshot().unwrap();
+    assert_eq!(
+        got_action,
+        action,
+        "{name}: action (1 drop, 2 pass, 3 tx); verdicts now {:?}",
+        verdict_deltas(&before, &after)
+    );
+    let d = packet::diff(output, &got);
+    assert!(
+        d.is_empty(),
+        "{name}: output differs:\n  {}",
+        d.join("\n  ")
+    );
+    assert_eq!(
+        after.total_packets() - before.total_packets(),
+        1,
+        "{name}: one verdict per packet"
+    );
+    assert_eq!(
+        after.reason(why).packets - before.reason(why).packets,
+        1,
+        "{name}: expected verdict {}; got {:?}",
+        reason::NAMES[why as usize],
+        verdict_deltas(&before, &after)
+    );
+    assert_eq!(
+        after.reason(why).bytes - before.reason(why).bytes,
+        input.len() as u64,
+        "{name}: verdict bytes"
+    );
+}
+
+pub fn verdict_deltas(a: &Snapshot, b: &Snapshot) -> Vec<String> {
+    (0..reason::COUNT as usize)
+        .filter(|&i| b.global[i].packets != a.global[i].packets)
+        .map(|i| {
+            format!(
+                "{}+{}",
+                reason::NAMES[i],
+                b.global[i].packets - a.global[i].packets
+            )
+        })
+        .collect()
+}
+
+pub fn tx(b: &Director, name: &str, frame: &[u8], real: [u8; 6]) {
+    check(
+        b,
+        name,
+        frame,
+        XDP_TX,
+        &forwarded(frame, real),
+        reason::FORWARDED,
+    );
+}
+
+pub fn pass(b: &Director, name: &str, frame: &[u8], why: u32) {
+    check(b, name, frame, XDP_PASS, frame, why);
+}
+
+pub fn drop(b: &Director, name: &str, frame: &[u8], why: u32) {
+    check(b, name, frame, XDP_DROP, frame, why);
 }
