@@ -165,6 +165,17 @@ impl EcmpLab {
         Ok(())
     }
 
+    /// Stops director `i`'s lvs-xdp (SIGTERM: it detaches and prints its final table) and
+    /// returns everything it wrote.
+    pub fn stop_lvs_xdp(&mut self, i: usize) -> Result<String> {
+        let mut child = self.directors[i]
+            .lvs_xdp
+            .take()
+            .context("lvs-xdp is not running")?;
+        netns::stop(&mut child, Duration::from_secs(10));
+        Ok(fs::read_to_string(self.lvs_xdp_log(i))?)
+    }
+
     /// Where director `i`'s lvs-xdp writes.
     pub fn lvs_xdp_log(&self, i: usize) -> PathBuf {
         self.dir
