@@ -3,13 +3,17 @@
 //! Parsing happens in two steps: serde reads the file into loosely typed `Raw*` structs (so that a
 //! wrong value can be reported with our own words and its position), then `validate` turns them
 //! into [`Config`], refusing the whole input on the first problem.
-use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Deserialize;
 
 use crate::model::{
-    MAX_WEIGHT, Op, Persistence, RealOpts, Refusal, ServiceKey, ServiceOpts, State, ipv4,
+    MAX_WEIGHT, Op, Persistence, RealOpts, Refusal, ServiceKey, ServiceOpts, State, ip_addr,
 };
 pub use crate::model::{Mac, Protocol, SchedFlags, Scheduler};
 
@@ -304,7 +308,7 @@ fn flow_table_size(size: i64) -> Result<u32> {
 
 /// A service of the file as the ops that add it and its real servers.
 fn validate_service(raw: RawService) -> Result<Vec<Op>> {
-    let vip = ipv4(&raw.vip, "vip")?;
+    let vip = ip_addr(&raw.vip, "vip")?;
     let port = port(raw.port)?;
     let protocol = match raw.protocol {
         Some(p) => p.parse()?,
@@ -353,8 +357,8 @@ fn validate_service(raw: RawService) -> Result<Vec<Op>> {
     Ok(ops)
 }
 
-fn validate_real(raw: RawReal) -> Result<(Ipv4Addr, RealOpts)> {
-    let address = ipv4(&raw.address, "address")?;
+fn validate_real(raw: RawReal) -> Result<(IpAddr, RealOpts)> {
+    let address = ip_addr(&raw.address, "address")?;
     let mac = raw.mac.as_deref().map(str::parse).transpose()?;
     let weight = match raw.weight {
         None => 1,
@@ -383,11 +387,16 @@ fn parse_cli_service(spec: &str, reals: &[String]) -> Result<Vec<Op>> {
     let port_num: i64 = port_str
         .parse()
         .map_err(|_| anyhow!("bad port {port_str:?}"))?;
-    let key = ServiceKey::new(protocol, ipv4(vip, "vip")?, port(port_num)?);
+    // An IPv6 VIP is written in brackets, as ipvsadm writes it: [2001:db8::10]:80.
+    let vip = vip
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .unwrap_or(vip);
+    let key = ServiceKey::new(protocol, ip_addr(vip, "vip")?, port(port_num)?);
     let mut ops = vec![Op::AddService(key, ServiceOpts::default())];
     let mut seen = BTreeSet::new();
     for real in reals {
-        let addr = ipv4(real, "--real")?;
+        let addr = ip_addr(real, "--real")?;
         if !seen.insert(addr) {
             bail!("{}", Refusal::RealExists(key, addr).detail());
         }

@@ -6,7 +6,7 @@
 //! checks that the peer is root. One request and one reply per connection, each a line of JSON.
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    net::Ipv4Addr,
+    net::IpAddr,
     os::unix::{
         fs::{MetadataExt as _, PermissionsExt as _},
         net::{UnixListener, UnixStream},
@@ -42,9 +42,9 @@ pub enum Request {
     /// `-Z`: zero the listed counters of one service, or all.
     Zero(Option<crate::model::ServiceKey>),
     /// Weight 0 for a real server (no new connections; its connections go on).
-    Quiesce(crate::model::ServiceKey, Ipv4Addr),
+    Quiesce(crate::model::ServiceKey, IpAddr),
     /// A real server's connections, counted over the whole flow table now.
-    Conns(crate::model::ServiceKey, Ipv4Addr),
+    Conns(crate::model::ServiceKey, IpAddr),
 }
 
 /// The running director's answer.
@@ -62,7 +62,7 @@ pub enum Reply {
     Connections(Vec<Connection>),
     Saved {
         listing: Listing,
-        macs: Vec<(Ipv4Addr, Mac)>,
+        macs: Vec<(IpAddr, Mac)>,
     },
     Conns {
         active: u64,

@@ -9,7 +9,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fmt,
-    net::Ipv4Addr,
+    net::IpAddr,
     thread,
     time::{Duration, Instant},
 };
@@ -33,11 +33,11 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Connection {
     pub protocol: Protocol,
-    pub client: Ipv4Addr,
+    pub client: IpAddr,
     pub client_port: u16,
     pub service: ServiceKey,
     /// The real server (its port is the service's).
-    pub real: Ipv4Addr,
+    pub real: IpAddr,
     /// Its state, as ipvsadm names them (`ESTABLISHED`, `FIN_WAIT`, `UDP`, ...).
     pub state: String,
     /// Seconds until it expires if it stays idle.
@@ -125,7 +125,7 @@ struct Placed {
     sched_start: u32,
     scheduled: Vec<u32>,
     value: common::Service,
-    reals: BTreeMap<Ipv4Addr, PlacedReal>,
+    reals: BTreeMap<IpAddr, PlacedReal>,
     /// Counters of real servers it no longer has.
     retired: Counters,
 }
@@ -155,7 +155,7 @@ struct PlacedImage {
     /// Its Maglev table (`mh`).
     #[serde(default)]
     table: u32,
-    reals: Vec<(Ipv4Addr, PlacedReal)>,
+    reals: Vec<(IpAddr, PlacedReal)>,
     retired: [u64; 4],
 }
 
@@ -178,7 +178,7 @@ struct Plan {
     key: ServiceKey,
     id: u32,
     new_id: bool,
-    reals: BTreeMap<Ipv4Addr, PlacedReal>,
+    reals: BTreeMap<IpAddr, PlacedReal>,
     /// Fresh slots, to write before the service points at them.
     new_slots: Vec<u32>,
     /// Kept slots whose MAC or weight changes (written in place: their flows stay).
@@ -218,7 +218,7 @@ pub struct Director {
     tables: Pool,
     /// The last generation each slot was given (0: never used); see [`next_generation`].
     generations: Vec<u16>,
-    markers: BTreeSet<(Ipv4Addr, Protocol)>,
+    markers: BTreeSet<(IpAddr, Protocol)>,
     /// Slots given up and not yet reused, with the service (key, id) they belonged to: their
     /// counters still count in that service's totals until they are folded into `retired`.
     retiring: HashMap<u32, Option<(ServiceKey, u32)>>,
@@ -246,16 +246,24 @@ fn op_service(op: &Op) -> Option<ServiceKey> {
 }
 
 fn kernel_key(key: &ServiceKey) -> common::ServiceKey {
+    let (addr, family) = match key.addr {
+        IpAddr::V4(a) => ([u32::from_ne_bytes(a.octets()), 0, 0, 0], common::FAMILY_V4),
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            ([word(0), word(4), word(8), word(12)], common::FAMILY_V6)
+        }
+    };
     common::ServiceKey {
-        addr: [u32::from_ne_bytes(key.addr.octets()), 0, 0, 0],
+        addr,
         port: u16::from_ne_bytes(key.port.to_be_bytes()),
         proto: key.protocol.number(),
-        family: common::FAMILY_V4,
+        family,
     }
 }
 
 /// The marker of (address, protocol): port 0, never a service's (see `ADDRESS_MARKER`).
-fn marker_key(addr: Ipv4Addr, protocol: Protocol) -> common::ServiceKey {
+fn marker_key(addr: IpAddr, protocol: Protocol) -> common::ServiceKey {
     kernel_key(&ServiceKey {
         protocol,
         addr,
@@ -441,7 +449,7 @@ impl Director {
             let svc = state.services.get(&p.key).ok_or_else(|| {
                 anyhow!("the kept placement names {} but the state does not", p.key)
             })?;
-            let reals: BTreeMap<Ipv4Addr, PlacedReal> = p.reals.into_iter().collect();
+            let reals: BTreeMap<IpAddr, PlacedReal> = p.reals.into_iter().collect();
             if reals.len() != svc.reals.len() || reals.keys().any(|a| !svc.reals.contains_key(a)) {
                 bail!(
                     "the kept placement of {} does not match its real servers",
@@ -554,7 +562,7 @@ impl Director {
     /// Follows a neighbour-table change: every real server at `addr` without an explicit MAC
     /// is sent to `mac` from now on, its connections kept (its slot and generation stay; the
     /// MAC is rewritten in place). Returns how many real servers moved.
-    pub fn follow_neighbour(&mut self, addr: Ipv4Addr, mac: Mac) -> Result<usize> {
+    pub fn follow_neighbour(&mut self, addr: IpAddr, mac: Mac) -> Result<usize> {
         if !mac.is_unicast() {
             return Ok(0);
         }
@@ -607,7 +615,8 @@ impl Director {
 
     /// The real-server slot that real server `addr` of service `key` uses (flows in the flow
     /// table name real servers by slot).
-    pub fn slot_of(&self, key: &ServiceKey, addr: Ipv4Addr) -> Option<u32> {
+    pub fn slot_of(&self, key: &ServiceKey, addr: impl Into<IpAddr>) -> Option<u32> {
+        let addr = addr.into();
         Some(self.placed.get(key)?.reals.get(&addr)?.slot)
     }
 
@@ -781,7 +790,7 @@ impl Director {
 
     /// Sets real server `addr` of service `key` to weight 0, its MAC as it is: it gets no new
     /// connection, and its connections go on (the first step of a drain).
-    pub fn quiesce(&mut self, key: &ServiceKey, addr: Ipv4Addr) -> Result<(), ApplyError> {
+    pub fn quiesce(&mut self, key: &ServiceKey, addr: IpAddr) -> Result<(), ApplyError> {
         let opts = self
             .state
             .services
@@ -820,7 +829,7 @@ impl Director {
     pub fn count_connections(
         &mut self,
         key: &ServiceKey,
-        addr: Ipv4Addr,
+        addr: IpAddr,
     ) -> Result<Option<(u64, u64)>> {
         let Some(slot) = self.slot_of(key, addr) else {
             return Ok(None);
@@ -835,7 +844,7 @@ impl Director {
     fn macs_for(
         &self,
         services: &[(&ServiceKey, &crate::model::Service)],
-    ) -> Result<HashMap<Ipv4Addr, Mac>> {
+    ) -> Result<HashMap<IpAddr, Mac>> {
         let mut macs = HashMap::new();
         let mut missing = Vec::new();
         for (key, svc) in services {
@@ -928,7 +937,7 @@ impl Director {
         &mut self,
         key: &ServiceKey,
         svc: &crate::model::Service,
-        macs: &HashMap<Ipv4Addr, Mac>,
+        macs: &HashMap<IpAddr, Mac>,
     ) -> Result<Plan> {
         let placed = self.placed.get(key).cloned();
         let (id, new_id) = match &placed {
@@ -1253,7 +1262,7 @@ impl Director {
     fn retire(
         &mut self,
         slot: u32,
-        reals: &BTreeMap<Ipv4Addr, PlacedReal>,
+        reals: &BTreeMap<IpAddr, PlacedReal>,
         owner: Option<(ServiceKey, u32)>,
         now: Instant,
     ) -> Result<()> {
@@ -1293,7 +1302,7 @@ impl Director {
 
     /// One marker per (VIP, protocol) in use, none other.
     fn sync_markers(&mut self) -> Result<()> {
-        let want: BTreeSet<(Ipv4Addr, Protocol)> =
+        let want: BTreeSet<(IpAddr, Protocol)> =
             self.placed.keys().map(|k| (k.addr, k.protocol)).collect();
         let marker = common::Service {
             persist_timeout: 0,
@@ -1358,7 +1367,7 @@ impl Director {
             let ports = k.ports.to_ne_bytes();
             out.push(Connection {
                 protocol: service.protocol,
-                client: Ipv4Addr::from(k.saddr.to_ne_bytes()),
+                client: IpAddr::from(k.saddr.to_ne_bytes()),
                 client_port: u16::from_be_bytes([ports[0], ports[1]]),
                 service: *service,
                 real: *real,
@@ -1379,7 +1388,7 @@ impl Director {
     /// persistence timeout (counted from the network's last new connection).
     fn templates(
         &self,
-        by_slot: &HashMap<u32, (ServiceKey, Ipv4Addr, u32)>,
+        by_slot: &HashMap<u32, (ServiceKey, IpAddr, u32)>,
         clock: &common::Clock,
     ) -> Vec<Connection> {
         let timeouts: HashMap<u32, u32> = self
@@ -1403,7 +1412,7 @@ impl Director {
             }
             out.push(Connection {
                 protocol: service.protocol,
-                client: Ipv4Addr::from(key.client.to_ne_bytes()),
+                client: IpAddr::from(key.client.to_ne_bytes()),
                 client_port: 0,
                 service: *service,
                 real: *real,

@@ -1,6 +1,6 @@
 //! What the director shows: every service and real server with its counters at one instant
 //! ([`Snapshot`], made by [`crate::director::Director::snapshot`]), and the ways it is printed.
-use std::{fmt::Write as _, net::Ipv4Addr, time::Instant};
+use std::{fmt::Write as _, net::IpAddr, time::Instant};
 
 use lvs_xdp_common::{Counters, reason};
 
@@ -13,7 +13,7 @@ use crate::model::{
 /// A real server and its counters.
 #[derive(Clone, Debug)]
 pub struct RealView {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub opts: RealOpts,
     /// The MAC frames are sent to (explicit or from the neighbour table).
     pub mac: Mac,
@@ -67,7 +67,7 @@ impl Snapshot {
 
 impl ServiceView {
     /// The real server at `addr` (real servers are in address order: a binary search).
-    pub fn real(&self, addr: Ipv4Addr) -> Option<&RealView> {
+    pub fn real(&self, addr: IpAddr) -> Option<&RealView> {
         let i = self.reals.binary_search_by(|r| r.addr.cmp(&addr)).ok()?;
         Some(&self.reals[i])
     }
@@ -79,7 +79,7 @@ impl ServiceView {
 pub struct Zeroed {
     /// Per service: (its totals, the dropped part of them).
     pub services: Vec<(ServiceKey, [u64; 4], [u64; 4])>,
-    pub reals: Vec<(ServiceKey, Ipv4Addr, [u64; 4])>,
+    pub reals: Vec<(ServiceKey, IpAddr, [u64; 4])>,
 }
 
 fn minus(c: Counters, base: [u64; 4]) -> Counters {
@@ -114,7 +114,7 @@ impl Zeroed {
     }
 
     /// Forgets what was zeroed of real server `addr` of service `key` (it is gone).
-    pub fn forget_real(&mut self, key: &ServiceKey, addr: Ipv4Addr) {
+    pub fn forget_real(&mut self, key: &ServiceKey, addr: IpAddr) {
         self.reals.retain(|(k, a, _)| !(k == key && *a == addr));
     }
 
@@ -125,7 +125,7 @@ impl Zeroed {
             .map_or(([0; 4], [0; 4]), |(_, t, d)| (*t, *d))
     }
 
-    fn real(&self, key: &ServiceKey, addr: Ipv4Addr) -> [u64; 4] {
+    fn real(&self, key: &ServiceKey, addr: IpAddr) -> [u64; 4] {
         self.reals
             .iter()
             .find(|(k, a, _)| k == key && *a == addr)
@@ -183,7 +183,7 @@ impl Rates {
 /// A real server as the control commands list it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RealEntry {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub weight: u32,
     /// The MAC frames go to.
@@ -200,7 +200,7 @@ pub struct RealEntry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceEntry {
     pub protocol: Protocol,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub scheduler: Scheduler,
     /// `-b`: the scheduler's flags.

@@ -12,12 +12,12 @@
 //! weights. They are taken in address order, whatever the order of the configuration; the
 //! hashes are fixed functions of the address (no seed, no CPU, no node); the turns are integer
 //! arithmetic. The same input gives the same table byte for byte.
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// A real server of a table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Member {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     /// Real servers of weight 0 take no entry (no new connections, as in IPVS).
     pub weight: u32,
     /// What the table holds for it: its real-server slot.
@@ -25,10 +25,14 @@ pub struct Member {
 }
 
 /// A 64-bit hash of an address, for one of the two permutation parameters (`salt`): FNV-1a
-/// over the four bytes and the salt, then a 64-bit finalizer (splitmix64's).
-fn address_hash(addr: Ipv4Addr, salt: u8) -> u64 {
+/// over its bytes (four or sixteen) and the salt, then a 64-bit finalizer (splitmix64's).
+fn address_hash(addr: IpAddr, salt: u8) -> u64 {
+    let bytes: Vec<u8> = match addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in addr.octets().into_iter().chain([salt]) {
+    for b in bytes.into_iter().chain([salt]) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -90,7 +94,7 @@ pub fn populate(size: u32, members: &[Member]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use std::{collections::HashMap, net::Ipv4Addr};
 
     const SIZE: u32 = lvs_xdp_common::maglev::DEFAULT_TABLE_SIZE;
 
@@ -99,7 +103,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, w)| Member {
-                addr: Ipv4Addr::new(10, 0, 1, i as u8 + 1),
+                addr: IpAddr::V4(Ipv4Addr::new(10, 0, 1, i as u8 + 1)),
                 weight: *w,
                 slot: i as u32,
             })

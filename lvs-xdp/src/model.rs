@@ -216,24 +216,36 @@ impl fmt::Display for Mac {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ServiceKey {
     pub protocol: Protocol,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
 }
 
 impl ServiceKey {
-    pub fn new(protocol: Protocol, addr: Ipv4Addr, port: u16) -> ServiceKey {
+    pub fn new(protocol: Protocol, addr: impl Into<IpAddr>, port: u16) -> ServiceKey {
         ServiceKey {
             protocol,
-            addr,
+            addr: addr.into(),
             port,
         }
     }
 }
 
 impl fmt::Display for ServiceKey {
-    /// `TCP 10.0.0.1:80`, as ipvsadm names a service.
+    /// `TCP 10.0.0.1:80` or `TCP [2001:db8::10]:80`, as ipvsadm names a service.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}:{}", self.protocol, self.addr, self.port)
+        write!(f, "{} {}", self.protocol, AddrPort(self.addr, self.port))
+    }
+}
+
+/// An address and port as ipvsadm writes them: `10.0.0.1:80`, `[2001:db8::1]:80`.
+pub struct AddrPort(pub IpAddr, pub u16);
+
+impl fmt::Display for AddrPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V4(a) => write!(f, "{a}:{}", self.1),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}", self.1),
+        }
     }
 }
 
@@ -355,7 +367,7 @@ impl Default for RealOpts {
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Service {
     pub opts: ServiceOpts,
-    pub reals: BTreeMap<Ipv4Addr, RealOpts>,
+    pub reals: BTreeMap<IpAddr, RealOpts>,
 }
 
 /// Idle timeouts in seconds, as `ipvsadm --set TCP TCPFIN UDP` sets them.
@@ -400,11 +412,11 @@ pub enum Op {
     /// `-D`
     DeleteService(ServiceKey),
     /// `-a`
-    AddReal(ServiceKey, Ipv4Addr, RealOpts),
+    AddReal(ServiceKey, IpAddr, RealOpts),
     /// `-e`
-    EditReal(ServiceKey, Ipv4Addr, RealOpts),
+    EditReal(ServiceKey, IpAddr, RealOpts),
     /// `-d`
-    DeleteReal(ServiceKey, Ipv4Addr),
+    DeleteReal(ServiceKey, IpAddr),
     /// `-C`
     Clear,
     /// `--set TCP TCPFIN UDP`: a 0 leaves that timeout as it is (as in IPVS).
@@ -416,8 +428,8 @@ pub enum Op {
 pub enum Refusal {
     ServiceExists(ServiceKey),
     NoService(ServiceKey),
-    RealExists(ServiceKey, Ipv4Addr),
-    NoReal(ServiceKey, Ipv4Addr),
+    RealExists(ServiceKey, IpAddr),
+    NoReal(ServiceKey, IpAddr),
     /// A real-server operation on a service that does not exist.
     ServiceNotDefined(ServiceKey),
     /// A value out of range in an otherwise well-formed operation (a weight, say).
@@ -460,21 +472,41 @@ pub struct State {
     pub timeouts: Timeouts,
 }
 
-fn check_real(addr: Ipv4Addr, opts: &RealOpts) -> Result<(), Refusal> {
+fn check_real(key: &ServiceKey, addr: IpAddr, opts: &RealOpts) -> Result<(), Refusal> {
     if opts.weight > MAX_WEIGHT {
         return Err(Refusal::Invalid(format!(
             "weight {} out of range (0..={MAX_WEIGHT})",
             opts.weight
         )));
     }
-    check_unicast(addr, "real server")
+    check_unicast(addr, "real server")?;
+    if addr.is_ipv4() != key.addr.is_ipv4() {
+        return Err(Refusal::Invalid(format!(
+            "real server {addr} is not of the family of service {key}: a direct-routing service's real servers share its family"
+        )));
+    }
+    Ok(())
 }
 
 /// A VIP or real server must be a unicast address.
-pub fn check_unicast(addr: Ipv4Addr, what: &str) -> Result<(), Refusal> {
-    if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
+pub fn check_unicast(addr: IpAddr, what: &str) -> Result<(), Refusal> {
+    let unicast = match addr {
+        IpAddr::V4(a) => !(a.is_unspecified() || a.is_broadcast() || a.is_multicast()),
+        IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast()),
+    };
+    if !unicast {
         return Err(Refusal::Invalid(format!(
             "bad {what} {addr}: not a unicast address"
+        )));
+    }
+    Ok(())
+}
+
+/// What this version's data plane serves: IPv4 services only, for now.
+fn check_served(key: &ServiceKey) -> Result<(), Refusal> {
+    if key.addr.is_ipv6() {
+        return Err(Refusal::Invalid(format!(
+            "service {key}: IPv6 services are not served by this version's data plane yet"
         )));
     }
     Ok(())
@@ -486,6 +518,7 @@ impl State {
         match op {
             Op::AddService(key, opts) => {
                 check_unicast(key.addr, "vip")?;
+                check_served(key)?;
                 if key.port == 0 {
                     return Err(Refusal::Invalid("port 0 is not a service port".into()));
                 }
@@ -505,7 +538,7 @@ impl State {
                 self.services.remove(key).ok_or(Refusal::NoService(*key))?;
             }
             Op::AddReal(key, addr, opts) => {
-                check_real(*addr, opts)?;
+                check_real(key, *addr, opts)?;
                 let svc = self.real_service_mut(key)?;
                 if svc.reals.contains_key(addr) {
                     return Err(Refusal::RealExists(*key, *addr));
@@ -513,7 +546,7 @@ impl State {
                 svc.reals.insert(*addr, *opts);
             }
             Op::EditReal(key, addr, opts) => {
-                check_real(*addr, opts)?;
+                check_real(key, *addr, opts)?;
                 let real = self
                     .real_service_mut(key)?
                     .reals
@@ -577,8 +610,8 @@ impl State {
     }
 
     /// Real-server addresses without an explicit MAC (to find in the neighbour table), each once.
-    pub fn addresses_to_resolve(&self) -> Vec<Ipv4Addr> {
-        let mut out: Vec<Ipv4Addr> = self
+    pub fn addresses_to_resolve(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = self
             .services
             .values()
             .flat_map(|s| s.reals.iter())
@@ -603,17 +636,13 @@ impl State {
     }
 }
 
-/// An address as a VIP or real server of this version (IPv4 only, unicast).
-pub fn ipv4(s: &str, field: &str) -> Result<Ipv4Addr> {
-    match s.parse::<IpAddr>() {
-        Ok(IpAddr::V4(a)) => {
-            check_unicast(a, field)
-                .map_err(|_| anyhow!("bad {field} {s:?}: not a unicast address"))?;
-            Ok(a)
-        }
-        Ok(IpAddr::V6(_)) => bail!("bad {field} {s:?}: IPv6 is not supported yet"),
-        Err(_) => bail!("bad {field} {s:?}: not an IPv4 address"),
-    }
+/// An address as a VIP or real server: IPv4 or IPv6, unicast.
+pub fn ip_addr(s: &str, field: &str) -> Result<IpAddr> {
+    let Ok(a) = s.parse::<IpAddr>() else {
+        bail!("bad {field} {s:?}: not an IP address");
+    };
+    check_unicast(a, field).map_err(|_| anyhow!("bad {field} {s:?}: not a unicast address"))?;
+    Ok(a)
 }
 
 #[cfg(test)]
@@ -623,8 +652,8 @@ mod tests {
     fn key(port: u16) -> ServiceKey {
         ServiceKey::new(Protocol::Tcp, Ipv4Addr::new(10, 0, 0, 10), port)
     }
-    const RS1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
-    const RS2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
+    const RS1: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3));
+    const RS2: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 4));
 
     #[test]
     fn operations_are_checked_against_the_state() {

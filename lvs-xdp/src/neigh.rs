@@ -9,7 +9,7 @@
 //! forgotten and resolved again by broadcast, which finds a new MAC.
 use std::{
     collections::{HashMap, HashSet},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     thread,
     time::{Duration, Instant},
 };
@@ -41,22 +41,20 @@ const PROBE_PATIENCE: Duration = Duration::from_millis(1000);
 pub fn resolve(
     ifindex: u32,
     ifname: &str,
-    addresses: &[Ipv4Addr],
+    addresses: &[IpAddr],
     timeout: Duration,
-) -> Result<HashMap<Ipv4Addr, Mac>> {
+) -> Result<HashMap<IpAddr, Mac>> {
     let mut nl = Rtnl::open()?;
     let start = Instant::now();
     let deadline = start + timeout;
     let mut found = HashMap::new();
-    let mut probed: HashMap<Ipv4Addr, Instant> = HashMap::new();
-    let mut forgotten: HashSet<Ipv4Addr> = HashSet::new();
+    let mut probed: HashMap<IpAddr, Instant> = HashMap::new();
+    let mut forgotten: HashSet<IpAddr> = HashSet::new();
     let mut last_trigger: Option<Instant> = None;
     loop {
         let mut unconfirmed = HashMap::new();
         for n in nl.neighbours()? {
-            let IpAddr::V4(address) = n.address else {
-                continue;
-            };
+            let address = n.address;
             if n.ifindex != ifindex || !addresses.contains(&address) {
                 continue;
             }
@@ -68,7 +66,7 @@ pub fn resolve(
                 }
             }
         }
-        let missing: Vec<Ipv4Addr> = addresses
+        let missing: Vec<IpAddr> = addresses
             .iter()
             .copied()
             .filter(|a| !found.contains_key(a))
@@ -101,19 +99,19 @@ pub fn resolve(
             match (unconfirmed.contains_key(a), probed.get(a)) {
                 // Unconfirmed, not probed yet: probe it now.
                 (true, None) => {
-                    nl.probe(ifindex, IpAddr::V4(*a)).map_err(ask)?;
+                    nl.probe(ifindex, *a).map_err(ask)?;
                     probed.insert(*a, now);
                 }
                 // Probed without an answer: forget it once, and resolve by broadcast.
                 (true, Some(t))
                     if now.duration_since(*t) >= PROBE_PATIENCE && !forgotten.contains(a) =>
                 {
-                    let _ = nl.forget_neighbour(ifindex, IpAddr::V4(*a));
+                    let _ = nl.forget_neighbour(ifindex, *a);
                     forgotten.insert(*a);
-                    nl.resolve(ifindex, IpAddr::V4(*a)).map_err(ask)?;
+                    nl.resolve(ifindex, *a).map_err(ask)?;
                 }
                 (true, Some(_)) => {}
-                (false, _) if retrigger => nl.resolve(ifindex, IpAddr::V4(*a)).map_err(ask)?,
+                (false, _) if retrigger => nl.resolve(ifindex, *a).map_err(ask)?,
                 (false, _) => {}
             }
         }

@@ -76,7 +76,7 @@ pub fn up(vips: &[Ipv4Addr], interfaces: &[String]) -> Result<Record> {
         bail!("no VIP given (--vip)");
     }
     for vip in vips {
-        crate::model::check_unicast(*vip, "vip").map_err(|r| anyhow!("{r}"))?;
+        crate::model::check_unicast(IpAddr::V4(*vip), "vip").map_err(|r| anyhow!("{r}"))?;
     }
     for name in interfaces {
         Interface::index_of(name)?;

@@ -41,7 +41,7 @@ const WAYS: u64 = 16 * flow_table::WAYS as u64;
 const OVERFLOW: u64 = flow_table::MIN_OVERFLOW as u64;
 
 fn web() -> ServiceKey {
-    ServiceKey::new(Protocol::Tcp, VIP.parse().unwrap(), 80)
+    ServiceKey::new(Protocol::Tcp, VIP.parse::<std::net::IpAddr>().unwrap(), 80)
 }
 
 /// Sends a TCP packet of client port `port` with `flags`; it must be forwarded. Returns the
@@ -168,7 +168,7 @@ fn tcp_states_follow_the_client_side_as_ipvs_tracks_them() {
     // (TIME_WAIT 1002, FIN_WAIT 1004), as IPVS counts them; UDP is inactive.
     d.sweep_now().unwrap();
     assert_eq!(active_inactive(&d, &web()), (3, 2));
-    let dns = ServiceKey::new(Protocol::Udp, VIP.parse().unwrap(), 53);
+    let dns = ServiceKey::new(Protocol::Udp, VIP.parse::<std::net::IpAddr>().unwrap(), 53);
     assert_eq!(active_inactive(&d, &dns), (0, 1));
 }
 

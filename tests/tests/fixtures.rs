@@ -48,15 +48,19 @@ scheduler = "rr"
 
 /// TCP 10.0.0.10:80, the service with three real servers.
 fn web() -> ServiceKey {
-    ServiceKey::new(Protocol::Tcp, VIP.parse().unwrap(), 80)
+    ServiceKey::new(Protocol::Tcp, VIP.parse::<std::net::IpAddr>().unwrap(), 80)
 }
 
 /// TCP 10.0.0.20:80, the service without real servers.
 fn empty_service() -> ServiceKey {
-    ServiceKey::new(Protocol::Tcp, "10.0.0.20".parse().unwrap(), 80)
+    ServiceKey::new(
+        Protocol::Tcp,
+        "10.0.0.20".parse::<std::net::IpAddr>().unwrap(),
+        80,
+    )
 }
 
-fn ip(a: &str) -> Ipv4Addr {
+fn ip(a: &str) -> std::net::IpAddr {
     a.parse().unwrap()
 }
 
@@ -747,7 +751,11 @@ fn a_weight_set_to_zero_quiesces_a_real_server_live() {
 /// changes nothing: not the state, not a single map entry a packet could see.
 #[test]
 fn a_batch_that_cannot_be_carried_out_changes_nothing() {
-    let new_svc = ServiceKey::new(Protocol::Tcp, "10.0.0.30".parse().unwrap(), 80);
+    let new_svc = ServiceKey::new(
+        Protocol::Tcp,
+        "10.0.0.30".parse::<std::net::IpAddr>().unwrap(),
+        80,
+    );
     let frame = Frame::tcp(LB, CLIENT, 40000, "10.0.0.30", 80).build();
     let with_rs1 = RealOpts {
         weight: 1,
@@ -810,7 +818,7 @@ fn full_tables_take_change_after_change() {
     let mut b = balancer_from(&format!("max_real_servers = 4\n{CONFIG}"));
     let mut current = ip("10.0.0.3");
     for i in 0..5u8 {
-        let next = Ipv4Addr::new(10, 0, 1, i + 1);
+        let next = std::net::IpAddr::V4(Ipv4Addr::new(10, 0, 1, i + 1));
         let mac = [0x02, 0, 0, 0, 1, i + 1];
         // In one batch the new real server would need a fifth slot: the one given up is not
         // reused before its grace. In two, the second waits for it.

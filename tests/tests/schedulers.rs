@@ -18,7 +18,7 @@ const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 
 fn web() -> ServiceKey {
-    ServiceKey::new(Protocol::Tcp, VIP.parse().unwrap(), 80)
+    ServiceKey::new(Protocol::Tcp, VIP.parse::<Ipv4Addr>().unwrap(), 80)
 }
 
 /// An `mh` service with real servers 10.0.0.(3 + i) of these weights, listed in `order`.
@@ -175,7 +175,7 @@ fn follows_the_table(toml: &str, size: u32) {
             let addr: Ipv4Addr = format!("10.0.0.{}", 3 + i).parse().unwrap();
             let slot = d.slot_of(&web(), addr).unwrap();
             lvs_xdp::maglev::Member {
-                addr,
+                addr: addr.into(),
                 weight: [1, 2, 3][i],
                 slot,
             }
@@ -191,7 +191,8 @@ fn follows_the_table(toml: &str, size: u32) {
             .find(|m| m.slot == slot)
             .unwrap()
             .addr
-            .octets()[3];
+            .to_string();
+        let want: u8 = want.rsplit('.').next().unwrap().parse().unwrap();
         assert_eq!(
             send(&d, i, 1000, SYN),
             want,

@@ -35,7 +35,7 @@ fn issue_example_parses_exactly() {
     let config = Config::from_toml(ISSUE_EXAMPLE).unwrap();
     assert_eq!(config.capacity, Capacity::default());
     let reals = [[10, 99, 0, 3], [10, 99, 0, 4]]
-        .map(|a| (Ipv4Addr::from(a), RealOpts::default()))
+        .map(|a| (IpAddr::from(a), RealOpts::default()))
         .into();
     let service = Service {
         opts: ServiceOpts {
@@ -79,7 +79,7 @@ port = 53
         "ipvsadm's default"
     );
     assert!(web.reals.is_empty());
-    let real = &dns.reals[&Ipv4Addr::new(192, 168, 0, 3)];
+    let real = &dns.reals[&IpAddr::V4(Ipv4Addr::new(192, 168, 0, 3))];
     assert_eq!(real.mac, Some(Mac([2, 0, 0, 0, 0, 0x0a])));
     assert_eq!(real.weight, 0);
 }
@@ -131,11 +131,19 @@ fn refuses_bad_addresses() {
         assert!(err.contains("bad vip"), "{bad}: {err}");
     }
     let err = refused("[[service]]\nvip = \"2001:db8::1\"\nport = 80\n");
-    assert!(err.contains("IPv6 is not supported yet"), "{err}");
+    assert!(
+        err.contains("IPv6 services are not served by this version's data plane yet"),
+        "{err}"
+    );
     let err = refused(&service("real_servers = [ { address = \"10.0.0.300\" } ]"));
     assert_eq!(
         err,
-        "service 1: real server 1: bad address \"10.0.0.300\": not an IPv4 address"
+        "service 1: real server 1: bad address \"10.0.0.300\": not an IP address"
+    );
+    let err = refused(&service("real_servers = [ { address = \"2001:db8::3\" } ]"));
+    assert!(
+        err.contains("real server 2001:db8::3 is not of the family of service TCP 10.0.0.1:80"),
+        "{err}"
     );
     let err = refused("[[service]]\nvip = 10\nport = 80\n");
     assert!(err.contains("invalid type"), "{err}");
@@ -215,9 +223,9 @@ fn rules_as_save_writes_them() {
     let text = "-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.0.3:80 -g -w 2\n-a -t 10.0.0.1:80 -r 10.0.0.4:80 -g -w 1 --mac 02:00:00:00:00:04\n";
     let config = Config::from_rules(text).unwrap();
     let svc = &config.state.services[&tcp([10, 0, 0, 1], 80)];
-    assert_eq!(svc.reals[&Ipv4Addr::new(10, 0, 0, 3)].weight, 2);
+    assert_eq!(svc.reals[&IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3))].weight, 2);
     assert_eq!(
-        svc.reals[&Ipv4Addr::new(10, 0, 0, 4)].mac,
+        svc.reals[&IpAddr::V4(Ipv4Addr::new(10, 0, 0, 4))].mac,
         Some(Mac([2, 0, 0, 0, 0, 4]))
     );
     let err = Config::from_rules("-A -t 10.0.0.1:80 -s rr\n-A -t 10.0.0.1:80 -s rr\n").unwrap_err();

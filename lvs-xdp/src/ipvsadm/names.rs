@@ -2,7 +2,7 @@
 //! from the host's resolver (both through the C library, as ipvsadm does).
 use std::{
     ffi::{CStr, CString},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use crate::model::Protocol;
@@ -42,28 +42,55 @@ pub fn service_of_port(port: u16, proto: Protocol) -> String {
 }
 
 /// The host name of `addr` from the resolver, or the address.
-pub fn host_of_addr(addr: Ipv4Addr) -> String {
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(addr.octets()),
-        },
-        sin_zero: [0; 8],
-    };
+pub fn host_of_addr(addr: IpAddr) -> String {
     let mut host = [0 as libc::c_char; 1025];
-    // SAFETY: sin is a valid sockaddr_in of the given length; host is a writable buffer of the
-    // given length.
-    let rc = unsafe {
-        libc::getnameinfo(
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            host.as_mut_ptr(),
-            host.len() as libc::socklen_t,
-            std::ptr::null_mut(),
-            0,
-            libc::NI_NAMEREQD,
-        )
+    let lookup = |sa: *const libc::sockaddr, len: usize, host: &mut [libc::c_char]| {
+        // SAFETY: sa points at a valid socket address of `len` bytes; host is a writable buffer
+        // of the given length.
+        unsafe {
+            libc::getnameinfo(
+                sa,
+                len as libc::socklen_t,
+                host.as_mut_ptr(),
+                host.len() as libc::socklen_t,
+                std::ptr::null_mut(),
+                0,
+                libc::NI_NAMEREQD,
+            )
+        }
+    };
+    let rc = match addr {
+        IpAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            lookup(
+                (&sin as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>(),
+                &mut host,
+            )
+        }
+        IpAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: 0,
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            lookup(
+                (&sin6 as *const libc::sockaddr_in6).cast(),
+                std::mem::size_of::<libc::sockaddr_in6>(),
+                &mut host,
+            )
+        }
     };
     if rc != 0 {
         return addr.to_string();

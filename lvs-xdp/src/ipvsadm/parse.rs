@@ -1,7 +1,7 @@
 //! ipvsadm's command line, as ipvsadm 1.31 reads it: the same commands, options, checks and
 //! messages, and the same exit codes (2 for a malformed command line). Options that make no
 //! sense for a direct-routing XDP director are refused with a message saying why.
-use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs as _};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs as _};
 
 use crate::model::{
     MAX_WEIGHT, Mac, Op, Persistence, Protocol, RealOpts, SchedFlags, Scheduler, ServiceKey,
@@ -287,7 +287,9 @@ fn unsupported(name: &str) -> Option<&'static str> {
             "-f (firewall-mark services): XDP sees frames before netfilter marks them; use -t or -u"
         }
         "sctp-service" => "--sctp-service: only TCP and UDP services are supported",
-        "6" | "ipv6" => "-6: IPv6 is not supported yet",
+        "6" | "ipv6" => {
+            "-6 applies to firewall-mark services (-f), which lvs-xdp refuses; give an IPv6 service as -t [ADDR]:PORT"
+        }
         "pe" => "persistence engines (--pe) are not supported: persistence is by client address",
         "o" | "ops" => "one-packet scheduling (-o) is not supported yet",
         "x" | "u-threshold" | "y" | "l-threshold" => {
@@ -522,7 +524,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, Usage> {
         };
         Ok(RealOpts { weight, mac })
     };
-    let real_addr = || -> Result<Ipv4Addr, Usage> {
+    let real_addr = || -> Result<IpAddr, Usage> {
         let (proto, _) = service.as_ref().expect("checked: -r comes with a service");
         let spec = real.as_deref().unwrap_or_default();
         // A direct-routing real server always takes the service's port, as in ipvsadm.
@@ -650,33 +652,44 @@ fn parse_scheduler(s: &str) -> Result<Scheduler, Usage> {
     }
 }
 
-/// `VIP[:PORT]` of a `-t`/`-u` service.
+/// `VIP[:PORT]` of a `-t`/`-u` service (`[V6ADDR][:PORT]` for IPv6).
 fn parse_service(proto: Protocol, spec: &str) -> Result<ServiceKey, Usage> {
-    if spec.starts_with('[') || spec.matches(':').count() > 1 {
-        return fail("IPv6 is not supported yet");
-    }
     let Some((addr, port)) = parse_addr_port(proto, spec) else {
         return fail("illegal virtual server address[:port] specified");
     };
-    if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
+    if crate::model::check_unicast(addr, "vip").is_err() {
         return fail("illegal virtual server address[:port] specified");
     }
     Ok(ServiceKey::new(proto, addr, port))
 }
 
-/// ipvsadm's `parse_service`: an address (dotted or a host name) and an optional port (a number
-/// or a name from /etc/services); a bare number is no address.
-fn parse_addr_port(proto: Protocol, spec: &str) -> Option<(Ipv4Addr, u16)> {
+/// ipvsadm's `parse_service`: an address (dotted or a host name, or IPv6 in brackets) and an
+/// optional port (a number or a name from /etc/services); a bare number is no address. A bare
+/// IPv6 address (no brackets) has no port.
+fn parse_addr_port(proto: Protocol, spec: &str) -> Option<(IpAddr, u16)> {
     if spec.is_empty() || spec.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let (host, port) = match spec.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (spec, None),
+    let (host, port) = if let Some(rest) = spec.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?),
+        };
+        (inside, port)
+    } else if let Ok(v6) = spec.parse::<Ipv6Addr>() {
+        return Some((IpAddr::V6(v6), 0));
+    } else {
+        match spec.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (spec, None),
+        }
     };
-    let addr = match host.parse::<Ipv4Addr>() {
-        Ok(a) => a,
-        Err(_) => resolve_host(host)?,
+    let addr = match host.parse::<IpAddr>() {
+        Ok(a) if spec.starts_with('[') == a.is_ipv6() => a,
+        Ok(_) => return None,
+        Err(_) if spec.starts_with('[') => return None,
+        Err(_) => IpAddr::V4(resolve_host(host)?),
     };
     let port = match port {
         None => 0,
@@ -752,7 +765,7 @@ mod tests {
     }
 
     const VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 10);
-    const RS: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 3);
+    const RS: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 0, 3));
 
     #[test]
     fn the_classic_recipe() {
@@ -887,7 +900,45 @@ mod tests {
             err("-A -t 192.168.0.10:80 -s lblc").contains("does not apply to a direct-routing")
         );
         assert!(err("-A -t 192.168.0.10:80 -s nosuch").contains("not found"));
-        assert!(err("-A -t [2001:db8::1]:80").contains("IPv6"));
+        assert!(err("-A -6 -t 192.168.0.10:80").contains("firewall-mark"));
+    }
+
+    /// IPv6 addresses as ipvsadm takes them: in brackets with a port, or bare without one.
+    #[test]
+    fn ipv6_addresses_in_ipvsadms_forms() {
+        let v6: IpAddr = "2001:db8::10".parse().unwrap();
+        assert_eq!(
+            p("-A -t [2001:db8::10]:80").unwrap(),
+            Command::Apply(Op::AddService(
+                ServiceKey::new(Protocol::Tcp, v6, 80),
+                ServiceOpts::default()
+            ))
+        );
+        assert_eq!(
+            p("-a -t [2001:db8::10]:80 -r [2001:db8::3] -g").unwrap(),
+            Command::Apply(Op::AddReal(
+                ServiceKey::new(Protocol::Tcp, v6, 80),
+                "2001:db8::3".parse().unwrap(),
+                RealOpts::default()
+            ))
+        );
+        assert_eq!(
+            p("-a -t [2001:db8::10]:80 -r 2001:db8::3 -g").unwrap(),
+            p("-a -t [2001:db8::10]:80 -r [2001:db8::3]:80 -g").unwrap()
+        );
+        for bad in [
+            "[2001:db8::10",
+            "[10.0.0.1]:80",
+            "[2001:db8::10]80",
+            "[ff02::1]:80",
+            "[::]:80",
+        ] {
+            assert_eq!(
+                err(&format!("-A -t {bad}")),
+                "illegal virtual server address[:port] specified",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

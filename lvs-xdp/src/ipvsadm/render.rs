@@ -1,6 +1,9 @@
 //! ipvsadm 1.31's output, byte for byte where scripts read it: `-L` and its `--stats`, `--rate`,
 //! `--exact`, `-c` and `--timeout` forms, and `-S`.
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use super::{names, parse::Format};
 use crate::{
@@ -13,15 +16,16 @@ use crate::{
 /// prints the IPVS version whose words it speaks and IPVS's default size.
 pub const HEADER: &str = "IP Virtual Server version 1.2.1 (size=4096)";
 
-fn addr_port(addr: Ipv4Addr, port: u16, proto: Protocol, f: Format) -> String {
+/// `ADDR:PORT` as ipvsadm prints it: IPv6 in brackets; names unless numeric.
+fn addr_port(addr: IpAddr, port: u16, proto: Protocol, f: Format) -> String {
     if f.numeric {
-        format!("{addr}:{port}")
-    } else {
-        format!(
-            "{}:{}",
-            names::host_of_addr(addr),
-            names::service_of_port(port, proto)
-        )
+        return crate::model::AddrPort(addr, port).to_string();
+    }
+    let host = names::host_of_addr(addr);
+    let service = names::service_of_port(port, proto);
+    match addr {
+        IpAddr::V6(_) => format!("[{host}]:{service}"),
+        IpAddr::V4(_) => format!("{host}:{service}"),
     }
 }
 
@@ -173,11 +177,7 @@ pub fn list_one(svc: &ServiceEntry, f: Format) -> String {
 
 /// `-S`: the rules that rebuild the services. Real servers with an explicit MAC (from a
 /// configuration) carry lvs-xdp's `--mac`.
-pub fn save(
-    listing: &Listing,
-    explicit_macs: &[(Ipv4Addr, crate::model::Mac)],
-    f: Format,
-) -> String {
+pub fn save(listing: &Listing, explicit_macs: &[(IpAddr, crate::model::Mac)], f: Format) -> String {
     let mut out = String::new();
     for svc in &listing.services {
         let stype = match svc.protocol {
@@ -251,7 +251,7 @@ mod tests {
 
     fn listing() -> Listing {
         let real = |last: u8, weight: u32, in_pkts: u64| RealEntry {
-            addr: Ipv4Addr::new(192, 168, 0, last),
+            addr: IpAddr::V4(Ipv4Addr::new(192, 168, 0, last)),
             port: 80,
             weight,
             mac: Mac([2, 0, 0, 0, 0, last]),
@@ -273,7 +273,7 @@ mod tests {
         Listing {
             services: vec![ServiceEntry {
                 protocol: Protocol::Tcp,
-                addr: Ipv4Addr::new(192, 168, 0, 10),
+                addr: IpAddr::V4(Ipv4Addr::new(192, 168, 0, 10)),
                 port: 80,
                 scheduler: Scheduler::RoundRobin,
                 sched_flags: Default::default(),
@@ -362,7 +362,7 @@ mod tests {
         assert_eq!(
             save(
                 &listing(),
-                &[(Ipv4Addr::new(192, 168, 0, 4), mac)],
+                &[(IpAddr::V4(Ipv4Addr::new(192, 168, 0, 4)), mac)],
                 numeric()
             ),
             "-A -t 192.168.0.10:80 -s rr\n\
@@ -416,6 +416,23 @@ mod tests {
         assert!(
             saved.starts_with("-A -t 192.168.0.10:80 -s rr -p 600 -M 255.255.255.0\n"),
             "{saved}"
+        );
+    }
+
+    #[test]
+    fn ipv6_addresses_print_in_brackets() {
+        let v6: IpAddr = "2001:db8::10".parse().unwrap();
+        let numeric = Format {
+            numeric: true,
+            ..Format::default()
+        };
+        assert_eq!(
+            addr_port(v6, 80, Protocol::Tcp, numeric),
+            "[2001:db8::10]:80"
+        );
+        assert_eq!(
+            addr_port(v6, 80, Protocol::Tcp, Format::default()),
+            "[2001:db8::10]:http"
         );
     }
 }

@@ -1,6 +1,6 @@
 //! `lvs-xdp run`: bring the director up on interfaces, answer the control commands, report, and
 //! take it down on a signal.
-use std::{collections::VecDeque, io::Write as _, net::IpAddr, time::Duration};
+use std::{collections::VecDeque, io::Write as _, time::Duration};
 
 use anyhow::{Context as _, Result};
 use lvs_xdp::{
@@ -142,7 +142,7 @@ fn follow(director: &mut Director, events: &[RouteNetlinkMessage]) {
         let Some(n) = netlink::Neighbour::from_message(m) else {
             continue;
         };
-        let (IpAddr::V4(addr), Some(mac)) = (n.address, n.usable_mac()) else {
+        let (addr, Some(mac)) = (n.address, n.usable_mac()) else {
             continue;
         };
         if n.ifindex != ifindex {
