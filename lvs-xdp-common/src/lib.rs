@@ -22,6 +22,13 @@ pub mod map {
     /// flows pushed out of their two buckets in `FLOW_CACHE_V4`. It never evicts: when it is
     /// full, a new flow is not remembered instead (see [`crate::flow_table`]).
     pub const FLOWS_V4: &str = "FLOWS_V4";
+    /// `Array<FlowBucketV6>` (mmapable): the IPv6 flow table's buckets, as `FLOW_CACHE_V4`.
+    pub const FLOW_CACHE_V6: &str = "FLOW_CACHE_V6";
+    /// `ProgramArray`, one slot: the IPv6 program, for the main program's tail call.
+    pub const PROGRAMS: &str = "PROGRAMS";
+    pub const PROGRAM_V6_SLOT: u32 = 0;
+    /// `HashMap<FlowKeyV6, Flow>` (not preallocated): the IPv6 overflow table, as `FLOWS_V4`.
+    pub const FLOWS_V6: &str = "FLOWS_V6";
     /// `Array<Clock>`, one entry: the idle clock and the timeouts, written by userspace.
     pub const CLOCK: &str = "CLOCK";
     /// `Array<ConnCount>` (mmapable), indexed by real-server slot: its connections now, kept
@@ -52,6 +59,10 @@ pub mod map {
 
 /// The XDP program's name in the object.
 pub const PROGRAM: &str = "lvs_xdp";
+/// The IPv6 program: the main one tail-calls it (slot [`map::PROGRAM_V6_SLOT`] of
+/// `map::PROGRAMS`) for every IPv6 frame addressed to the interface, so that each is verified
+/// on its own.
+pub const PROGRAM_V6: &str = "lvs_xdp_v6";
 
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
@@ -157,10 +168,11 @@ pub mod reason {
     pub const PASS_NOT_LOCAL: u32 = 1;
     /// XDP_PASS: the interface is not configured in `IFACES`.
     pub const PASS_UNKNOWN_IFACE: u32 = 2;
-    /// XDP_PASS: not IPv4 (ARP, LLDP, a second VLAN tag, ...).
+    /// XDP_PASS: neither IPv4 nor IPv6 (ARP, LLDP, a second VLAN tag, ...).
     pub const PASS_NOT_IP: u32 = 3;
-    /// XDP_PASS: IPv6 (not load-balanced by this version).
-    pub const PASS_IPV6: u32 = 4;
+    /// XDP_PASS: IPv6 with an extension header the program does not walk (AH, ESP, mobility,
+    /// ...) or a chain of more than four before the upper-layer header.
+    pub const PASS_IPV6_EXT: u32 = 4;
     /// XDP_PASS: IPv4 but neither TCP nor UDP (ICMP other than the "fragmentation needed" that
     /// `EVENT_ICMP_TOO_BIG_FORWARDED` counts, ...).
     pub const PASS_OTHER_PROTO: u32 = 5;
@@ -168,7 +180,8 @@ pub mod reason {
     pub const PASS_NO_SERVICE: u32 = 6;
     /// XDP_PASS: an IP fragment not addressed to a VIP.
     pub const PASS_FRAGMENT: u32 = 7;
-    /// XDP_DROP: truncated or invalid header (Ethernet, VLAN, IPv4, TCP, UDP).
+    /// XDP_DROP: truncated or invalid header (Ethernet, VLAN, IPv4, IPv6 and its extension
+    /// headers, TCP, UDP).
     pub const DROP_MALFORMED: u32 = 8;
     /// XDP_DROP: an IP fragment addressed to a VIP (its ports cannot be known).
     pub const DROP_FRAGMENT: u32 = 9;
@@ -214,7 +227,7 @@ pub mod reason {
         "pass_not_local",
         "pass_unknown_iface",
         "pass_not_ip",
-        "pass_ipv6",
+        "pass_ipv6_ext",
         "pass_other_proto",
         "pass_no_service",
         "pass_fragment",
@@ -303,6 +316,20 @@ pub struct FlowKeyV4 {
     pub proto: u32,
 }
 
+/// Key of `FLOWS_V6`: the IPv6 5-tuple, each field holding its bytes as on the wire (an
+/// address as four words).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowKeyV6 {
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    /// Source and destination port, the four bytes as on the wire.
+    pub ports: u32,
+    /// The IP protocol number (the upper-layer header after any extension headers).
+    pub proto: u32,
+}
+
 /// Value of the overflow hash, and the second half of a [`FlowEntryV4`]: where a flow goes and
 /// the state of its connection.
 #[repr(C)]
@@ -379,6 +406,47 @@ impl FlowEntryV4 {
             proto: u32::from(self.flow.proto),
         }
     }
+}
+
+/// One remembered IPv6 flow in a [`FlowBucketV6`]: the 5-tuple and the [`Flow`]. A way is free
+/// when `flow.proto` is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowEntryV6 {
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    pub ports: u32,
+    pub flow: Flow,
+}
+
+impl FlowEntryV6 {
+    #[inline(always)]
+    pub fn is_free(&self) -> bool {
+        self.flow.proto == 0
+    }
+
+    #[inline(always)]
+    pub fn key(&self) -> FlowKeyV6 {
+        FlowKeyV6 {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            ports: self.ports,
+            proto: u32::from(self.flow.proto),
+        }
+    }
+}
+
+/// Value of `FLOW_CACHE_V6`: two 64-byte cache lines, two flows of 44 bytes and the sequence
+/// count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FlowBucketV6 {
+    pub ways: [FlowEntryV6; flow_table::WAYS_V6],
+    /// As [`FlowBucketV4::seq`].
+    pub seq: u32,
+    pub _pad: [u32; 9],
 }
 
 /// Value of `FLOW_CACHE_V4`: one 64-byte cache line of flows.
@@ -584,6 +652,10 @@ pub mod conn {
 pub mod flow_table {
     /// Flows per bucket (3 x 20 bytes + the sequence count = 64 bytes).
     pub const WAYS: usize = 3;
+    /// Flows per IPv6 bucket (2 x 44 bytes + the sequence count, in 128 bytes).
+    pub const WAYS_V6: usize = 2;
+    /// Buckets in the IPv6 front region at most (4 MiB).
+    pub const MAX_FRONT_BUCKETS_V6: u32 = 1 << 15;
     /// Buckets in the front region at most (4 MiB).
     pub const MAX_FRONT_BUCKETS: u32 = 1 << 16;
     /// Real-server slots fit in the low 20 bits of `Flow::target` (so at most 1 048 576).
@@ -597,6 +669,9 @@ pub mod flow_table {
     pub const BUCKET_MASK: &str = "FLOW_BUCKET_MASK";
     /// Buckets in the front region minus one.
     pub const FRONT_MASK: &str = "FLOW_FRONT_MASK";
+    /// The same two for `FLOW_CACHE_V6`.
+    pub const BUCKET_MASK_V6: &str = "FLOW6_BUCKET_MASK";
+    pub const FRONT_MASK_V6: &str = "FLOW6_FRONT_MASK";
 
     /// Buckets and overflow entries for a table that must hold `flows` flows: as many buckets
     /// as `flows` rounded up to a power of two (3 to 6 ways a flow, so that few flows need the
@@ -621,6 +696,43 @@ pub mod flow_table {
 
     /// The smallest overflow hash.
     pub const MIN_OVERFLOW: u32 = 1024;
+
+    /// Buckets and overflow entries for an IPv6 table of `flows` flows: half as many buckets
+    /// (two ways each, rounded up to a power of two: 2 to 4 ways a flow), and an overflow hash
+    /// of a quarter of `flows`, at least `MIN_OVERFLOW`.
+    pub const fn sizes_v6(flows: u32) -> (u32, u32) {
+        let buckets = (flows / 2).next_power_of_two();
+        let overflow = if flows / 4 > MIN_OVERFLOW {
+            flows / 4
+        } else {
+            MIN_OVERFLOW
+        };
+        (buckets, overflow)
+    }
+
+    /// Kernel memory of the IPv6 table's two maps, as [`memory`] (an overflow entry takes 112
+    /// bytes).
+    pub const fn memory_v6(flows: u32) -> u64 {
+        let (buckets, overflow) = sizes_v6(flows);
+        buckets as u64 * core::mem::size_of::<super::FlowBucketV6>() as u64 + overflow as u64 * 112
+    }
+
+    /// The seeded hash of an IPv6 5-tuple: the addresses folded to a word each (as IPVS folds
+    /// them), then as [`hash`].
+    #[inline(always)]
+    pub fn hash_v6(key: &super::FlowKeyV6, seed: u32) -> u32 {
+        let fold =
+            |a: [u32; 4]| a[0] ^ a[1].rotate_left(8) ^ a[2].rotate_left(16) ^ a[3].rotate_left(24);
+        hash(
+            &super::FlowKeyV4 {
+                saddr: fold(key.saddr),
+                daddr: fold(key.daddr),
+                ports: key.ports,
+                proto: key.proto,
+            },
+            seed,
+        )
+    }
 
     /// The seeded hash of a 5-tuple that both of its buckets come from.
     #[inline(always)]
@@ -688,6 +800,8 @@ mod user {
     unsafe impl aya::Pod for super::FlowKeyV4 {}
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::FlowBucketV4 {}
+    unsafe impl aya::Pod for super::FlowKeyV6 {}
+    unsafe impl aya::Pod for super::FlowBucketV6 {}
     unsafe impl aya::Pod for super::Iface {}
     unsafe impl aya::Pod for super::Clock {}
     unsafe impl aya::Pod for super::ConnCount {}
@@ -712,6 +826,9 @@ mod tests {
         assert_eq!(size_of::<Flow>(), 8);
         assert_eq!(size_of::<FlowEntryV4>(), 20);
         assert_eq!(size_of::<FlowBucketV4>(), 64);
+        assert_eq!(size_of::<FlowKeyV6>(), 40);
+        assert_eq!(size_of::<FlowEntryV6>(), 44);
+        assert_eq!(size_of::<FlowBucketV6>(), 128);
         assert_eq!(size_of::<Iface>(), 8);
         assert_eq!(size_of::<Counters>(), 32);
         assert_eq!(size_of::<Clock>(), 40);

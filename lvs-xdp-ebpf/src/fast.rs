@@ -16,7 +16,7 @@ use aya_ebpf::programs::XdpContext;
 use lvs_xdp_common::{FlowKeyV4, PROTO_TCP, conn};
 
 use crate::{
-    flows::{self, Lookup},
+    flows::{self, Lookup, V4},
     maps::{CLOCK, IFACES, REAL_STATS},
     set_macs, stats,
     verdict::Verdict,
@@ -56,7 +56,7 @@ pub fn forward_known_flow(ctx: &XdpContext) -> Option<Verdict> {
         }
     };
     // Before the checks, on purpose (see the module comment). A lookup changes nothing.
-    let found = flows::lookup(&key);
+    let found = flows::lookup::<V4>(&key);
 
     let iface = IFACES.get(ctx.ingress_ifindex() as u32)?;
     // SAFETY: MIN_FRAME bytes of frame as above; the MAC is a 6-byte field of a map value.

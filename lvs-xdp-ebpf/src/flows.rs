@@ -1,6 +1,7 @@
-//! The IPv4 flow table (see `lvs_xdp_common::flow_table` for its design): two candidate
-//! buckets of three ways in `FLOW_CACHE_V4`, then the hash `FLOWS_V4` for established flows
-//! that found no room there.
+//! The flow tables (see `lvs_xdp_common::flow_table` for their design), one per family, written
+//! once over the [`Table`] trait: two candidate buckets (three ways for IPv4 in
+//! `FLOW_CACHE_V4`, two for IPv6 in `FLOW_CACHE_V6`), then a hash (`FLOWS_V4`, `FLOWS_V6`) for
+//! established flows that found no room there.
 //!
 //! Concurrency, per bucket (`FlowBucketV4::seq`):
 //! - A writer of a way's 5-tuple or target first takes the bucket: a compare-and-swap of `seq`
@@ -16,16 +17,19 @@
 //!   eviction and expiry) without it.
 //! - Userspace frees expired ways with a compare-and-swap of the protocol/state/stamp word: it
 //!   fails if a packet or a writer touched the way since userspace read it.
-use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    maps::{Array, HashMap},
+};
 use core::ptr::{read_volatile, write_volatile};
 use lvs_xdp_common::{
-    Clock, Flow, FlowBucketV4, FlowEntryV4, FlowKeyV4, RealServer, conn, flow_table,
-    flow_table::WAYS, reason,
+    Clock, FAMILY_V4, FAMILY_V6, Flow, FlowBucketV4, FlowBucketV6, FlowEntryV4, FlowEntryV6,
+    FlowKeyV4, FlowKeyV6, RealServer, ServiceKey, conn, flow_table, reason,
 };
 
 use crate::{
     conns,
-    maps::{FLOW_CACHE_V4, FLOWS_V4, REALS},
+    maps::{FLOW_CACHE_V4, FLOW_CACHE_V6, FLOWS_V4, FLOWS_V6, REALS},
     stats,
 };
 
@@ -36,43 +40,266 @@ static FLOW_HASH_SEED: u32 = 0;
 static FLOW_BUCKET_MASK: u32 = 0;
 #[unsafe(no_mangle)]
 static FLOW_FRONT_MASK: u32 = 0;
+#[unsafe(no_mangle)]
+static FLOW6_BUCKET_MASK: u32 = 0;
+#[unsafe(no_mangle)]
+static FLOW6_FRONT_MASK: u32 = 0;
 
-/// Where a flow was found.
-#[derive(Clone, Copy)]
-pub enum Place {
-    Way(*mut FlowBucketV4, *mut FlowEntryV4),
+/// One family's flow table: its key, ways and buckets, and its two maps. Everything below is
+/// written once for both.
+pub trait Table {
+    type Key: Copy + 'static;
+    type Entry: Copy + 'static;
+    type Bucket: 'static;
+    const WAYS: usize;
+    /// The bucket array and the overflow hash.
+    fn cache() -> &'static Array<Self::Bucket>;
+    fn overflow() -> &'static HashMap<Self::Key, Flow>;
+    /// The seeded hash of a key, and the table's masks (bucket, front).
+    fn hash(key: &Self::Key, seed: u32) -> u32;
+    fn masks() -> (u32, u32);
+    /// Way `w` of `bucket`, and the bucket's sequence count.
+    fn way(bucket: *mut Self::Bucket, w: usize) -> *mut Self::Entry;
+    fn seq_of(bucket: *mut Self::Bucket) -> *mut u32;
+    /// The flow part of a way.
+    fn flow_of(way: *mut Self::Entry) -> *mut Flow;
+    /// Whether the way's 5-tuple (without the protocol) is `key`'s (volatile reads).
+    fn same_tuple(way: *mut Self::Entry, key: &Self::Key) -> bool;
+    fn proto(key: &Self::Key) -> u32;
+    /// Writes the way's 5-tuple (not its flow).
+    fn write_tuple(way: *mut Self::Entry, key: &Self::Key);
+    /// The key of a way (to move it to the overflow hash).
+    fn key_of(way: *mut Self::Entry) -> Self::Key;
+    /// The flow as the schedulers and persistence see it: IPv4's key itself; for IPv6, each
+    /// address folded into a word (the XOR of its four, as IPVS folds them for `sh` and `mh`).
+    fn view(key: &Self::Key) -> FlowKeyV4;
+    /// The `SERVICES` key of the flow's destination (`port` 0: the address marker).
+    fn service_key(key: &Self::Key, port: u16) -> ServiceKey;
+}
+
+pub struct V4;
+pub struct V6;
+
+impl Table for V4 {
+    type Key = FlowKeyV4;
+    type Entry = FlowEntryV4;
+    type Bucket = FlowBucketV4;
+    const WAYS: usize = flow_table::WAYS;
+
+    #[inline(always)]
+    fn cache() -> &'static Array<FlowBucketV4> {
+        &FLOW_CACHE_V4
+    }
+    #[inline(always)]
+    fn overflow() -> &'static HashMap<FlowKeyV4, Flow> {
+        &FLOWS_V4
+    }
+    #[inline(always)]
+    fn hash(key: &FlowKeyV4, seed: u32) -> u32 {
+        flow_table::hash(key, seed)
+    }
+    #[inline(always)]
+    fn masks() -> (u32, u32) {
+        // SAFETY: plain reads of the program's read-only globals.
+        unsafe {
+            (
+                read_volatile(&FLOW_BUCKET_MASK),
+                read_volatile(&FLOW_FRONT_MASK),
+            )
+        }
+    }
+    #[inline(always)]
+    fn way(bucket: *mut FlowBucketV4, w: usize) -> *mut FlowEntryV4 {
+        // SAFETY: a way of a bucket in the map's values; callers pass w < WAYS.
+        unsafe { (&raw mut (*bucket).ways).cast::<FlowEntryV4>().add(w) }
+    }
+    #[inline(always)]
+    fn seq_of(bucket: *mut FlowBucketV4) -> *mut u32 {
+        // SAFETY: a field of a bucket in the map's values.
+        unsafe { &raw mut (*bucket).seq }
+    }
+    #[inline(always)]
+    fn flow_of(way: *mut FlowEntryV4) -> *mut Flow {
+        // SAFETY: a field of a way.
+        unsafe { &raw mut (*way).flow }
+    }
+    #[inline(always)]
+    fn same_tuple(way: *mut FlowEntryV4, key: &FlowKeyV4) -> bool {
+        // SAFETY: `way` points into a bucket, valid for this program run.
+        unsafe {
+            read_volatile(&raw const (*way).saddr) == key.saddr
+                && read_volatile(&raw const (*way).daddr) == key.daddr
+                && read_volatile(&raw const (*way).ports) == key.ports
+        }
+    }
+    #[inline(always)]
+    fn proto(key: &FlowKeyV4) -> u32 {
+        key.proto
+    }
+    #[inline(always)]
+    fn write_tuple(way: *mut FlowEntryV4, key: &FlowKeyV4) {
+        // SAFETY: `way` points into a bucket the caller holds.
+        unsafe {
+            write_volatile(&raw mut (*way).saddr, key.saddr);
+            write_volatile(&raw mut (*way).daddr, key.daddr);
+            write_volatile(&raw mut (*way).ports, key.ports);
+        }
+    }
+    #[inline(always)]
+    fn key_of(way: *mut FlowEntryV4) -> FlowKeyV4 {
+        // SAFETY: a way of a bucket the caller holds.
+        unsafe { (*way).key() }
+    }
+    #[inline(always)]
+    fn view(key: &FlowKeyV4) -> FlowKeyV4 {
+        *key
+    }
+    #[inline(always)]
+    fn service_key(key: &FlowKeyV4, port: u16) -> ServiceKey {
+        ServiceKey {
+            addr: [key.daddr, 0, 0, 0],
+            port,
+            proto: key.proto as u8,
+            family: FAMILY_V4,
+        }
+    }
+}
+
+impl Table for V6 {
+    type Key = FlowKeyV6;
+    type Entry = FlowEntryV6;
+    type Bucket = FlowBucketV6;
+    const WAYS: usize = flow_table::WAYS_V6;
+
+    #[inline(always)]
+    fn cache() -> &'static Array<FlowBucketV6> {
+        &FLOW_CACHE_V6
+    }
+    #[inline(always)]
+    fn overflow() -> &'static HashMap<FlowKeyV6, Flow> {
+        &FLOWS_V6
+    }
+    #[inline(always)]
+    fn hash(key: &FlowKeyV6, seed: u32) -> u32 {
+        flow_table::hash_v6(key, seed)
+    }
+    #[inline(always)]
+    fn masks() -> (u32, u32) {
+        // SAFETY: plain reads of the program's read-only globals.
+        unsafe {
+            (
+                read_volatile(&FLOW6_BUCKET_MASK),
+                read_volatile(&FLOW6_FRONT_MASK),
+            )
+        }
+    }
+    #[inline(always)]
+    fn way(bucket: *mut FlowBucketV6, w: usize) -> *mut FlowEntryV6 {
+        // SAFETY: as for V4.
+        unsafe { (&raw mut (*bucket).ways).cast::<FlowEntryV6>().add(w) }
+    }
+    #[inline(always)]
+    fn seq_of(bucket: *mut FlowBucketV6) -> *mut u32 {
+        // SAFETY: a field of a bucket in the map's values.
+        unsafe { &raw mut (*bucket).seq }
+    }
+    #[inline(always)]
+    fn flow_of(way: *mut FlowEntryV6) -> *mut Flow {
+        // SAFETY: a field of a way.
+        unsafe { &raw mut (*way).flow }
+    }
+    #[inline(always)]
+    fn same_tuple(way: *mut FlowEntryV6, key: &FlowKeyV6) -> bool {
+        // SAFETY: `way` points into a bucket, valid for this program run.
+        unsafe {
+            let s = &raw const (*way).saddr;
+            let d = &raw const (*way).daddr;
+            let words = |p: *const [u32; 4], k: &[u32; 4]| {
+                let p = p.cast::<u32>();
+                (read_volatile(p) ^ k[0])
+                    | (read_volatile(p.add(1)) ^ k[1])
+                    | (read_volatile(p.add(2)) ^ k[2])
+                    | (read_volatile(p.add(3)) ^ k[3])
+            };
+            words(s, &key.saddr) | words(d, &key.daddr) == 0
+                && read_volatile(&raw const (*way).ports) == key.ports
+        }
+    }
+    #[inline(always)]
+    fn proto(key: &FlowKeyV6) -> u32 {
+        key.proto
+    }
+    #[inline(always)]
+    fn write_tuple(way: *mut FlowEntryV6, key: &FlowKeyV6) {
+        // SAFETY: `way` points into a bucket the caller holds.
+        unsafe {
+            write_volatile(&raw mut (*way).saddr, key.saddr);
+            write_volatile(&raw mut (*way).daddr, key.daddr);
+            write_volatile(&raw mut (*way).ports, key.ports);
+        }
+    }
+    #[inline(always)]
+    fn key_of(way: *mut FlowEntryV6) -> FlowKeyV6 {
+        // SAFETY: a way of a bucket the caller holds.
+        unsafe { (*way).key() }
+    }
+    #[inline(always)]
+    fn view(key: &FlowKeyV6) -> FlowKeyV4 {
+        let fold = |a: [u32; 4]| a[0] ^ a[1] ^ a[2] ^ a[3];
+        FlowKeyV4 {
+            saddr: fold(key.saddr),
+            daddr: fold(key.daddr),
+            ports: key.ports,
+            proto: key.proto,
+        }
+    }
+    #[inline(always)]
+    fn service_key(key: &FlowKeyV6, port: u16) -> ServiceKey {
+        ServiceKey {
+            addr: key.daddr,
+            port,
+            proto: key.proto as u8,
+            family: FAMILY_V6,
+        }
+    }
+}
+
+/// Where a flow was found: a way (with its bucket), or the overflow hash's value.
+pub enum Place<T: Table> {
+    Way(*mut T::Bucket, *mut T::Entry),
     Overflow(*mut Flow),
 }
 
+impl<T: Table> Clone for Place<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T: Table> Copy for Place<T> {}
+
 /// What a lookup found.
-pub enum Lookup {
-    Found(Flow, Place),
+pub enum Lookup<T: Table> {
+    Found(Flow, Place<T>),
     Missing,
     /// A bucket of the flow was being written: nothing read from it can be trusted.
     Busy,
 }
 
-/// The flow table's parameters, read-only globals.
 #[inline(always)]
-fn globals() -> (u32, u32, u32) {
-    // SAFETY: plain reads of the program's read-only globals.
-    unsafe {
-        (
-            read_volatile(&FLOW_HASH_SEED),
-            read_volatile(&FLOW_BUCKET_MASK),
-            read_volatile(&FLOW_FRONT_MASK),
-        )
-    }
+fn seed() -> u32 {
+    // SAFETY: a plain read of the program's read-only global.
+    unsafe { read_volatile(&FLOW_HASH_SEED) }
 }
 
 /// A flow's two buckets (which may be the same one, hence raw pointers).
 #[inline(always)]
-fn buckets(key: &FlowKeyV4) -> Option<(*mut FlowBucketV4, *mut FlowBucketV4)> {
-    let (seed, mask, front) = globals();
-    let h = flow_table::hash(key, seed);
+fn buckets<T: Table>(key: &T::Key) -> Option<(*mut T::Bucket, *mut T::Bucket)> {
+    let (mask, front) = T::masks();
+    let h = T::hash(key, seed());
     Some((
-        FLOW_CACHE_V4.get_ptr_mut(flow_table::front_bucket(h, front))?,
-        FLOW_CACHE_V4.get_ptr_mut(flow_table::other_bucket(h, mask))?,
+        T::cache().get_ptr_mut(flow_table::front_bucket(h, front))?,
+        T::cache().get_ptr_mut(flow_table::other_bucket(h, mask))?,
     ))
 }
 
@@ -98,34 +325,34 @@ unsafe fn cmpxchg(ptr: *mut u32, old: u32, new: u32) -> u32 {
 }
 
 #[inline(always)]
-fn seq(bucket: *mut FlowBucketV4) -> u32 {
+fn seq<T: Table>(bucket: *mut T::Bucket) -> u32 {
     // SAFETY: `bucket` points into the array map's values, valid for this program run.
-    unsafe { read_volatile(&raw const (*bucket).seq) }
+    unsafe { read_volatile(T::seq_of(bucket)) }
 }
 
 /// Takes `bucket` for writing: its `seq` before (even), or `None` if another writer holds it.
 #[inline(always)]
-fn lock(bucket: *mut FlowBucketV4) -> Option<u32> {
-    let s = seq(bucket);
+fn lock<T: Table>(bucket: *mut T::Bucket) -> Option<u32> {
+    let s = seq::<T>(bucket);
     if s & 1 != 0 {
         return None;
     }
     // SAFETY: `seq` is a 4-byte aligned field of the map value.
-    (unsafe { cmpxchg(&raw mut (*bucket).seq, s, s | 1) } == s).then_some(s)
+    (unsafe { cmpxchg(T::seq_of(bucket), s, s | 1) } == s).then_some(s)
 }
 
 #[inline(always)]
-fn unlock(bucket: *mut FlowBucketV4, s: u32) {
+fn unlock<T: Table>(bucket: *mut T::Bucket, s: u32) {
     // SAFETY: as in `lock`; this writer holds the bucket, so the swap succeeds.
-    unsafe { cmpxchg(&raw mut (*bucket).seq, s | 1, s.wrapping_add(2)) };
+    unsafe { cmpxchg(T::seq_of(bucket), s | 1, s.wrapping_add(2)) };
 }
 
 /// The flow part of a way, read as two words (volatile, in order).
 #[inline(always)]
-fn read_flow(way: *mut FlowEntryV4) -> Flow {
+fn read_flow<T: Table>(way: *mut T::Entry) -> Flow {
     // SAFETY: `way` points into a bucket; `Flow` is two 4-byte aligned words.
     let (target, meta) = unsafe {
-        let p = (&raw const (*way).flow).cast::<u32>();
+        let p = T::flow_of(way).cast::<u32>();
         (read_volatile(p), read_volatile(p.add(1)))
     };
     Flow {
@@ -138,46 +365,40 @@ fn read_flow(way: *mut FlowEntryV4) -> Flow {
 
 /// Whether `way` holds `key` (volatile reads).
 #[inline(always)]
-fn holds(way: *mut FlowEntryV4, key: &FlowKeyV4) -> bool {
+fn holds<T: Table>(way: *mut T::Entry, key: &T::Key) -> bool {
     // SAFETY: `way` points into a bucket, valid for this program run.
-    unsafe {
-        read_volatile(&raw const (*way).saddr) == key.saddr
-            && read_volatile(&raw const (*way).daddr) == key.daddr
-            && read_volatile(&raw const (*way).ports) == key.ports
-            && u32::from(read_volatile(&raw const (*way).flow.proto)) == key.proto
-    }
+    T::same_tuple(way, key)
+        && u32::from(unsafe { read_volatile(&raw const (*T::flow_of(way)).proto) }) == T::proto(key)
 }
 
 /// Writes a whole way: everything else before the protocol byte that makes it match.
 #[inline(always)]
-fn write_way(way: *mut FlowEntryV4, key: &FlowKeyV4, flow: Flow) {
+fn write_way<T: Table>(way: *mut T::Entry, key: &T::Key, flow: Flow) {
+    let f = T::flow_of(way);
     // SAFETY: `way` points into a bucket the caller holds.
     unsafe {
-        write_volatile(&raw mut (*way).flow.proto, 0);
-        write_volatile(&raw mut (*way).saddr, key.saddr);
-        write_volatile(&raw mut (*way).daddr, key.daddr);
-        write_volatile(&raw mut (*way).ports, key.ports);
-        write_volatile(&raw mut (*way).flow.target, flow.target);
-        write_volatile(&raw mut (*way).flow.state, flow.state);
-        write_volatile(&raw mut (*way).flow.stamp, flow.stamp);
-        write_volatile(&raw mut (*way).flow.proto, flow.proto);
+        write_volatile(&raw mut (*f).proto, 0);
+        T::write_tuple(way, key);
+        write_volatile(&raw mut (*f).target, flow.target);
+        write_volatile(&raw mut (*f).state, flow.state);
+        write_volatile(&raw mut (*f).stamp, flow.stamp);
+        write_volatile(&raw mut (*f).proto, flow.proto);
     }
 }
 
 /// Searches one bucket, checking its sequence count around the read.
 #[inline(always)]
-fn search(bucket: *mut FlowBucketV4, key: &FlowKeyV4) -> Lookup {
-    let before = seq(bucket);
+fn search<T: Table>(bucket: *mut T::Bucket, key: &T::Key) -> Lookup<T> {
+    let before = seq::<T>(bucket);
     let mut found = Lookup::Missing;
-    for w in 0..WAYS {
-        // SAFETY: a way of the bucket, constant index.
-        let way = unsafe { &raw mut (*bucket).ways[w] };
-        if holds(way, key) {
-            found = Lookup::Found(read_flow(way), Place::Way(bucket, way));
+    for w in 0..T::WAYS {
+        let way = T::way(bucket, w);
+        if holds::<T>(way, key) {
+            found = Lookup::Found(read_flow::<T>(way), Place::Way(bucket, way));
             break;
         }
     }
-    if before & 1 != 0 || seq(bucket) != before {
+    if before & 1 != 0 || seq::<T>(bucket) != before {
         return Lookup::Busy;
     }
     found
@@ -186,24 +407,24 @@ fn search(bucket: *mut FlowBucketV4, key: &FlowKeyV4) -> Lookup {
 /// The full lookup: the front bucket, then the other one (computed only if needed: this is
 /// every packet's path), then the overflow hash.
 #[inline(always)]
-pub fn lookup(key: &FlowKeyV4) -> Lookup {
-    let (seed, mask, front) = globals();
-    let h = flow_table::hash(key, seed);
-    let Some(a) = FLOW_CACHE_V4.get_ptr_mut(flow_table::front_bucket(h, front)) else {
+pub fn lookup<T: Table>(key: &T::Key) -> Lookup<T> {
+    let (mask, front) = T::masks();
+    let h = T::hash(key, seed());
+    let Some(a) = T::cache().get_ptr_mut(flow_table::front_bucket(h, front)) else {
         return Lookup::Missing;
     };
-    match search(a, key) {
+    match search::<T>(a, key) {
         Lookup::Missing => {}
         other => return other,
     }
-    let Some(b) = FLOW_CACHE_V4.get_ptr_mut(flow_table::other_bucket(h, mask)) else {
+    let Some(b) = T::cache().get_ptr_mut(flow_table::other_bucket(h, mask)) else {
         return Lookup::Missing;
     };
-    match search(b, key) {
+    match search::<T>(b, key) {
         Lookup::Missing => {}
         other => return other,
     }
-    match FLOWS_V4.get_ptr_mut(key) {
+    match T::overflow().get_ptr_mut(key) {
         // SAFETY: a value of a hash map that is not preallocated: valid for this program run
         // even if the entry is deleted meanwhile (freed after an RCU grace period).
         Some(p) => Lookup::Found(unsafe { *p }, Place::Overflow(p)),
@@ -213,27 +434,27 @@ pub fn lookup(key: &FlowKeyV4) -> Lookup {
 
 /// `lookup`, waiting (a bounded number of times) for a bucket that is being written.
 #[inline(always)]
-pub fn lookup_settled(key: &FlowKeyV4) -> Lookup {
-    let mut result = lookup(key);
+pub fn lookup_settled<T: Table>(key: &T::Key) -> Lookup<T> {
+    let mut result = lookup::<T>(key);
     for _ in 0..3 {
         if !matches!(result, Lookup::Busy) {
             break;
         }
-        result = lookup(key);
+        result = lookup::<T>(key);
     }
     result
 }
 
 /// Refreshes the flow's stamp, only if it changed (a store at most once a second a flow).
 #[inline(always)]
-pub fn touch(place: Place, flow: &Flow, now: u16) {
+pub fn touch<T: Table>(place: Place<T>, flow: &Flow, now: u16) {
     if flow.stamp == now {
         return;
     }
     // SAFETY: pointers into map values, valid for this program run.
     unsafe {
         match place {
-            Place::Way(_, way) => write_volatile(&raw mut (*way).flow.stamp, now),
+            Place::Way(_, way) => write_volatile(&raw mut (*T::flow_of(way)).stamp, now),
             Place::Overflow(p) => write_volatile(&raw mut (*p).stamp, now),
         }
     }
@@ -242,21 +463,22 @@ pub fn touch(place: Place, flow: &Flow, now: u16) {
 /// Sets the flow's state (and stamp). In a bucket, only if the way still holds `key`. Returns
 /// whether it did.
 #[inline(always)]
-pub fn set_state(place: Place, key: &FlowKeyV4, state: u8, now: u16) -> bool {
+pub fn set_state<T: Table>(place: Place<T>, key: &T::Key, state: u8, now: u16) -> bool {
     match place {
         Place::Way(bucket, way) => {
-            let Some(s) = lock(bucket) else {
+            let Some(s) = lock::<T>(bucket) else {
                 return false;
             };
-            let held = holds(way, key);
+            let held = holds::<T>(way, key);
             if held {
+                let f = T::flow_of(way);
                 // SAFETY: a way of the bucket this program holds.
                 unsafe {
-                    write_volatile(&raw mut (*way).flow.state, state);
-                    write_volatile(&raw mut (*way).flow.stamp, now);
+                    write_volatile(&raw mut (*f).state, state);
+                    write_volatile(&raw mut (*f).stamp, now);
                 }
             }
-            unlock(bucket, s);
+            unlock::<T>(bucket, s);
             held
         }
         // SAFETY: as in `touch`.
@@ -281,21 +503,21 @@ pub enum Inserted {
 /// Replaces the flow at `place` (found stale, or a connection opened again on the same
 /// 5-tuple), if it still holds `key`; otherwise inserts it.
 #[inline(always)]
-pub fn replace(place: Place, key: &FlowKeyV4, flow: Flow, clock: &Clock) -> Inserted {
+pub fn replace<T: Table>(place: Place<T>, key: &T::Key, flow: Flow, clock: &Clock) -> Inserted {
     match place {
         Place::Way(bucket, way) => {
-            let Some(s) = lock(bucket) else {
+            let Some(s) = lock::<T>(bucket) else {
                 return Inserted::Failed;
             };
-            let held = holds(way, key);
+            let held = holds::<T>(way, key);
             if held {
-                write_way(way, key, flow);
+                write_way::<T>(way, key, flow);
             }
-            unlock(bucket, s);
+            unlock::<T>(bucket, s);
             if held {
                 Inserted::Done
             } else {
-                insert(key, flow, clock)
+                insert::<T>(key, flow, clock)
             }
         }
         Place::Overflow(p) => {
@@ -317,8 +539,8 @@ fn bytemuck_u64(flow: Flow) -> u64 {
 
 /// A way's eviction rank ([`conn::rank`]); a flow whose real server is gone ranks as closed.
 #[inline(always)]
-fn rank(way: *mut FlowEntryV4, clock: &Clock) -> u32 {
-    let flow = read_flow(way);
+fn rank<T: Table>(way: *mut T::Entry, clock: &Clock) -> u32 {
+    let flow = read_flow::<T>(way);
     if flow.proto != 0 && real_of(&flow).is_none() {
         return 1 << 16;
     }
@@ -333,57 +555,56 @@ fn rank(way: *mut FlowEntryV4, clock: &Clock) -> u32 {
 
 /// Remembers a new flow (one that `lookup` did not find), holding both of its buckets.
 #[inline(always)]
-pub fn insert(key: &FlowKeyV4, flow: Flow, clock: &Clock) -> Inserted {
-    let Some((a, b)) = buckets(key) else {
+pub fn insert<T: Table>(key: &T::Key, flow: Flow, clock: &Clock) -> Inserted {
+    let Some((a, b)) = buckets::<T>(key) else {
         return Inserted::Failed;
     };
-    let Some(sa) = lock(a) else {
+    let Some(sa) = lock::<T>(a) else {
         return Inserted::Failed;
     };
     let sb = if b == a {
         None
     } else {
-        match lock(b) {
+        match lock::<T>(b) {
             Some(s) => Some(s),
             None => {
-                unlock(a, sa);
+                unlock::<T>(a, sa);
                 return Inserted::Failed;
             }
         }
     };
-    let result = insert_held(a, b, key, flow, clock);
+    let result = insert_held::<T>(a, b, key, flow, clock);
     if let Some(s) = sb {
-        unlock(b, s);
+        unlock::<T>(b, s);
     }
-    unlock(a, sa);
+    unlock::<T>(a, sa);
     result
 }
 
 /// `insert`, with both buckets held.
 #[inline(always)]
-fn insert_held(
-    a: *mut FlowBucketV4,
-    b: *mut FlowBucketV4,
-    key: &FlowKeyV4,
+fn insert_held<T: Table>(
+    a: *mut T::Bucket,
+    b: *mut T::Bucket,
+    key: &T::Key,
     flow: Flow,
     clock: &Clock,
 ) -> Inserted {
     // The way of lowest rank, and the flow's own way if another CPU remembered it meanwhile.
-    let mut victim: *mut FlowEntryV4 = core::ptr::null_mut();
+    let mut victim: *mut T::Entry = core::ptr::null_mut();
     let mut best = u32::MAX;
     for bucket in [a, b] {
-        for w in 0..WAYS {
-            // SAFETY: a way of a held bucket, constant index.
-            let way = unsafe { &raw mut (*bucket).ways[w] };
-            if holds(way, key) {
-                let other = read_flow(way);
+        for w in 0..T::WAYS {
+            let way = T::way(bucket, w);
+            if holds::<T>(way, key) {
+                let other = read_flow::<T>(way);
                 if real_of(&other).is_some() {
                     return Inserted::Raced(other);
                 }
-                write_way(way, key, flow);
+                write_way::<T>(way, key, flow);
                 return Inserted::Done;
             }
-            let r = rank(way, clock);
+            let r = rank::<T>(way, clock);
             if r < best {
                 best = r;
                 victim = way;
@@ -397,10 +618,10 @@ fn insert_held(
         // Six live flows: the least recently seen moves to the overflow hash, before its way
         // is rewritten (a packet of it meanwhile finds the bucket busy, then the hash). If the
         // hash is full, nothing moves and the new flow is not remembered.
-        // SAFETY: a way of a held bucket.
-        let old = unsafe { *victim };
-        if FLOWS_V4
-            .insert(old.key(), old.flow, BPF_NOEXIST as u64)
+        let old_key = T::key_of(victim);
+        let old_flow = read_flow::<T>(victim);
+        if T::overflow()
+            .insert(old_key, old_flow, BPF_NOEXIST as u64)
             .is_err()
         {
             return Inserted::Failed;
@@ -409,12 +630,12 @@ fn insert_held(
     } else if best >= 1 << 16 {
         stats::global(reason::EVENT_FLOW_RECLAIMED, 0);
         // A flow of a live real server leaves its counts.
-        let old = read_flow(victim);
+        let old = read_flow::<T>(victim);
         if real_of(&old).is_some() {
             conns::add(old.slot(), old.state, -1);
         }
     }
-    write_way(victim, key, flow);
+    write_way::<T>(victim, key, flow);
     Inserted::Done
 }
 

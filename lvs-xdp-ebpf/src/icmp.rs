@@ -6,7 +6,7 @@
 use lvs_xdp_common::{FlowKeyV4, Iface, reason};
 
 use crate::{
-    flows::{self, Lookup},
+    flows::{self, Lookup, V4},
     maps::{CLOCK, REAL_STATS, SERVICES},
     persist, sched, stats,
     verdict::{Dropped, Verdict},
@@ -23,7 +23,7 @@ pub fn too_big(
     key: &FlowKeyV4,
     bytes: u64,
 ) -> Result<Verdict, Dropped> {
-    let known = match flows::lookup_settled(key) {
+    let known = match flows::lookup_settled::<V4>(key) {
         Lookup::Found(flow, _) => flows::real_of(&flow).map(|real| (flow.slot(), *real)),
         _ => None,
     };

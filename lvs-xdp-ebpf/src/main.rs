@@ -25,20 +25,28 @@ mod stats;
 mod verdict;
 mod wire;
 
-use aya_ebpf::{macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    macros::{map, xdp},
+    maps::ProgramArray,
+    programs::XdpContext,
+};
 use aya_log_ebpf::warn;
 use lvs_xdp_common::{
-    Clock, FAMILY_V4, Flow, FlowKeyV4, Iface, PROTO_TCP, RealServer, ServiceKey, conn, reason,
+    Clock, FAMILY_V4, FAMILY_V6, Flow, Iface, PROTO_TCP, RealServer, ServiceKey, conn, reason,
     service_flags,
 };
 
 use crate::{
-    flows::{Inserted, Lookup},
+    flows::{Inserted, Lookup, Table, V4, V6},
     maps::{CLOCK, IFACES, REAL_STATS, SERVICE_STATS, SERVICES},
     parse::Parsed,
     verdict::{Dropped, Verdict},
     wire::{eth, load, store},
 };
+
+/// The IPv6 program, in slot 0.
+#[map]
+static PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 #[xdp]
 pub fn lvs_xdp(ctx: XdpContext) -> u32 {
@@ -55,6 +63,40 @@ pub fn lvs_xdp(ctx: XdpContext) -> u32 {
     verdict.action
 }
 
+/// The IPv6 program: every IPv6 frame addressed to the interface comes here from the main
+/// program's tail call. No fast path yet: it parses and decides each packet as the general
+/// path does.
+#[xdp]
+pub fn lvs_xdp_v6(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let verdict = process_v6(&ctx, bytes).unwrap_or_else(Verdict::from);
+    if verdict.reason != reason::FORWARDED {
+        stats::global(verdict.reason, bytes);
+    }
+    verdict.action
+}
+
+#[inline(always)]
+fn process_v6(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Dropped> {
+    let iface = match IFACES.get(ctx.ingress_ifindex() as u32) {
+        Some(iface) if iface.enabled != 0 => iface,
+        _ => return Ok(Verdict::pass(reason::PASS_UNKNOWN_IFACE)),
+    };
+    let data = ctx.data();
+    match parse::parse_ipv6_frame(data, ctx.data_end(), iface.mac.as_ptr() as usize)? {
+        Parsed::V6(key, flags) => decide::<V6>(ctx, iface, &key, flags, bytes),
+        Parsed::FragmentV6 { daddr, proto } => fragment(ServiceKey {
+            addr: daddr,
+            port: 0,
+            proto,
+            family: FAMILY_V6,
+        }),
+        Parsed::Pass(why) => Ok(Verdict::pass(why)),
+        // Not reached: the frame is IPv6.
+        _ => Ok(Verdict::pass(reason::PASS_NOT_IP)),
+    }
+}
+
 /// The general path: parse the frame from scratch and decide it.
 #[inline(always)]
 fn process(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Dropped> {
@@ -65,7 +107,18 @@ fn process(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Dropped> {
     let data = ctx.data();
     let (key, flags) = match parse::parse(data, ctx.data_end(), iface.mac.as_ptr() as usize)? {
         Parsed::Pass(why) => return Ok(Verdict::pass(why)),
-        Parsed::FragmentV4 { daddr, proto } => return fragment(daddr, proto),
+        Parsed::FragmentV4 { daddr, proto } => {
+            return fragment(service_key(daddr, 0, proto));
+        }
+        Parsed::Ipv6(_) => {
+            // SAFETY: a tail call to the IPv6 program, which decides the packet from scratch.
+            unsafe { PROGRAMS.tail_call(ctx, lvs_xdp_common::map::PROGRAM_V6_SLOT) };
+            // Only if the slot is empty (the loader always fills it).
+            return Ok(Verdict::pass(reason::PASS_IPV6_EXT));
+        }
+        Parsed::V6(..) | Parsed::FragmentV6 { .. } => {
+            return Ok(Verdict::pass(reason::PASS_IPV6_EXT));
+        }
         Parsed::V4(key, flags) => (key, flags),
         Parsed::IcmpTooBigV4(key) => return icmp::too_big(ctx, iface, &key, bytes),
         Parsed::IcmpTooBigUnmatched => {
@@ -73,12 +126,25 @@ fn process(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Dropped> {
             return Ok(Verdict::pass(reason::PASS_OTHER_PROTO));
         }
     };
+    decide::<V4>(ctx, iface, &key, flags, bytes)
+}
+
+/// A flow's packet: forwarded to the real server its flow remembers, or scheduled as a new
+/// flow. The same for both families.
+#[inline(always)]
+fn decide<T: Table>(
+    ctx: &XdpContext,
+    iface: &Iface,
+    key: &T::Key,
+    flags: u8,
+    bytes: u64,
+) -> Result<Verdict, Dropped> {
     let clock = CLOCK.get(0).ok_or(Dropped(reason::DROP_FLOW_BUSY))?;
     let now = clock.now as u16;
-    let tcp = key.proto == u32::from(PROTO_TCP);
+    let tcp = T::proto(key) == u32::from(PROTO_TCP);
 
     let mut again = None;
-    match flows::lookup_settled(&key) {
+    match flows::lookup_settled::<T>(key) {
         Lookup::Found(flow, place) => {
             let expired = conn::age(clock.now, flow.stamp) > clock.timeout(flow.state);
             let reopens = tcp && conn::is_syn(flags) && conn::reopens(flow.state, expired);
@@ -86,11 +152,11 @@ fn process(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Dropped> {
                 Some(real) if !reopens => {
                     if tcp && conn::may_change(flow.state, flags) {
                         let state = conn::next_tcp(flow.state, flags);
-                        if flows::set_state(place, &key, state, now) {
+                        if flows::set_state::<T>(place, key, state, now) {
                             conns::moved(flow.slot(), flow.state, state);
                         }
                     } else {
-                        flows::touch(place, &flow, now);
+                        flows::touch::<T>(place, &flow, now);
                     }
                     stats::count(&REAL_STATS, flow.slot(), bytes, false);
                     return Ok(forward(ctx, iface, real));
@@ -107,22 +173,24 @@ fn process(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Dropped> {
         }
         Lookup::Missing => {}
     }
-    new_flow(ctx, iface, &key, flags, again, clock, bytes)
+    new_flow::<T>(ctx, iface, key, flags, again, clock, bytes)
 }
 
 /// Slow path: find the service, schedule a real server, remember the flow (in place of the
 /// one at `again`, if there is one: its place, the flow, and whether a SYN opened it again).
 #[inline(always)]
-fn new_flow(
+fn new_flow<T: Table>(
     ctx: &XdpContext,
     iface: &Iface,
-    key: &FlowKeyV4,
+    key: &T::Key,
     flags: u8,
-    again: Option<(flows::Place, Flow, bool)>,
+    again: Option<(flows::Place<T>, Flow, bool)>,
     clock: &Clock,
     bytes: u64,
 ) -> Result<Verdict, Dropped> {
-    let svc = match SERVICES.get_ptr(service_key(key.daddr, port_of(key.ports), key.proto as u8)) {
+    // What the schedulers and persistence see of the flow (IPv6 addresses folded).
+    let view = T::view(key);
+    let svc = match SERVICES.get_ptr(T::service_key(key, port_of(view.ports))) {
         // SAFETY: a pointer into the map's value, valid for this program run (RCU).
         Some(svc) => unsafe { *svc },
         None => return Ok(Verdict::pass(reason::PASS_NO_SERVICE)),
@@ -131,12 +199,13 @@ fn new_flow(
         // Destination port 0: not a service, only the address marker.
         return Ok(Verdict::pass(reason::PASS_NO_SERVICE));
     }
-    let tcp = key.proto == u32::from(PROTO_TCP);
+    let tcp = view.proto == u32::from(PROTO_TCP);
     if tcp && !conn::is_syn(flags) && again.is_none() {
         // Not the start of a connection and not remembered: the hash decides, nothing is
         // remembered (a flood of such packets takes no place in the table).
         stats::global(reason::EVENT_FLOW_MISS_NONSYN, 0);
-        let chosen = persist::lookup(&svc, key, clock, false).or_else(|| sched::by_hash(&svc, key));
+        let chosen =
+            persist::lookup(&svc, &view, clock, false).or_else(|| sched::by_hash(&svc, &view));
         let Some((slot, real)) = chosen else {
             stats::count_drop(&SERVICE_STATS, svc.id, bytes);
             return Err(Dropped(reason::DROP_NO_REAL_SERVER));
@@ -146,12 +215,12 @@ fn new_flow(
     }
     // A persistent service's template first; a new choice makes the client's template.
     let persistent = svc.persist_timeout != 0;
-    let chosen = match persist::lookup(&svc, key, clock, true) {
+    let chosen = match persist::lookup(&svc, &view, clock, true) {
         Some(found) => Some(found),
         None => {
-            let picked = sched::pick_for(&svc, key);
+            let picked = sched::pick_for(&svc, &view);
             if let Some((slot, real)) = picked {
-                persist::record(&svc, key, slot, real.generation, clock);
+                persist::record(&svc, &view, slot, real.generation, clock);
             }
             picked
         }
@@ -167,11 +236,11 @@ fn new_flow(
         None => conn::SYN_RECV,
     };
     let now = clock.now as u16;
-    let flow = Flow::new(slot, real.generation, key.proto as u8, state, now);
+    let flow = Flow::new(slot, real.generation, view.proto as u8, state, now);
     let mut new_conn = true;
     let result = match again {
-        Some((place, _, _)) => flows::replace(place, key, flow, clock),
-        None => flows::insert(key, flow, clock),
+        Some((place, _, _)) => flows::replace::<T>(place, key, flow, clock),
+        None => flows::insert::<T>(key, flow, clock),
     };
     match result {
         Inserted::Done => {
@@ -198,7 +267,7 @@ fn new_flow(
             // Not remembered: its later packets are misses, so this one goes where they will
             // (for a persistent service, where its template says).
             stats::global(reason::EVENT_FLOW_INSERT_FAILED, 0);
-            if !persistent && let Some((s, r)) = sched::by_hash(&svc, key) {
+            if !persistent && let Some((s, r)) = sched::by_hash(&svc, &view) {
                 slot = s;
                 real = r;
             }
@@ -211,8 +280,8 @@ fn new_flow(
 /// A fragment carries no ports. Fragments for a VIP are dropped (they could not be sent to the
 /// same real server as their first fragment); others are the host's business.
 #[inline(always)]
-fn fragment(daddr: u32, proto: u8) -> Result<Verdict, Dropped> {
-    if SERVICES.get_ptr(service_key(daddr, 0, proto)).is_some() {
+fn fragment(marker: ServiceKey) -> Result<Verdict, Dropped> {
+    if SERVICES.get_ptr(marker).is_some() {
         Err(Dropped(reason::DROP_FRAGMENT))
     } else {
         Ok(Verdict::pass(reason::PASS_FRAGMENT))

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use lvs_xdp_common::{
-    Clock, ConnCount, Counters, Flow, FlowBucketV4, FlowKeyV4, Iface, Persist, PersistKey,
-    RealServer, Service, ServiceKey, reason,
+    Clock, ConnCount, Counters, Flow, FlowBucketV4, FlowBucketV6, FlowKeyV4, FlowKeyV6, Iface,
+    Persist, PersistKey, RealServer, Service, ServiceKey, reason,
 };
 
 /// Not preallocated, so that a value replaced by userspace is freed only after readers are done
@@ -30,6 +30,13 @@ pub static FLOW_CACHE_V4: Array<FlowBucketV4> = Array::with_max_entries(1, BPF_F
 /// value is freed only after that packet is done.
 #[map]
 pub static FLOWS_V4: HashMap<FlowKeyV4, Flow> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+/// The IPv6 flow table, as the two above.
+#[map]
+pub static FLOW_CACHE_V6: Array<FlowBucketV6> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+#[map]
+pub static FLOWS_V6: HashMap<FlowKeyV6, Flow> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static CLOCK: Array<Clock> = Array::with_max_entries(1, 0);

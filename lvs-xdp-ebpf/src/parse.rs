@@ -2,11 +2,11 @@
 //! anything short or invalid is `Dropped(DROP_MALFORMED)`. Fields are read as integers at the
 //! offsets of `wire` and compared as integers: nothing is ever read from the packet as an enum.
 //! Values stay in network byte order except where a field is compared with a number.
-use lvs_xdp_common::{FlowKeyV4, PROTO_TCP, reason};
+use lvs_xdp_common::{FlowKeyV4, FlowKeyV6, PROTO_TCP, reason};
 
 use crate::{
     verdict::Dropped,
-    wire::{self, eth, icmp, ipv4, load, opaque, tcp},
+    wire::{self, eth, icmp, ipv4, ipv6, load, opaque, tcp},
 };
 
 const MALFORMED: Dropped = Dropped(reason::DROP_MALFORMED);
@@ -15,8 +15,15 @@ const MALFORMED: Dropped = Dropped(reason::DROP_MALFORMED);
 pub enum Parsed {
     /// Not for the load balancer: pass to the host with this reason.
     Pass(u32),
+    /// An IPv6 packet addressed to the interface, starting at this offset of the frame: for
+    /// the IPv6 program.
+    Ipv6(usize),
     /// An IPv4 fragment: no ports to match on.
     FragmentV4 { daddr: u32, proto: u8 },
+    /// An IPv6 fragment (a fragment header with an offset or more to come).
+    FragmentV6 { daddr: [u32; 4], proto: u8 },
+    /// A complete IPv6 TCP/UDP header (after its extension headers), and the TCP flags.
+    V6(FlowKeyV6, u8),
     /// A complete IPv4 TCP/UDP header, as a flow key, and the TCP flags (0 for UDP).
     V4(FlowKeyV4, u8),
     /// An ICMP "fragmentation needed" quoting a TCP/UDP packet: the flow key of the
@@ -54,13 +61,11 @@ pub fn parse(data: usize, end: usize, own_mac: usize) -> Result<Parsed, Dropped>
         ethertype = unsafe { load::<u16>(data + eth::TYPE + eth::VLAN_LEN) };
         l3 += eth::VLAN_LEN;
     }
+    if ethertype == eth::P_IPV6_WIRE {
+        return Ok(Parsed::Ipv6(l3 - data));
+    }
     if ethertype != eth::P_IPV4_WIRE {
-        let why = if ethertype == eth::P_IPV6_WIRE {
-            reason::PASS_IPV6
-        } else {
-            reason::PASS_NOT_IP
-        };
-        return Ok(Parsed::Pass(why));
+        return Ok(Parsed::Pass(reason::PASS_NOT_IP));
     }
     if l3 + ipv4::MIN_LEN > end {
         return Err(MALFORMED);
@@ -170,4 +175,116 @@ fn icmp_v4(at: usize, limit: usize, end: usize) -> Parsed {
         ports: ports.rotate_left(16),
         proto: u32::from(proto),
     })
+}
+
+/// The IPv6 frame at `data..end` (the main program checked its MAC and found IPv6 at `l3`
+/// bytes in; the check is made again: this is another program).
+#[inline(always)]
+pub fn parse_ipv6_frame(data: usize, end: usize, own_mac: usize) -> Result<Parsed, Dropped> {
+    match parse(data, end, own_mac)? {
+        Parsed::Ipv6(offset) => parse_v6(data + offset, end),
+        other => Ok(other),
+    }
+}
+
+/// The IPv6 packet at `l3`: its fixed header, then up to `ipv6::MAX_EXT` extension headers
+/// (hop-by-hop, routing, destination options, fragment), then TCP or UDP.
+#[inline(always)]
+fn parse_v6(l3: usize, end: usize) -> Result<Parsed, Dropped> {
+    if l3 + ipv6::LEN > end {
+        return Err(MALFORMED);
+    }
+    // SAFETY: the fixed IPv6 header is inside the frame.
+    let (version, payload_len, mut next, saddr, daddr) = unsafe {
+        (
+            load::<u8>(l3 + ipv6::VERSION) >> 4,
+            u16::from_be(load::<u16>(l3 + ipv6::PAYLOAD_LEN)) as usize,
+            load::<u8>(l3 + ipv6::NEXT_HEADER),
+            load::<[u32; 4]>(l3 + ipv6::SADDR),
+            load::<[u32; 4]>(l3 + ipv6::DADDR),
+        )
+    };
+    if version != 6 {
+        return Err(MALFORMED);
+    }
+    // The packet must fit in the frame (padding after it is fine).
+    let limit = l3 + ipv6::LEN + payload_len;
+    if limit > end {
+        return Err(MALFORMED);
+    }
+    let mut at = l3 + ipv6::LEN;
+    let mut fragment = false;
+    for _ in 0..ipv6::MAX_EXT {
+        let len = match next {
+            ipv6::HOP_BY_HOP | ipv6::ROUTING | ipv6::DEST_OPTIONS => {
+                let h = opaque(at);
+                if h + 2 > end || h + 2 > limit {
+                    return Err(MALFORMED);
+                }
+                // SAFETY: bounds checked just above.
+                (usize::from(unsafe { load::<u8>(h + ipv6::EXT_LEN) }) + 1) * 8
+            }
+            ipv6::FRAGMENT => {
+                let h = opaque(at);
+                if h + ipv6::FRAG_LEN > end || h + ipv6::FRAG_LEN > limit {
+                    return Err(MALFORMED);
+                }
+                // SAFETY: bounds checked just above.
+                let offset_m = unsafe { load::<u16>(h + ipv6::FRAG_OFFSET_M) };
+                // An atomic fragment (offset 0, no more) is a whole packet (RFC 6946).
+                fragment |= offset_m & ipv6::FRAG_MASK_WIRE != 0;
+                ipv6::FRAG_LEN
+            }
+            _ => break,
+        };
+        let h = opaque(at);
+        if h + 1 > end {
+            return Err(MALFORMED);
+        }
+        // SAFETY: bounds checked just above (the header's first byte).
+        next = unsafe { load::<u8>(h + ipv6::EXT_NEXT) };
+        at += len;
+        if at > limit {
+            return Err(MALFORMED);
+        }
+    }
+    let Some(l4_min) = wire::l4_min_len(next) else {
+        // An upper-layer protocol other than TCP/UDP, or a header not walked (AH, ESP, a
+        // chain longer than MAX_EXT): the host's.
+        let why = if ipv6::is_extension(next) {
+            reason::PASS_IPV6_EXT
+        } else {
+            reason::PASS_OTHER_PROTO
+        };
+        return Ok(Parsed::Pass(why));
+    };
+    if fragment {
+        return Ok(Parsed::FragmentV6 { daddr, proto: next });
+    }
+    let l4 = opaque(at);
+    if l4 + l4_min > limit {
+        return Err(MALFORMED);
+    }
+    let (ports, flags) = if next == PROTO_TCP {
+        if l4 + tcp::FLAGS + 1 > end {
+            return Err(MALFORMED);
+        }
+        // SAFETY: bounds checked just above.
+        unsafe { (load::<u32>(l4 + wire::PORTS), load::<u8>(l4 + tcp::FLAGS)) }
+    } else {
+        if l4 + wire::PORTS + 4 > end {
+            return Err(MALFORMED);
+        }
+        // SAFETY: bounds checked just above.
+        (unsafe { load::<u32>(l4 + wire::PORTS) }, 0)
+    };
+    Ok(Parsed::V6(
+        FlowKeyV6 {
+            saddr,
+            daddr,
+            ports,
+            proto: u32::from(next),
+        },
+        flags,
+    ))
 }

@@ -74,6 +74,42 @@ pub mod ipv4 {
     pub const VERSION_IHL_NO_OPTIONS: u8 = 0x45;
 }
 
+/// IPv6 (RFC 8200) and the extension headers the program walks.
+pub mod ipv6 {
+    pub const LEN: usize = 40;
+    /// Version (the high nibble of the first byte).
+    pub const VERSION: usize = 0;
+    pub const PAYLOAD_LEN: usize = 4;
+    pub const NEXT_HEADER: usize = 6;
+    pub const SADDR: usize = 8;
+    pub const DADDR: usize = 24;
+    /// Next-header values of extension headers.
+    pub const HOP_BY_HOP: u8 = 0;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const DEST_OPTIONS: u8 = 60;
+    /// An extension header: next header, then its length in 8-byte units after the first 8.
+    pub const EXT_NEXT: usize = 0;
+    pub const EXT_LEN: usize = 1;
+    /// The fragment header: 8 bytes; its offset (13 bits) and M flag in the 16 bits at 2.
+    pub const FRAG_LEN: usize = 8;
+    pub const FRAG_OFFSET_M: usize = 2;
+    /// Offset and M flag, of the field read from the wire (the reserved bits left out).
+    pub const FRAG_MASK_WIRE: u16 = 0xfff9u16.to_be();
+    /// Extension headers walked at most before the upper-layer header.
+    pub const MAX_EXT: usize = 4;
+
+    /// Whether `next` is an extension header (IANA's list: the four walked, AH, ESP, mobility,
+    /// HIP, shim6 and the two experimental values), as opposed to an upper-layer protocol.
+    #[inline(always)]
+    pub fn is_extension(next: u8) -> bool {
+        matches!(
+            next,
+            HOP_BY_HOP | ROUTING | FRAGMENT | DEST_OPTIONS | 50 | 51 | 135 | 139 | 140 | 253 | 254
+        )
+    }
+}
+
 /// TCP (RFC 9293).
 pub mod tcp {
     pub const MIN_LEN: usize = 20;

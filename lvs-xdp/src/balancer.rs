@@ -6,7 +6,7 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader, TestRun as _, TestRunOptions,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -17,7 +17,7 @@ use lvs_xdp_common::{self as common, Counters, flow_table, maglev, map, reason};
 
 use crate::{
     config::Capacity,
-    flowtable::{self, Buckets, RealConns},
+    flowtable::{self, Buckets, RealConns, V4, V6},
     iface::Interface,
     mapped::Mapping,
 };
@@ -77,12 +77,15 @@ struct Maps {
     reals: Array<MapData, common::RealServer>,
     sched: Array<MapData, u32>,
     flows: HashMap<MapData, common::FlowKeyV4, common::Flow>,
+    flows6: HashMap<MapData, common::FlowKeyV6, common::Flow>,
     rr: PerCpuArray<MapData, u32>,
     service_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
     global_stats: PerCpuArray<MapData, Counters>,
     clock: Array<MapData, common::Clock>,
     persist: HashMap<MapData, common::PersistKey, common::Persist>,
+    /// The tail-call table (the IPv6 program).
+    programs: ProgramArray<MapData>,
 }
 
 /// Bytes an entry of `MAGLEV` takes in the map's memory (values of array maps are rounded up
@@ -95,12 +98,14 @@ pub fn maglev_tables(capacity: &Capacity) -> u32 {
 }
 
 /// Every map this program shares with userspace, by name: what `keep` pins.
-pub const PINNED_MAPS: [&str; 14] = [
+pub const PINNED_MAPS: [&str; 16] = [
     map::SERVICES,
     map::REALS,
     map::SCHED,
     map::FLOW_CACHE_V4,
     map::FLOWS_V4,
+    map::FLOW_CACHE_V6,
+    map::FLOWS_V6,
     map::IFACES,
     map::RR,
     map::SERVICE_STATS,
@@ -152,12 +157,14 @@ impl Maps {
             reals: take(ebpf, map::REALS)?,
             sched: take(ebpf, map::SCHED)?,
             flows: take(ebpf, map::FLOWS_V4)?,
+            flows6: take(ebpf, map::FLOWS_V6)?,
             rr: take(ebpf, map::RR)?,
             service_stats: take(ebpf, map::SERVICE_STATS)?,
             real_stats: take(ebpf, map::REAL_STATS)?,
             global_stats: take(ebpf, map::GLOBAL_STATS)?,
             clock: take(ebpf, map::CLOCK)?,
             persist: take(ebpf, map::PERSIST)?,
+            programs: take(ebpf, map::PROGRAMS)?,
         })
     }
 }
@@ -181,8 +188,9 @@ pub struct Balancer {
     ebpf: Ebpf,
     logger: aya_log::EbpfLogger<&'static dyn log::Log>,
     maps: Maps,
-    /// `FLOW_CACHE_V4`, mapped into this process.
-    buckets: Buckets,
+    /// `FLOW_CACHE_V4` and `FLOW_CACHE_V6`, mapped into this process.
+    buckets: Buckets<V4>,
+    buckets6: Buckets<V6>,
     /// `MAGLEV`, mapped into this process.
     maglev: Mapping,
     /// `REAL_CONNS`, mapped into this process.
@@ -197,6 +205,8 @@ pub struct Balancer {
 
 /// IPv4 flows: the 5-tuple and the flow's real-server slot and generation.
 pub type FlowsV4 = Vec<(common::FlowKeyV4, common::Flow)>;
+/// IPv6 flows, likewise.
+pub type FlowsV6 = Vec<(common::FlowKeyV6, common::Flow)>;
 
 /// A random u32 from the kernel (the flow table's hash seed).
 fn random_u32() -> Result<u32> {
@@ -241,6 +251,8 @@ impl Balancer {
         }
         let (buckets, overflow) = flow_table::sizes(capacity.flow_table_size);
         let front = buckets.min(flow_table::MAX_FRONT_BUCKETS);
+        let (buckets6, overflow6) = flow_table::sizes_v6(capacity.flow_table_size_v6);
+        let front6 = buckets6.min(flow_table::MAX_FRONT_BUCKETS_V6);
         let seed = match seed {
             Some(s) => s,
             None => random_u32()?,
@@ -257,6 +269,8 @@ impl Balancer {
             .override_global(flow_table::SEED, &seed, true)
             .override_global(flow_table::BUCKET_MASK, &(buckets - 1), true)
             .override_global(flow_table::FRONT_MASK, &(front - 1), true)
+            .override_global(flow_table::BUCKET_MASK_V6, &(buckets6 - 1), true)
+            .override_global(flow_table::FRONT_MASK_V6, &(front6 - 1), true)
             .override_global(maglev::TABLE_SIZE_GLOBAL, &capacity.maglev_table_size, true)
             // Each service, and one address marker per (VIP, protocol) at most.
             .map_max_entries(map::SERVICES, capacity.services.saturating_mul(2))
@@ -264,6 +278,8 @@ impl Balancer {
             .map_max_entries(map::SCHED, sched_capacity(capacity.real_servers))
             .map_max_entries(map::FLOW_CACHE_V4, buckets)
             .map_max_entries(map::FLOWS_V4, overflow)
+            .map_max_entries(map::FLOW_CACHE_V6, buckets6)
+            .map_max_entries(map::FLOWS_V6, overflow6)
             .map_max_entries(
                 map::MAGLEV,
                 maglev_tables(capacity) * capacity.maglev_table_size,
@@ -281,16 +297,30 @@ impl Balancer {
         program
             .load()
             .map_err(|e| anyhow!("the kernel refused the XDP program: {e:#}"))?;
+        // The IPv6 program, which the main one tail-calls for every IPv6 frame.
+        let v6: &mut Xdp = ebpf
+            .program_mut(common::PROGRAM_V6)
+            .ok_or_else(|| anyhow!("program {} missing from the object", common::PROGRAM_V6))?
+            .try_into()
+            .context("program has an unexpected type")?;
+        v6.load()
+            .map_err(|e| anyhow!("the kernel refused the IPv6 XDP program: {e:#}"))?;
+        let v6_fd = v6.fd()?.try_clone()?;
         let handles = map_handles(&ebpf)?;
         let mut maps = Maps::take(&mut ebpf, interfaces)?;
-        let buckets = {
+        maps.programs
+            .set(map::PROGRAM_V6_SLOT, &v6_fd, 0)
+            .context("writing PROGRAMS")?;
+        let mapped = |name: &str| -> Result<std::os::fd::BorrowedFd<'_>> {
             use std::os::fd::AsFd as _;
-            let (_, cache) = handles
+            let (_, data) = handles
                 .iter()
-                .find(|(name, _)| *name == map::FLOW_CACHE_V4)
-                .ok_or_else(|| anyhow!("map {} missing", map::FLOW_CACHE_V4))?;
-            Buckets::map(cache.fd().as_fd(), buckets)?
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| anyhow!("map {name} missing"))?;
+            Ok(data.fd().as_fd())
         };
+        let buckets = Buckets::map(mapped(map::FLOW_CACHE_V4)?, buckets)?;
+        let buckets6 = Buckets::map(mapped(map::FLOW_CACHE_V6)?, buckets6)?;
         let maglev = {
             use std::os::fd::AsFd as _;
             let (_, tables) = handles
@@ -324,6 +354,7 @@ impl Balancer {
             logger,
             maps,
             buckets,
+            buckets6,
             maglev,
             conns,
             handles,
@@ -368,15 +399,26 @@ impl Balancer {
         self.maps.clock.set(0, clock, 0).context("writing CLOCK")
     }
 
-    /// The flow table's buckets, mapped, its overflow hash, and the connection counts.
+    /// The IPv4 flow table's buckets, mapped, its overflow hash, and the connection counts.
     pub fn flow_table(
         &mut self,
     ) -> (
-        &Buckets,
+        &Buckets<V4>,
         &mut HashMap<MapData, common::FlowKeyV4, common::Flow>,
         &RealConns,
     ) {
         (&self.buckets, &mut self.maps.flows, &self.conns)
+    }
+
+    /// The same for the IPv6 flow table.
+    pub fn flow_table_v6(
+        &mut self,
+    ) -> (
+        &Buckets<V6>,
+        &mut HashMap<MapData, common::FlowKeyV6, common::Flow>,
+        &RealConns,
+    ) {
+        (&self.buckets6, &mut self.maps.flows6, &self.conns)
     }
 
     /// The connection counts the data plane keeps for its schedulers.
@@ -616,6 +658,15 @@ impl Balancer {
     pub fn flows_v4(&self) -> Result<FlowsV4> {
         let (mut flows, overflow) = self.flows_v4_by_place()?;
         flows.extend(overflow);
+        Ok(flows)
+    }
+
+    /// Entries of the IPv6 flow table, buckets then overflow.
+    pub fn flows_v6(&self) -> Result<FlowsV6> {
+        let mut flows = self.buckets6.flows();
+        for r in self.maps.flows6.iter() {
+            flows.push(r.context("reading FLOWS_V6")?);
+        }
         Ok(flows)
     }
 

@@ -19,6 +19,9 @@ pub use crate::model::{Mac, Protocol, SchedFlags, Scheduler};
 
 /// Default number of flow-table entries (connections remembered at once).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
+/// IPv6 flows the IPv6 flow table holds at least, unless configured otherwise: a quarter of
+/// IPv4's (16 MiB of buckets).
+pub const DEFAULT_FLOW_TABLE_SIZE_V6: u32 = 1 << 18;
 /// Smallest accepted flow table.
 pub const MIN_FLOW_TABLE_SIZE: u32 = 16;
 /// Largest accepted flow table (about 1.5 GiB of kernel memory).
@@ -40,6 +43,11 @@ pub const MAX_MH_SERVICES: u32 = 256;
 pub struct Capacity {
     /// Connections the flow table holds at least.
     pub flow_table_size: u32,
+    /// IPv6 connections the IPv6 flow table holds at least (its own table: an IPv6 flow
+    /// takes 44 bytes, an IPv4 one 20). Absent from the state of a director kept by an earlier
+    /// version, which had no IPv6 table.
+    #[serde(default = "default_flow_table_size_v6")]
+    pub flow_table_size_v6: u32,
     /// Virtual services at once.
     pub services: u32,
     /// Real servers at once, over all services.
@@ -50,6 +58,10 @@ pub struct Capacity {
     /// director kept by an earlier version, which had 65 537.
     #[serde(default = "default_maglev_table_size")]
     pub maglev_table_size: u32,
+}
+
+fn default_flow_table_size_v6() -> u32 {
+    DEFAULT_FLOW_TABLE_SIZE_V6
 }
 
 fn default_maglev_table_size() -> u32 {
@@ -87,6 +99,7 @@ impl Default for Capacity {
     fn default() -> Self {
         Capacity {
             flow_table_size: DEFAULT_FLOW_TABLE_SIZE,
+            flow_table_size_v6: DEFAULT_FLOW_TABLE_SIZE_V6,
             services: DEFAULT_MAX_SERVICES,
             real_servers: DEFAULT_MAX_REAL_SERVERS,
             mh_services: DEFAULT_MAX_MH_SERVICES,
@@ -108,6 +121,7 @@ struct RawConfig {
     #[serde(default)]
     service: Vec<RawService>,
     flow_table_size: Option<i64>,
+    flow_table_size_v6: Option<i64>,
     max_services: Option<i64>,
     max_real_servers: Option<i64>,
     max_mh_services: Option<i64>,
@@ -186,6 +200,10 @@ impl Config {
         let mut config = Config::default();
         if let Some(size) = raw.flow_table_size {
             config.capacity.flow_table_size = flow_table_size(size)?;
+        }
+        if let Some(size) = raw.flow_table_size_v6 {
+            config.capacity.flow_table_size_v6 = flow_table_size(size)
+                .map_err(|e| anyhow!("{e:#}").context("flow_table_size_v6"))?;
         }
         if let Some(n) = raw.max_services {
             config.capacity.services = capacity(n, "max_services")?;

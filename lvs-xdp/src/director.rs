@@ -227,8 +227,9 @@ pub struct Director {
     resolver: Option<Resolver>,
     /// What `-Z` zeroed.
     zeroed: Zeroed,
-    /// The flow table's sweep, and the clock second it last ran.
-    sweep: flowtable::Sweep,
+    /// The flow tables' sweeps (IPv4, IPv6), and the clock second they last ran.
+    sweep: flowtable::Sweep<flowtable::V4>,
+    sweep6: flowtable::Sweep<flowtable::V6>,
     last_maintained: u32,
 }
 
@@ -509,6 +510,7 @@ impl Director {
             resolver,
             zeroed: image.zeroed,
             sweep: flowtable::Sweep::default(),
+            sweep6: flowtable::Sweep::default(),
             last_maintained: 0,
         };
         director.write_clock()?;
@@ -538,6 +540,7 @@ impl Director {
             resolver,
             zeroed: Zeroed::default(),
             sweep: flowtable::Sweep::default(),
+            sweep6: flowtable::Sweep::default(),
             last_maintained: 0,
         }
     }
@@ -738,10 +741,19 @@ impl Director {
         Ok(())
     }
 
-    /// One step of the flow table's sweep (see [`flowtable::Sweep::step`]).
+    /// One step of each flow table's sweep (see [`flowtable::Sweep::step`]).
     fn sweep_step(&mut self, clock: &common::Clock, live: &[u32]) -> Result<()> {
         let (buckets, overflow, conns) = self.balancer.flow_table();
         self.sweep.step(
+            buckets,
+            overflow,
+            conns,
+            clock,
+            live,
+            flowtable::SWEEP_BUCKETS,
+        )?;
+        let (buckets, overflow, conns) = self.balancer.flow_table_v6();
+        self.sweep6.step(
             buckets,
             overflow,
             conns,
@@ -780,8 +792,8 @@ impl Director {
     pub fn sweep_now(&mut self) -> Result<()> {
         let clock = self.balancer.clock()?;
         let live = self.live_generations();
-        let passes = self.sweep.passes;
-        while self.sweep.passes == passes {
+        let passes = (self.sweep.passes, self.sweep6.passes);
+        while self.sweep.passes == passes.0 || self.sweep6.passes == passes.1 {
             self.sweep_step(&clock, &live)?;
         }
         self.sweep_templates(&clock, &live)?;
@@ -810,7 +822,18 @@ impl Director {
 
     /// The sweep's totals: flows freed as expired, and as stale (their real server gone).
     pub fn sweep_totals(&self) -> (u64, u64) {
-        (self.sweep.expired, self.sweep.stale)
+        (
+            self.sweep.expired + self.sweep6.expired,
+            self.sweep.stale + self.sweep6.stale,
+        )
+    }
+
+    /// A real-server slot's connections (active, inactive) as the sweeps last counted them (a
+    /// slot's flows are all of its service's family: one of the two tables has none).
+    fn conn_counts(&self, slot: u32) -> (u64, u64) {
+        let a = self.sweep.counts().get(&slot).copied().unwrap_or_default();
+        let b = self.sweep6.counts().get(&slot).copied().unwrap_or_default();
+        (a.0 + b.0, a.1 + b.1)
     }
 
     /// Counts every real server's connections over the whole flow table now (a scan of the
@@ -821,6 +844,9 @@ impl Director {
         let (buckets, overflow, _) = self.balancer.flow_table();
         let counts = flowtable::count_now(buckets, overflow, &clock, &live);
         self.sweep.set_counts(counts);
+        let (buckets, overflow, _) = self.balancer.flow_table_v6();
+        let counts = flowtable::count_now(buckets, overflow, &clock, &live);
+        self.sweep6.set_counts(counts);
         Ok(())
     }
 
@@ -835,9 +861,7 @@ impl Director {
             return Ok(None);
         };
         self.refresh_connections()?;
-        Ok(Some(
-            self.sweep.counts().get(&slot).copied().unwrap_or_default(),
-        ))
+        Ok(Some(self.conn_counts(slot)))
     }
 
     /// Every real server's MAC in `services`: explicit, already placed, or resolved now.
@@ -1356,18 +1380,28 @@ impl Director {
             }
         }
         let clock = self.balancer.clock()?;
+        let v4 = self
+            .balancer
+            .flows_v4()?
+            .into_iter()
+            .map(|(k, flow)| (IpAddr::from(k.saddr.to_ne_bytes()), k.ports, flow));
+        let v6 = self.balancer.flows_v6()?.into_iter().map(|(k, flow)| {
+            let bytes: Vec<u8> = k.saddr.iter().flat_map(|w| w.to_ne_bytes()).collect();
+            let octets: [u8; 16] = bytes.try_into().expect("16 bytes");
+            (IpAddr::from(octets), k.ports, flow)
+        });
         let mut out = Vec::new();
-        for (k, flow) in self.balancer.flows_v4()? {
+        for (client, ports, flow) in v4.chain(v6) {
             let Some((service, real, generation)) = by_slot.get(&flow.slot()) else {
                 continue;
             };
             if *generation != flow.generation() {
                 continue;
             }
-            let ports = k.ports.to_ne_bytes();
+            let ports = ports.to_ne_bytes();
             out.push(Connection {
                 protocol: service.protocol,
-                client: IpAddr::from(k.saddr.to_ne_bytes()),
+                client,
                 client_port: u16::from_be_bytes([ports[0], ports[1]]),
                 service: *service,
                 real: *real,
@@ -1459,12 +1493,7 @@ impl Director {
                     },
                     mac: p.mac,
                     counters: c,
-                    conns: self
-                        .sweep
-                        .counts()
-                        .get(&p.slot)
-                        .copied()
-                        .unwrap_or_default(),
+                    conns: self.conn_counts(p.slot),
                 });
             }
             services.push(ServiceView {

@@ -18,9 +18,63 @@ use crate::mapped::Mapping;
 use anyhow::Result;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use lvs_xdp_common::{
-    Clock, ConnCount, Flow, FlowBucketV4, FlowEntryV4, FlowKeyV4, conn,
-    flow_table::{SLOT_MASK, WAYS},
+    Clock, ConnCount, Flow, FlowBucketV4, FlowBucketV6, FlowEntryV4, FlowEntryV6, FlowKeyV4,
+    FlowKeyV6, conn,
+    flow_table::{SLOT_MASK, WAYS, WAYS_V6},
 };
+
+/// One family's flow table as userspace reads it: its key, its ways and its buckets.
+pub trait Family {
+    type Key: aya::Pod + Copy;
+    type Entry: Copy;
+    type Bucket: Copy;
+    /// Bytes of a bucket and of a way; where the sequence count is in a bucket.
+    const BUCKET: usize;
+    const WAY: usize;
+    const SEQ: usize;
+    fn ways(bucket: &Self::Bucket) -> &[Self::Entry];
+    fn flow(way: &Self::Entry) -> Flow;
+    fn key(way: &Self::Entry) -> Self::Key;
+}
+
+pub struct V4;
+pub struct V6;
+
+impl Family for V4 {
+    type Key = FlowKeyV4;
+    type Entry = FlowEntryV4;
+    type Bucket = FlowBucketV4;
+    const BUCKET: usize = std::mem::size_of::<FlowBucketV4>();
+    const WAY: usize = std::mem::size_of::<FlowEntryV4>();
+    const SEQ: usize = WAYS * Self::WAY;
+    fn ways(bucket: &FlowBucketV4) -> &[FlowEntryV4] {
+        &bucket.ways
+    }
+    fn flow(way: &FlowEntryV4) -> Flow {
+        way.flow
+    }
+    fn key(way: &FlowEntryV4) -> FlowKeyV4 {
+        way.key()
+    }
+}
+
+impl Family for V6 {
+    type Key = FlowKeyV6;
+    type Entry = FlowEntryV6;
+    type Bucket = FlowBucketV6;
+    const BUCKET: usize = std::mem::size_of::<FlowBucketV6>();
+    const WAY: usize = std::mem::size_of::<FlowEntryV6>();
+    const SEQ: usize = WAYS_V6 * Self::WAY;
+    fn ways(bucket: &FlowBucketV6) -> &[FlowEntryV6] {
+        &bucket.ways
+    }
+    fn flow(way: &FlowEntryV6) -> Flow {
+        way.flow
+    }
+    fn key(way: &FlowEntryV6) -> FlowKeyV6 {
+        way.key()
+    }
+}
 
 /// Seconds of CLOCK_BOOTTIME: the idle clock. Every process reads the same one, and it goes on
 /// through a restart of the daemon, so flows kept across a restart keep their ages.
@@ -50,24 +104,26 @@ fn meta_word(flow: &Flow) -> u32 {
     u32::from(flow.proto) | u32::from(flow.state) << 8 | u32::from(flow.stamp) << 16
 }
 
-const BUCKET: usize = std::mem::size_of::<FlowBucketV4>();
-const WAY: usize = std::mem::size_of::<FlowEntryV4>();
-/// Offset of the protocol/state/stamp word in a way.
-const META: usize = 16;
-const SEQ: usize = WAYS * WAY;
-
-/// The buckets, mapped shared into this process.
-pub struct Buckets {
-    map: Mapping,
-    buckets: u32,
+/// Offset of the protocol/state/stamp word in a way: the way's last word (after the 5-tuple
+/// and the target).
+fn meta_offset<F: Family>() -> usize {
+    F::WAY - 4
 }
 
-impl Buckets {
+/// The buckets, mapped shared into this process.
+pub struct Buckets<F: Family> {
+    map: Mapping,
+    buckets: u32,
+    _family: std::marker::PhantomData<F>,
+}
+
+impl<F: Family> Buckets<F> {
     /// Maps the `buckets` buckets of the array map `fd`.
-    pub fn map(fd: BorrowedFd<'_>, buckets: u32) -> Result<Buckets> {
+    pub fn map(fd: BorrowedFd<'_>, buckets: u32) -> Result<Buckets<F>> {
         Ok(Buckets {
-            map: Mapping::new(fd, buckets as usize * BUCKET, "the flow table")?,
+            map: Mapping::new(fd, buckets as usize * F::BUCKET, "the flow table")?,
             buckets,
+            _family: std::marker::PhantomData,
         })
     }
 
@@ -80,8 +136,8 @@ impl Buckets {
     }
 
     fn word(&self, bucket: u32, offset: usize) -> &AtomicU32 {
-        assert!(bucket < self.buckets && offset + 4 <= BUCKET);
-        let p = self.map.at(bucket as usize * BUCKET + offset, 4);
+        assert!(bucket < self.buckets && offset + 4 <= F::BUCKET);
+        let p = self.map.at(bucket as usize * F::BUCKET + offset, 4);
         // SAFETY: inside the mapping, 4-byte aligned (buckets are 64-byte aligned, every word
         // offset used is a multiple of 4), and the mapping lives as long as `self`.
         unsafe { AtomicU32::from_ptr(p.cast()) }
@@ -90,8 +146,8 @@ impl Buckets {
     /// A consistent copy of bucket `i`: read between two equal even values of its sequence
     /// count, retried while a writer holds it. `None` if it stayed busy (it never should for
     /// long: a writer holds a bucket for well under a microsecond).
-    pub fn read(&self, i: u32) -> Option<FlowBucketV4> {
-        let seq = self.word(i, SEQ);
+    pub fn read(&self, i: u32) -> Option<F::Bucket> {
+        let seq = self.word(i, F::SEQ);
         for _ in 0..1000 {
             let before = seq.load(Ordering::Acquire);
             if before & 1 == 0 {
@@ -100,8 +156,8 @@ impl Buckets {
                 let copy = unsafe {
                     std::ptr::read_volatile(
                         self.map
-                            .at(i as usize * BUCKET, BUCKET)
-                            .cast::<FlowBucketV4>(),
+                            .at(i as usize * F::BUCKET, F::BUCKET)
+                            .cast::<F::Bucket>(),
                     )
                 };
                 fence(Ordering::Acquire);
@@ -117,24 +173,27 @@ impl Buckets {
     /// Frees way `w` of bucket `i` if it still holds exactly `seen` (no packet and no writer
     /// touched it since).
     pub fn free(&self, i: u32, w: usize, seen: &Flow) -> bool {
-        self.word(i, w * WAY + META)
+        self.word(i, w * F::WAY + meta_offset::<F>())
             .compare_exchange(meta_word(seen), 0, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
     }
 
     /// Calls `f` with every way in use.
-    pub fn for_each(&self, mut f: impl FnMut(&FlowEntryV4)) {
+    pub fn for_each(&self, mut f: impl FnMut(&F::Entry)) {
         for i in 0..self.buckets {
             if let Some(b) = self.read(i) {
-                b.ways.iter().filter(|w| !w.is_free()).for_each(&mut f);
+                F::ways(&b)
+                    .iter()
+                    .filter(|w| F::flow(w).proto != 0)
+                    .for_each(&mut f);
             }
         }
     }
 
     /// Every flow in use in the buckets.
-    pub fn flows(&self) -> Vec<(FlowKeyV4, Flow)> {
+    pub fn flows(&self) -> Vec<(F::Key, Flow)> {
         let mut out = Vec::new();
-        self.for_each(|w| out.push((w.key(), w.flow)));
+        self.for_each(|w| out.push((F::key(w), F::flow(w))));
         out
     }
 }
@@ -235,9 +294,9 @@ pub fn expires_in(flow: &Flow, clock: &Clock) -> u32 {
 /// takes 256 s.
 pub const SWEEP_BUCKETS: u32 = 1 << 16;
 
-/// The sweep, run a step at a time.
-#[derive(Debug, Default)]
-pub struct Sweep {
+/// The sweep of one family's table, run a step at a time.
+#[derive(Debug)]
+pub struct Sweep<F: Family> {
     cursor: u32,
     counting: ConnCounts,
     counts: ConnCounts,
@@ -247,6 +306,21 @@ pub struct Sweep {
     pub stale: u64,
     /// Full passes made.
     pub passes: u64,
+    _family: std::marker::PhantomData<F>,
+}
+
+impl<F: Family> Default for Sweep<F> {
+    fn default() -> Self {
+        Sweep {
+            cursor: 0,
+            counting: ConnCounts::new(),
+            counts: ConnCounts::new(),
+            expired: 0,
+            stale: 0,
+            passes: 0,
+            _family: std::marker::PhantomData,
+        }
+    }
 }
 
 fn count(counts: &mut ConnCounts, flow: &Flow, active: bool) {
@@ -258,7 +332,7 @@ fn count(counts: &mut ConnCounts, flow: &Flow, active: bool) {
     }
 }
 
-impl Sweep {
+impl<F: Family> Sweep<F> {
     /// The connection counts of the last full pass (or of the last [`Sweep::set_counts`]).
     pub fn counts(&self) -> &ConnCounts {
         &self.counts
@@ -274,8 +348,8 @@ impl Sweep {
     /// hash, and the pass's counts become the current ones.
     pub fn step(
         &mut self,
-        buckets: &Buckets,
-        overflow: &mut BpfHashMap<MapData, FlowKeyV4, Flow>,
+        buckets: &Buckets<F>,
+        overflow: &mut BpfHashMap<MapData, F::Key, Flow>,
         conns: &RealConns,
         clock: &Clock,
         live: &[u32],
@@ -286,22 +360,23 @@ impl Sweep {
             let Some(bucket) = buckets.read(i) else {
                 continue;
             };
-            for (w, way) in bucket.ways.iter().enumerate() {
-                if way.is_free() {
+            for (w, way) in F::ways(&bucket).iter().enumerate() {
+                let flow = F::flow(way);
+                if flow.proto == 0 {
                     continue;
                 }
-                match judge(&way.flow, clock, live) {
-                    Judged::Live { active } => count(&mut self.counting, &way.flow, active),
+                match judge(&flow, clock, live) {
+                    Judged::Live { active } => count(&mut self.counting, &flow, active),
                     Judged::Expired => {
-                        if buckets.free(i, w, &way.flow) {
+                        if buckets.free(i, w, &flow) {
                             self.expired += 1;
-                            conns.forget(&way.flow);
+                            conns.forget(&flow);
                         }
                     }
                     // Only once idle for 2 s: a flow rescheduled this second could look the
                     // same as the stale one in the word the swap compares.
-                    Judged::Stale if conn::age(clock.now, way.flow.stamp) >= 2 => {
-                        self.stale += u64::from(buckets.free(i, w, &way.flow))
+                    Judged::Stale if conn::age(clock.now, flow.stamp) >= 2 => {
+                        self.stale += u64::from(buckets.free(i, w, &flow))
                     }
                     Judged::Stale => {}
                 }
@@ -321,12 +396,12 @@ impl Sweep {
     /// read once more right before it is deleted: a packet that came meanwhile keeps it.
     fn sweep_overflow(
         &mut self,
-        overflow: &mut BpfHashMap<MapData, FlowKeyV4, Flow>,
+        overflow: &mut BpfHashMap<MapData, F::Key, Flow>,
         conns: &RealConns,
         clock: &Clock,
         live: &[u32],
     ) -> Result<()> {
-        let entries: Vec<(FlowKeyV4, Flow)> = overflow.iter().filter_map(|r| r.ok()).collect();
+        let entries: Vec<(F::Key, Flow)> = overflow.iter().filter_map(|r| r.ok()).collect();
         for (key, flow) in entries {
             match judge(&flow, clock, live) {
                 Judged::Live { active } => count(&mut self.counting, &flow, active),
@@ -348,9 +423,9 @@ impl Sweep {
 }
 
 /// Counts the live connections of the whole table now, changing nothing.
-pub fn count_now(
-    buckets: &Buckets,
-    overflow: &BpfHashMap<MapData, FlowKeyV4, Flow>,
+pub fn count_now<F: Family>(
+    buckets: &Buckets<F>,
+    overflow: &BpfHashMap<MapData, F::Key, Flow>,
     clock: &Clock,
     live: &[u32],
 ) -> ConnCounts {
@@ -360,7 +435,7 @@ pub fn count_now(
             count(&mut counts, flow, active);
         }
     };
-    buckets.for_each(|w| add(&w.flow));
+    buckets.for_each(|w| add(&F::flow(w)));
     for (_, flow) in overflow.iter().filter_map(|r| r.ok()) {
         add(&flow);
     }

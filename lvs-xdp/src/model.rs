@@ -502,11 +502,12 @@ pub fn check_unicast(addr: IpAddr, what: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// What this version's data plane serves: IPv4 services only, for now.
-fn check_served(key: &ServiceKey) -> Result<(), Refusal> {
-    if key.addr.is_ipv6() {
+/// What this version serves: persistence on IPv4 services only (its templates key IPv4
+/// client networks).
+fn check_served(key: &ServiceKey, opts: &ServiceOpts) -> Result<(), Refusal> {
+    if key.addr.is_ipv6() && opts.persistence.is_some() {
         return Err(Refusal::Invalid(format!(
-            "service {key}: IPv6 services are not served by this version's data plane yet"
+            "service {key}: persistence (-p) on IPv6 services is not supported yet"
         )));
     }
     Ok(())
@@ -518,7 +519,7 @@ impl State {
         match op {
             Op::AddService(key, opts) => {
                 check_unicast(key.addr, "vip")?;
-                check_served(key)?;
+                check_served(key, opts)?;
                 if key.port == 0 {
                     return Err(Refusal::Invalid("port 0 is not a service port".into()));
                 }
@@ -533,7 +534,10 @@ impl State {
                     },
                 );
             }
-            Op::EditService(key, opts) => self.service_mut(key)?.opts = *opts,
+            Op::EditService(key, opts) => {
+                check_served(key, opts)?;
+                self.service_mut(key)?.opts = *opts;
+            }
             Op::DeleteService(key) => {
                 self.services.remove(key).ok_or(Refusal::NoService(*key))?;
             }

@@ -145,11 +145,8 @@ impl Frame {
         }
     }
 
-    /// An IPv6 frame (only its Ethernet header matters to the program).
-    pub fn ipv6(dst_mac: Mac) -> Frame {
-        let mut hdr = vec![0x60, 0, 0, 0, 0, 8, 6, 64];
-        hdr.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8].repeat(8));
-        hdr.extend_from_slice(&[0, 1, 0, 80, 0, 0, 0, 0]);
+    /// An IPv6 packet (see [`Ipv6Packet`]) in a frame to `dst_mac`.
+    pub fn v6(dst_mac: Mac, packet: &Ipv6Packet) -> Frame {
         Frame {
             dst: dst_mac,
             src: [0x02, 0, 0, 0, 0, 0x64],
@@ -157,8 +154,18 @@ impl Frame {
             ethertype: ETH_P_IPV6,
             ip: None,
             l4: None,
-            payload: hdr,
+            payload: packet.build(),
         }
+    }
+
+    /// A TCP segment `src:sport -> dst:dport` over IPv6 with TCP `flags` (0x02: SYN).
+    pub fn tcp6(dst_mac: Mac, src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Frame {
+        Frame::v6(dst_mac, &Ipv6Packet::tcp(src, sport, dst, dport, flags))
+    }
+
+    /// A UDP datagram over IPv6.
+    pub fn udp6(dst_mac: Mac, src: &str, sport: u16, dst: &str, dport: u16) -> Frame {
+        Frame::v6(dst_mac, &Ipv6Packet::udp(src, sport, dst, dport))
     }
 
     pub fn with_vlan(mut self, tpid: u16, tci: u16) -> Frame {
@@ -445,5 +452,138 @@ mod tests {
         );
         assert!(d.iter().any(|l| l.starts_with("ip.checksum")), "{d:?}");
         assert!(diff(&a.build(), &a.build()).is_empty());
+    }
+}
+
+/// An IPv6 extension header, as [`Ipv6Packet`] chains them.
+#[derive(Clone, Debug)]
+pub enum Ext {
+    /// Hop-by-hop options (0), routing (43) or destination options (60), of `units` x 8 bytes
+    /// (at least 1), filled with padding.
+    Options { kind: u8, units: u8 },
+    /// A fragment header (44): offset in 8-byte units, and whether more fragments follow.
+    Fragment { offset: u16, more: bool },
+    /// Any other next-header value with 8 bytes of body (AH, ESP and the like, for the
+    /// program's refusal).
+    Other { kind: u8 },
+}
+
+/// An IPv6 packet built field by field: fixed header, extension headers, upper layer.
+#[derive(Clone, Debug)]
+pub struct Ipv6Packet {
+    pub src: std::net::Ipv6Addr,
+    pub dst: std::net::Ipv6Addr,
+    pub exts: Vec<Ext>,
+    /// The upper-layer protocol and its bytes (checksum already in them).
+    pub proto: u8,
+    pub upper: Vec<u8>,
+    /// Overrides the version nibble and the payload length (to build invalid packets).
+    pub version: u8,
+    pub payload_len: Option<u16>,
+}
+
+impl Ipv6Packet {
+    fn new(src: &str, dst: &str, proto: u8, upper: Vec<u8>) -> Ipv6Packet {
+        Ipv6Packet {
+            src: src.parse().expect("IPv6 source"),
+            dst: dst.parse().expect("IPv6 destination"),
+            exts: Vec::new(),
+            proto,
+            upper,
+            version: 6,
+            payload_len: None,
+        }
+    }
+
+    /// A TCP segment with `flags` and a short payload, its checksum over the IPv6 pseudo-header.
+    pub fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Ipv6Packet {
+        let mut h = Vec::new();
+        h.extend_from_slice(&sport.to_be_bytes());
+        h.extend_from_slice(&dport.to_be_bytes());
+        h.extend_from_slice(&1u32.to_be_bytes());
+        h.extend_from_slice(&0u32.to_be_bytes());
+        h.extend_from_slice(&[0x50, flags]);
+        h.extend_from_slice(&64240u16.to_be_bytes());
+        h.extend_from_slice(&[0, 0, 0, 0]);
+        h.extend_from_slice(b"hello");
+        let mut p = Ipv6Packet::new(src, dst, 6, h);
+        p.fill_checksum(16);
+        p
+    }
+
+    /// A UDP datagram with a short payload.
+    pub fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Ipv6Packet {
+        let mut h = Vec::new();
+        h.extend_from_slice(&sport.to_be_bytes());
+        h.extend_from_slice(&dport.to_be_bytes());
+        h.extend_from_slice(&13u16.to_be_bytes());
+        h.extend_from_slice(&[0, 0]);
+        h.extend_from_slice(b"hello");
+        let mut p = Ipv6Packet::new(src, dst, 17, h);
+        p.fill_checksum(6);
+        p
+    }
+
+    pub fn with_exts(mut self, exts: Vec<Ext>) -> Ipv6Packet {
+        self.exts = exts;
+        self
+    }
+
+    fn fill_checksum(&mut self, at: usize) {
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&self.src.octets());
+        pseudo.extend_from_slice(&self.dst.octets());
+        pseudo.extend_from_slice(&(self.upper.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, self.proto]);
+        self.upper[at..at + 2].fill(0);
+        let sum = checksum(&self.upper, sum_words(&pseudo));
+        self.upper[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+    }
+
+    /// The packet's bytes (from the IPv6 header on).
+    pub fn build(&self) -> Vec<u8> {
+        let mut chain = Vec::new();
+        let kinds: Vec<u8> = self
+            .exts
+            .iter()
+            .map(|e| match e {
+                Ext::Options { kind, .. } | Ext::Other { kind } => *kind,
+                Ext::Fragment { .. } => 44,
+            })
+            .collect();
+        for (i, e) in self.exts.iter().enumerate() {
+            let next = kinds.get(i + 1).copied().unwrap_or(self.proto);
+            match e {
+                Ext::Options { units, .. } => {
+                    let len = usize::from(*units.max(&1)) * 8;
+                    let mut h = vec![next, units.max(&1) - 1];
+                    // PadN filling the rest.
+                    h.extend_from_slice(&[1, (len - 4) as u8]);
+                    h.resize(len, 0);
+                    chain.extend_from_slice(&h);
+                }
+                Ext::Fragment { offset, more } => {
+                    let field = offset << 3 | u16::from(*more);
+                    chain.extend_from_slice(&[next, 0]);
+                    chain.extend_from_slice(&field.to_be_bytes());
+                    chain.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+                }
+                Ext::Other { .. } => {
+                    chain.extend_from_slice(&[next, 0, 0, 0, 0, 0, 0, 0]);
+                }
+            }
+        }
+        let payload_len = self
+            .payload_len
+            .unwrap_or((chain.len() + self.upper.len()) as u16);
+        let first = kinds.first().copied().unwrap_or(self.proto);
+        let mut out = vec![self.version << 4, 0, 0, 0];
+        out.extend_from_slice(&payload_len.to_be_bytes());
+        out.extend_from_slice(&[first, 64]);
+        out.extend_from_slice(&self.src.octets());
+        out.extend_from_slice(&self.dst.octets());
+        out.extend_from_slice(&chain);
+        out.extend_from_slice(&self.upper);
+        out
     }
 }

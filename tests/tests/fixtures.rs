@@ -175,7 +175,12 @@ fn traffic_not_for_a_service_passes_untouched() {
         &arp_reply.build(),
         reason::PASS_NOT_IP,
     );
-    pass(&b, "IPv6", &Frame::ipv6(LB).build(), reason::PASS_IPV6);
+    pass(
+        &b,
+        "IPv6 TCP to no service",
+        &Frame::tcp6(LB, "2001:db8::100", 40_000, "2001:db8::99", 80, 0x02).build(),
+        reason::PASS_NO_SERVICE,
+    );
 }
 
 #[test]

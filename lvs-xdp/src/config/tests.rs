@@ -130,9 +130,9 @@ fn refuses_bad_addresses() {
         let err = refused(&text);
         assert!(err.contains("bad vip"), "{bad}: {err}");
     }
-    let err = refused("[[service]]\nvip = \"2001:db8::1\"\nport = 80\n");
+    let err = refused("[[service]]\nvip = \"2001:db8::1\"\nport = 80\npersistence_timeout = 60\n");
     assert!(
-        err.contains("IPv6 services are not served by this version's data plane yet"),
+        err.contains("persistence (-p) on IPv6 services is not supported yet"),
         "{err}"
     );
     let err = refused(&service("real_servers = [ { address = \"10.0.0.300\" } ]"));

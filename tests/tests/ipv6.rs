@@ -1,0 +1,273 @@
+//! Packet fixtures for IPv6 services: the header and its extension headers, fragments, the
+//! flow table and the verdicts, through BPF_PROG_TEST_RUN. Needs root.
+use lvs_xdp::Director;
+use lvs_xdp_common::reason;
+use lvs_xdp_tests::packet::{ETH_P_8021Q, Ext, Frame, Ipv6Packet};
+
+mod support;
+use support::{LB, XDP_TX, director_from, drop, pass, pin_to_cpu0, tx};
+
+const RS1: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+const RS2: [u8; 6] = [0x02, 0, 0, 0, 0, 0x04];
+const RS5: [u8; 6] = [0x02, 0, 0, 0, 0, 0x05];
+const VIP: &str = "2001:db8::10";
+const CLIENT: &str = "2001:db8:1::100";
+
+const CONFIG: &str = r#"
+flow_table_size = 4096
+flow_table_size_v6 = 4096
+[[service]]
+vip = "2001:db8::10"
+port = 80
+scheduler = "rr"
+real_servers = [
+  { address = "2001:db8::3", mac = "02:00:00:00:00:03" },
+  { address = "2001:db8::4", mac = "02:00:00:00:00:04" },
+]
+[[service]]
+vip = "2001:db8::10"
+port = 53
+protocol = "udp"
+scheduler = "rr"
+real_servers = [ { address = "2001:db8::5", mac = "02:00:00:00:00:05" } ]
+[[service]]
+vip = "10.0.0.10"
+port = 80
+scheduler = "rr"
+real_servers = [ { address = "10.0.0.3", mac = "02:00:00:00:00:03" } ]
+"#;
+
+fn syn(port: u16) -> Ipv6Packet {
+    Ipv6Packet::tcp(CLIENT, port, VIP, 80, 0x02)
+}
+
+fn ack(port: u16) -> Ipv6Packet {
+    Ipv6Packet::tcp(CLIENT, port, VIP, 80, 0x10)
+}
+
+/// Where the program sends `frame` (it must be a forward): the destination MAC.
+fn forward_of(d: &Director, frame: &[u8]) -> [u8; 6] {
+    let (action, out) = d.balancer().test_run(frame).unwrap();
+    assert_eq!(action, XDP_TX);
+    out[0..6].try_into().unwrap()
+}
+
+#[test]
+fn ipv6_connections_are_scheduled_remembered_and_forwarded_changing_only_the_macs() {
+    pin_to_cpu0();
+    let d = director_from(CONFIG);
+    let first = forward_of(&d, &Frame::v6(LB, &syn(40_000)).build());
+    let second = forward_of(&d, &Frame::v6(LB, &syn(40_001)).build());
+    assert_ne!(first, second, "round robin over the two real servers");
+    assert!([RS1, RS2].contains(&first) && [RS1, RS2].contains(&second));
+    // The connection's other packets follow it, and only the MACs change.
+    for _ in 0..3 {
+        tx(
+            &d,
+            "ACK of a known flow",
+            &Frame::v6(LB, &ack(40_000)).build(),
+            first,
+        );
+        tx(
+            &d,
+            "ACK of the other",
+            &Frame::v6(LB, &ack(40_001)).build(),
+            second,
+        );
+    }
+    tx(
+        &d,
+        "UDP",
+        &Frame::udp6(LB, CLIENT, 5353, VIP, 53).build(),
+        RS5,
+    );
+    tx(
+        &d,
+        "a VLAN tag is kept",
+        &Frame::v6(LB, &ack(40_000))
+            .with_vlan(ETH_P_8021Q, 7)
+            .build(),
+        first,
+    );
+    // The connections are listed as ipvsadm lists them, with their states.
+    let listed: Vec<String> = d
+        .connections()
+        .unwrap()
+        .iter()
+        .map(|c| format!("{} {} {} {}", c.client, c.client_port, c.real, c.state))
+        .collect();
+    assert!(
+        listed.contains(&format!("{CLIENT} 40000 {} ESTABLISHED", rs_addr(first))),
+        "{listed:?}"
+    );
+    assert!(
+        listed.contains(&format!("{CLIENT} 5353 2001:db8::5 UDP")),
+        "{listed:?}"
+    );
+    // An IPv4 service beside them is unaffected.
+    tx(
+        &d,
+        "IPv4 beside",
+        &Frame::tcp(LB, "10.0.9.1", 1234, "10.0.0.10", 80).build(),
+        RS1,
+    );
+}
+
+fn rs_addr(mac: [u8; 6]) -> &'static str {
+    if mac == RS1 {
+        "2001:db8::3"
+    } else {
+        "2001:db8::4"
+    }
+}
+
+#[test]
+fn extension_headers_are_walked_up_to_four() {
+    pin_to_cpu0();
+    let d = director_from(CONFIG);
+    let rs = forward_of(&d, &Frame::v6(LB, &syn(41_000)).build());
+    let hbh = Ext::Options { kind: 0, units: 1 };
+    let routing = Ext::Options { kind: 43, units: 1 };
+    let dest = Ext::Options { kind: 60, units: 2 };
+    let atomic = Ext::Fragment {
+        offset: 0,
+        more: false,
+    };
+    let chains: [(&str, Vec<Ext>); 5] = [
+        ("hop-by-hop", vec![hbh.clone()]),
+        ("routing", vec![routing.clone()]),
+        ("destination options, 16 bytes", vec![dest.clone()]),
+        ("an atomic fragment (RFC 6946)", vec![atomic.clone()]),
+        (
+            "a chain of four",
+            vec![hbh.clone(), dest.clone(), routing.clone(), dest.clone()],
+        ),
+    ];
+    for (name, exts) in chains {
+        let frame = Frame::v6(LB, &ack(41_000).with_exts(exts)).build();
+        tx(&d, name, &frame, rs);
+    }
+    // What the program does not walk is the host's.
+    let five = vec![
+        hbh.clone(),
+        dest.clone(),
+        routing.clone(),
+        dest.clone(),
+        dest,
+    ];
+    for (name, exts) in [
+        ("a chain of five", five),
+        ("AH", vec![Ext::Other { kind: 51 }]),
+        ("ESP", vec![Ext::Other { kind: 50 }]),
+        ("mobility", vec![Ext::Other { kind: 135 }]),
+    ] {
+        let frame = Frame::v6(LB, &ack(41_000).with_exts(exts)).build();
+        pass(&d, name, &frame, reason::PASS_IPV6_EXT);
+    }
+    // Not TCP or UDP.
+    let mut icmp = ack(41_000);
+    icmp.proto = 58;
+    pass(
+        &d,
+        "ICMPv6 echo",
+        &Frame::v6(LB, &icmp).build(),
+        reason::PASS_OTHER_PROTO,
+    );
+}
+
+#[test]
+fn ipv6_fragments_follow_ipv4s_rule() {
+    pin_to_cpu0();
+    let d = director_from(CONFIG);
+    for (name, offset, more) in [("first fragment", 0, true), ("later fragment", 100, false)] {
+        let frag = Ext::Fragment { offset, more };
+        let to_vip = Frame::v6(LB, &syn(42_000).with_exts(vec![frag.clone()])).build();
+        drop(&d, name, &to_vip, reason::DROP_FRAGMENT);
+        let other = Ipv6Packet::tcp(CLIENT, 42_000, "2001:db8::99", 80, 0x02).with_exts(vec![frag]);
+        pass(
+            &d,
+            &format!("{name} to another address"),
+            &Frame::v6(LB, &other).build(),
+            reason::PASS_FRAGMENT,
+        );
+    }
+}
+
+#[test]
+fn invalid_ipv6_is_dropped_and_other_traffic_passes() {
+    pin_to_cpu0();
+    let d = director_from(CONFIG);
+    let good = Frame::v6(LB, &syn(43_000)).build();
+    // Cut short at every length before the TCP flags: the program never reads past the frame.
+    for cut in 14..(14 + 40 + 14) {
+        drop(
+            &d,
+            &format!("cut to {cut} bytes"),
+            &good[..cut],
+            reason::DROP_MALFORMED,
+        );
+    }
+    let mut wrong_version = syn(43_000);
+    wrong_version.version = 4;
+    drop(
+        &d,
+        "version 4 in an IPv6 frame",
+        &Frame::v6(LB, &wrong_version).build(),
+        reason::DROP_MALFORMED,
+    );
+    let mut too_long = syn(43_000);
+    too_long.payload_len = Some(2000);
+    drop(
+        &d,
+        "payload length beyond the frame",
+        &Frame::v6(LB, &too_long).build(),
+        reason::DROP_MALFORMED,
+    );
+    let mut short_tcp = syn(43_000);
+    short_tcp.payload_len = Some(12);
+    drop(
+        &d,
+        "payload length shorter than TCP's header",
+        &Frame::v6(LB, &short_tcp).build(),
+        reason::DROP_MALFORMED,
+    );
+    // An extension header longer than the payload.
+    let mut long_ext = syn(43_000).with_exts(vec![Ext::Options { kind: 0, units: 1 }]);
+    long_ext.payload_len = Some(6);
+    drop(
+        &d,
+        "extension header beyond the payload",
+        &Frame::v6(LB, &long_ext).build(),
+        reason::DROP_MALFORMED,
+    );
+    pass(
+        &d,
+        "to no service",
+        &Frame::tcp6(LB, CLIENT, 43_000, VIP, 8080, 0x02).build(),
+        reason::PASS_NO_SERVICE,
+    );
+    let mut other_mac = good.clone();
+    other_mac[5] ^= 0xff;
+    pass(&d, "another MAC", &other_mac, reason::PASS_NOT_LOCAL);
+}
+
+#[test]
+fn an_ipv6_packet_without_syn_that_misses_is_hashed_and_not_remembered() {
+    pin_to_cpu0();
+    let d = director_from(CONFIG);
+    let frame = Frame::v6(LB, &ack(44_000)).build();
+    let first = forward_of(&d, &frame);
+    for _ in 0..5 {
+        assert_eq!(
+            forward_of(&d, &frame),
+            first,
+            "the same real server each time"
+        );
+    }
+    let s = d.snapshot().unwrap();
+    assert_eq!(s.reason(reason::EVENT_FLOW_MISS_NONSYN).packets, 6);
+    assert!(
+        d.balancer().flows_v6().unwrap().is_empty(),
+        "nothing remembered"
+    );
+}
