@@ -33,6 +33,12 @@ pub const REAL_SERVERS: [(&str, &str, &str); 2] = [
     ("rs1", "192.168.0.3", "02:00:00:00:00:03"),
     ("rs2", "192.168.0.4", "02:00:00:00:00:04"),
 ];
+/// The IPv6 side of the same lab: every namespace has an address in 2001:db8::/64 too, the VIP
+/// is on the LB's eth0 and on the real servers' lo.
+pub const VIP6: &str = "2001:db8::10";
+pub const LB_IP6: &str = "2001:db8::1";
+pub const CLIENT_IP6: &str = "2001:db8::100";
+pub const REAL_SERVERS_V6: [&str; 2] = ["2001:db8::3", "2001:db8::4"];
 
 /// The lvs-xdp configuration of the lab, as an operator would write it.
 pub fn lvs_config() -> String {
@@ -46,6 +52,24 @@ scheduler = "rr"
 real_servers = [ {{ address = "{}" }}, {{ address = "{}" }} ]
 "#,
         REAL_SERVERS[0].1, REAL_SERVERS[1].1
+    )
+}
+
+/// The lab's configuration with an IPv6 service beside the IPv4 one: `-A -t [VIP6]:80 -s rr`
+/// and a real server per IPv6 address.
+pub fn lvs_config_dual() -> String {
+    format!(
+        r#"{}
+[[service]]
+vip = "{VIP6}"
+port = 80
+protocol = "tcp"
+scheduler = "rr"
+real_servers = [ {{ address = "{}" }}, {{ address = "{}" }} ]
+"#,
+        lvs_config(),
+        REAL_SERVERS_V6[0],
+        REAL_SERVERS_V6[1]
     )
 }
 
@@ -120,6 +144,17 @@ impl Lab {
         for ns in &lab.real_servers {
             real_server(ns, VIP)?;
         }
+        // IPv6 beside (without duplicate address detection, so the addresses work at once).
+        let add6 = |ns: &Netns, addr: &str, dev: &str| {
+            ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"])
+        };
+        add6(&lab.client, &format!("{CLIENT_IP6}/64"), "eth0")?;
+        add6(&lab.lb, &format!("{LB_IP6}/64"), "eth0")?;
+        add6(&lab.lb, &format!("{VIP6}/128"), "eth0")?;
+        for (ns, addr) in lab.real_servers.iter().zip(REAL_SERVERS_V6) {
+            add6(ns, &format!("{addr}/64"), "eth0")?;
+            add6(ns, &format!("{VIP6}/128"), "lo")?;
+        }
         Ok(lab)
     }
 
@@ -151,6 +186,24 @@ impl Lab {
         let path = self.dir.0.join("lvs-xdp.toml");
         fs::write(&path, lvs_config())?;
         Ok(path)
+    }
+
+    /// Writes the configuration with the IPv6 service too ([`lvs_config_dual`]).
+    pub fn write_lvs_config_dual(&self) -> Result<PathBuf> {
+        let path = self.dir.0.join("lvs-xdp-dual.toml");
+        fs::write(&path, lvs_config_dual())?;
+        Ok(path)
+    }
+
+    /// `curl -6 http://[VIP6]{path}` from the client, pinned to CPU 0. Returns the body.
+    pub fn get6(&self, path: &str) -> Result<String> {
+        let url = format!("http://[{VIP6}]{path}");
+        let out = self.client.exec_on_cpu(
+            0,
+            "curl",
+            &["-6", "-g", "-sS", "--fail", "--max-time", "10", &url],
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Starts `lvs-xdp run` on the LB's eth0 with `args` after `run --iface eth0`, its stdout and
@@ -417,6 +470,7 @@ http {{
     default_type application/octet-stream;
     server {{
         listen 80;
+        listen [::]:80;
         root {d}/www;
         location = /index.html {{ default_type text/plain; }}
         # The same files at 4 MB/s per response, for transfers that must last.
