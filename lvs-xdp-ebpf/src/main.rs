@@ -92,6 +92,11 @@ fn process_v6(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Dropped> {
             family: FAMILY_V6,
         }),
         Parsed::Pass(why) => Ok(Verdict::pass(why)),
+        Parsed::IcmpTooBigV6(key) => icmp::too_big::<V6>(ctx, iface, &key, bytes),
+        Parsed::IcmpTooBigUnmatched => {
+            stats::global(reason::EVENT_ICMP_TOO_BIG_UNMATCHED, 0);
+            Ok(Verdict::pass(reason::PASS_OTHER_PROTO))
+        }
         // Not reached: the frame is IPv6.
         _ => Ok(Verdict::pass(reason::PASS_NOT_IP)),
     }
@@ -116,11 +121,11 @@ fn process(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Dropped> {
             // Only if the slot is empty (the loader always fills it).
             return Ok(Verdict::pass(reason::PASS_IPV6_EXT));
         }
-        Parsed::V6(..) | Parsed::FragmentV6 { .. } => {
+        Parsed::V6(..) | Parsed::FragmentV6 { .. } | Parsed::IcmpTooBigV6(_) => {
             return Ok(Verdict::pass(reason::PASS_IPV6_EXT));
         }
         Parsed::V4(key, flags) => (key, flags),
-        Parsed::IcmpTooBigV4(key) => return icmp::too_big(ctx, iface, &key, bytes),
+        Parsed::IcmpTooBigV4(key) => return icmp::too_big::<V4>(ctx, iface, &key, bytes),
         Parsed::IcmpTooBigUnmatched => {
             stats::global(reason::EVENT_ICMP_TOO_BIG_UNMATCHED, 0);
             return Ok(Verdict::pass(reason::PASS_OTHER_PROTO));

@@ -6,7 +6,7 @@ use lvs_xdp_common::{FlowKeyV4, FlowKeyV6, PROTO_TCP, reason};
 
 use crate::{
     verdict::Dropped,
-    wire::{self, eth, icmp, ipv4, ipv6, load, opaque, tcp},
+    wire::{self, eth, icmp, icmp6, ipv4, ipv6, load, opaque, tcp},
 };
 
 const MALFORMED: Dropped = Dropped(reason::DROP_MALFORMED);
@@ -30,7 +30,10 @@ pub enum Parsed {
     /// connection it belongs to, seen from the client (the quoted packet is a reply, turned
     /// around).
     IcmpTooBigV4(FlowKeyV4),
-    /// An ICMP "fragmentation needed" whose quoted packet is truncated, invalid or not TCP/UDP.
+    /// An ICMPv6 "packet too big" quoting a TCP/UDP packet: as `IcmpTooBigV4`.
+    IcmpTooBigV6(FlowKeyV6),
+    /// An ICMP "fragmentation needed" or ICMPv6 "packet too big" whose quoted packet is
+    /// truncated, invalid or not TCP/UDP.
     IcmpTooBigUnmatched,
 }
 
@@ -248,6 +251,9 @@ fn parse_v6(l3: usize, end: usize) -> Result<Parsed, Dropped> {
             return Err(MALFORMED);
         }
     }
+    if next == icmp6::PROTO && !fragment {
+        return Ok(icmp_v6(at, limit, end));
+    }
     let Some(l4_min) = wire::l4_min_len(next) else {
         // An upper-layer protocol other than TCP/UDP, or a header not walked (AH, ESP, a
         // chain longer than MAX_EXT): the host's.
@@ -287,4 +293,45 @@ fn parse_v6(l3: usize, end: usize) -> Result<Parsed, Dropped> {
         },
         flags,
     ))
+}
+
+/// An ICMPv6 message at `at` (the packet ending at `limit`): a "packet too big" quoting a
+/// TCP/UDP packet (its fixed header directly followed by TCP or UDP) gives the flow key of the
+/// connection it is about; any other message is the host's.
+#[inline(always)]
+fn icmp_v6(at: usize, limit: usize, end: usize) -> Parsed {
+    let at = opaque(at);
+    if at + icmp6::LEN > limit || at + icmp6::LEN > end {
+        return Parsed::Pass(reason::PASS_OTHER_PROTO);
+    }
+    // SAFETY: the ICMPv6 header is inside the frame (checked above).
+    if unsafe { load::<u16>(at + icmp6::TYPE_CODE) } != icmp6::PACKET_TOO_BIG_WIRE {
+        return Parsed::Pass(reason::PASS_OTHER_PROTO);
+    }
+    let quote = opaque(at + icmp6::LEN);
+    let ports_at = quote + ipv6::LEN;
+    if ports_at + wire::PORTS + 4 > limit || ports_at + wire::PORTS + 4 > end {
+        return Parsed::IcmpTooBigUnmatched;
+    }
+    // SAFETY: the quoted header and the four bytes after it are inside the frame.
+    let (version, next, saddr, daddr, ports) = unsafe {
+        (
+            load::<u8>(quote + ipv6::VERSION) >> 4,
+            load::<u8>(quote + ipv6::NEXT_HEADER),
+            load::<[u32; 4]>(quote + ipv6::SADDR),
+            load::<[u32; 4]>(quote + ipv6::DADDR),
+            load::<u32>(ports_at + wire::PORTS),
+        )
+    };
+    if version != 6 || wire::l4_min_len(next).is_none() {
+        return Parsed::IcmpTooBigUnmatched;
+    }
+    // The quoted packet went from the VIP to the client: the connection's key is the other
+    // way round.
+    Parsed::IcmpTooBigV6(FlowKeyV6 {
+        saddr: daddr,
+        daddr: saddr,
+        ports: ports.rotate_left(16),
+        proto: u32::from(next),
+    })
 }

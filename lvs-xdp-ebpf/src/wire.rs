@@ -134,6 +134,16 @@ pub mod icmp {
     pub const FRAG_NEEDED_WIRE: u16 = u16::from_ne_bytes([3, 4]);
 }
 
+/// ICMPv6 (RFC 4443).
+pub mod icmp6 {
+    pub const PROTO: u8 = 58;
+    /// Type, code, checksum, then the MTU (for "packet too big"), then the quoted packet.
+    pub const LEN: usize = 8;
+    pub const TYPE_CODE: usize = 0;
+    /// Packet too big (2), code 0.
+    pub const PACKET_TOO_BIG_WIRE: u16 = u16::from_ne_bytes([2, 0]);
+}
+
 /// Both TCP and UDP start with the source and destination ports: one 32-bit word, which the
 /// flow key keeps as it reads from the wire.
 pub const PORTS: usize = 0;

@@ -524,6 +524,24 @@ impl Ipv6Packet {
         p
     }
 
+    /// An ICMPv6 "packet too big" (type 2) from `router` to `dst`, announcing `mtu` and quoting
+    /// `quoted` (an IPv6 packet, or its first bytes).
+    pub fn packet_too_big(router: &str, dst: &str, mtu: u32, quoted: &[u8]) -> Ipv6Packet {
+        let mut msg = vec![2, 0, 0, 0];
+        msg.extend_from_slice(&mtu.to_be_bytes());
+        msg.extend_from_slice(quoted);
+        let mut p = Ipv6Packet::new(router, dst, 58, msg);
+        p.fill_checksum(2);
+        p
+    }
+
+    /// Another ICMPv6 message (`kind`, code 0) with eight bytes of body.
+    pub fn icmp6(src: &str, dst: &str, kind: u8) -> Ipv6Packet {
+        let mut p = Ipv6Packet::new(src, dst, 58, vec![kind, 0, 0, 0, 0, 1, 0, 1]);
+        p.fill_checksum(2);
+        p
+    }
+
     pub fn with_exts(mut self, exts: Vec<Ext>) -> Ipv6Packet {
         self.exts = exts;
         self

@@ -3,7 +3,7 @@
 //! host's. Through BPF_PROG_TEST_RUN. Needs root.
 use lvs_xdp::Director;
 use lvs_xdp_common::reason;
-use lvs_xdp_tests::packet::Frame;
+use lvs_xdp_tests::packet::{Ext, Frame, Ipv6Packet};
 
 mod support;
 use support::{LB, XDP_TX, director_from, pass, pin_to_cpu0, tx};
@@ -212,4 +212,104 @@ fn other_icmp_and_errors_naming_no_connection_stay_the_hosts() {
     padded[16..18].copy_from_slice(&total.to_be_bytes());
     expect_unmatched("quote beyond the IP total length", &padded);
     assert_eq!(event(&d, reason::EVENT_ICMP_TOO_BIG_FORWARDED), 0);
+}
+
+const CONFIG_V6: &str = r#"
+flow_table_size = 4096
+flow_table_size_v6 = 4096
+[[service]]
+vip = "2001:db8::10"
+port = 80
+scheduler = "rr"
+real_servers = [
+  { address = "2001:db8::3", mac = "02:00:00:00:00:03" },
+  { address = "2001:db8::4", mac = "02:00:00:00:00:04" },
+]
+[[service]]
+vip = "2001:db8::30"
+port = 80
+scheduler = "mh"
+scheduler_flags = ["mh-port"]
+real_servers = [
+  { address = "2001:db8::3", mac = "02:00:00:00:00:03" },
+  { address = "2001:db8::4", mac = "02:00:00:00:00:04" },
+]
+"#;
+const VIP6: &str = "2001:db8::10";
+const MH_VIP6: &str = "2001:db8::30";
+const CLIENT6: &str = "2001:db8:9::100";
+const ROUTER6: &str = "2001:db8:9::1";
+
+/// The IPv6 reply `vip:80 -> CLIENT6:cport` the router could not pass on, `quote` bytes of it.
+fn reply6(vip: &str, cport: u16, quote: usize) -> Vec<u8> {
+    let mut p = Ipv6Packet::tcp(vip, 80, CLIENT6, cport, 0x10);
+    p.upper.extend_from_slice(&[0xab; 1400]);
+    let bytes = p.build();
+    bytes[..quote.min(bytes.len())].to_vec()
+}
+
+fn too_big(vip: &str, quoted: &[u8]) -> Vec<u8> {
+    Frame::v6(LB, &Ipv6Packet::packet_too_big(ROUTER6, vip, 1280, quoted)).build()
+}
+
+#[test]
+fn packet_too_big_goes_to_the_real_server_of_the_quoted_connection() {
+    pin_to_cpu0();
+    let d = director_from(CONFIG_V6);
+    let syn = |port| Frame::tcp6(LB, CLIENT6, port, VIP6, 80, 0x02).build();
+    let a = forward_of(&d, &syn(40_000));
+    let b = forward_of(&d, &syn(40_001));
+    assert_ne!(a, b);
+    for (port, rs) in [(40_000, a), (40_001, b)] {
+        for quote in [48, 1280 - 48] {
+            tx(
+                &d,
+                &format!("packet too big about port {port}, {quote} bytes quoted"),
+                &too_big(VIP6, &reply6(VIP6, port, quote)),
+                rs,
+            );
+        }
+    }
+    // mh: an error for a connection this director does not hold goes where its SYN goes.
+    for port in 41_000..41_020u16 {
+        let (action, out) = d
+            .balancer()
+            .test_run(&too_big(MH_VIP6, &reply6(MH_VIP6, port, 48)))
+            .unwrap();
+        assert_eq!(action, XDP_TX);
+        let syn_goes = forward_of(
+            &d,
+            &Frame::tcp6(LB, CLIENT6, port, MH_VIP6, 80, 0x02).build(),
+        );
+        assert_eq!(out[0..6], syn_goes, "port {port}");
+    }
+    assert_eq!(event(&d, reason::EVENT_ICMP_TOO_BIG_FORWARDED), 24);
+
+    let other = reason::PASS_OTHER_PROTO;
+    pass(
+        &d,
+        "echo request",
+        &Frame::v6(LB, &Ipv6Packet::icmp6(ROUTER6, VIP6, 128)).build(),
+        other,
+    );
+    assert_eq!(event(&d, reason::EVENT_ICMP_TOO_BIG_UNMATCHED), 0);
+    let full = reply6(VIP6, 40_000, 48);
+    for cut in [0, 20, 40, 43] {
+        pass(
+            &d,
+            &format!("quote cut to {cut} bytes"),
+            &too_big(VIP6, &full[..cut]),
+            other,
+        );
+    }
+    let with_ext = Ipv6Packet::tcp(VIP6, 80, CLIENT6, 40_000, 0x10)
+        .with_exts(vec![Ext::Options { kind: 60, units: 1 }])
+        .build();
+    pass(
+        &d,
+        "quoting a packet with an extension header",
+        &too_big(VIP6, &with_ext[..56]),
+        other,
+    );
+    assert_eq!(event(&d, reason::EVENT_ICMP_TOO_BIG_UNMATCHED), 5);
 }
