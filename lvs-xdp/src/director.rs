@@ -354,6 +354,17 @@ impl Director {
                     iface.name
                 );
             }
+            let vlans = crate::netlink::Rtnl::open()
+                .and_then(|mut nl| nl.vlans_on(iface.index))
+                .unwrap_or_default();
+            if !vlans.is_empty() && crate::iface::rx_vlan_offload(&iface.name) == Some(true) {
+                log::warn!(
+                    "{} strips 802.1Q tags before XDP sees them (rx-vlan-offload on) and has VLAN interfaces ({}): tagged traffic for a VIP would be forwarded untagged; turn the offload off with `ethtool -K {} rxvlan off`",
+                    iface.name,
+                    vlans.join(", "),
+                    iface.name
+                );
+            }
         }
         Ok(director)
     }

@@ -62,6 +62,28 @@ pub fn driver(name: &str) -> Option<String> {
     // struct ethtool_drvinfo: cmd, driver[32], version[32], fw_version[32], bus_info[32], ...
     let mut info = [0u8; 196];
     info[..4].copy_from_slice(&ETHTOOL_GDRVINFO.to_ne_bytes());
+    ethtool(name, &mut info)?;
+    let driver = &info[4..36];
+    let end = driver.iter().position(|&b| b == 0).unwrap_or(driver.len());
+    Some(String::from_utf8_lossy(&driver[..end]).into_owned())
+}
+
+/// Whether the NIC takes 802.1Q tags off received frames before XDP sees them (receive VLAN
+/// offload, `ethtool -k`'s `rx-vlan-offload`); `None` when the driver does not answer.
+pub fn rx_vlan_offload(name: &str) -> Option<bool> {
+    const ETHTOOL_GFLAGS: u32 = 0x0000_0025;
+    const ETH_FLAG_RXVLAN: u32 = 1 << 8;
+    // struct ethtool_value: cmd, data.
+    let mut value = [0u8; 8];
+    value[..4].copy_from_slice(&ETHTOOL_GFLAGS.to_ne_bytes());
+    ethtool(name, &mut value)?;
+    let flags = u32::from_ne_bytes([value[4], value[5], value[6], value[7]]);
+    Some(flags & ETH_FLAG_RXVLAN != 0)
+}
+
+/// One SIOCETHTOOL request on interface `name`: `buf` starts with the command and is the size
+/// the kernel writes for it.
+fn ethtool(name: &str, buf: &mut [u8]) -> Option<()> {
     // SAFETY: plain socket(2), closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -77,17 +99,12 @@ pub fn driver(name: &str) -> Option<String> {
     {
         *dst = src as libc::c_char;
     }
-    req.ifr_ifru.ifru_data = info.as_mut_ptr().cast();
-    // SAFETY: SIOCETHTOOL with a drvinfo buffer of the kernel's size.
+    req.ifr_ifru.ifru_data = buf.as_mut_ptr().cast();
+    // SAFETY: SIOCETHTOOL with a buffer of the size the kernel writes for its command.
     let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut req) };
     // SAFETY: fd is ours.
     unsafe { libc::close(fd) };
-    if rc < 0 {
-        return None;
-    }
-    let driver = &info[4..36];
-    let end = driver.iter().position(|&b| b == 0).unwrap_or(driver.len());
-    Some(String::from_utf8_lossy(&driver[..end]).into_owned())
+    (rc >= 0).then_some(())
 }
 
 /// SIOCGIFHWADDR: the link-layer type and the first six bytes of the address.

@@ -410,7 +410,11 @@ pub fn render_table(now: &Snapshot, prev: Option<&Snapshot>) -> String {
         );
         for real in &svc.reals {
             let p = before.and_then(|b| b.real(real.addr)).map(|r| &r.counters);
-            let name = format!("  -> {}:{} {}", real.addr, svc.key.port, real.opts.weight);
+            let name = format!(
+                "  -> {} {}",
+                crate::model::AddrPort(real.addr, svc.key.port),
+                real.opts.weight
+            );
             line(&mut out, name, real.conns, &real.counters, p);
         }
     }

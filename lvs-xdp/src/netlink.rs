@@ -141,6 +141,38 @@ impl Rtnl {
         }
     }
 
+    /// The names of the VLAN interfaces whose parent is interface `ifindex`.
+    pub fn vlans_on(&mut self, ifindex: u32) -> io::Result<Vec<String>> {
+        use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+        let replies = self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for m in &replies {
+            let RouteNetlinkMessage::NewLink(link) = m else {
+                continue;
+            };
+            let (mut parent, mut vlan, mut name) = (None, false, None);
+            for a in &link.attributes {
+                match a {
+                    LinkAttribute::Link(p) => parent = Some(*p),
+                    LinkAttribute::IfName(n) => name = Some(n.clone()),
+                    LinkAttribute::LinkInfo(infos) => {
+                        vlan |= infos
+                            .iter()
+                            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Vlan)));
+                    }
+                    _ => {}
+                }
+            }
+            if vlan && parent == Some(ifindex) {
+                out.extend(name);
+            }
+        }
+        Ok(out)
+    }
+
     /// The neighbour table (IPv4 and IPv6).
     pub fn neighbours(&mut self) -> io::Result<Vec<Neighbour>> {
         let replies = self.request(

@@ -108,6 +108,33 @@ fn experiment(lab: &mut Lab, bin: &Path) -> Result<()> {
     );
     println!("The replies went from the real server straight to the client: they bypassed the LB.");
 
+    // The same over IPv6: the lab's namespaces have addresses in 2001:db8::/64 too, the VIP
+    // 2001:db8::10 on the LB's eth0 and on the real servers' lo.
+    let vip6 = lab::VIP6;
+    println!(
+        "\nThe same service over IPv6 (VIP {vip6} on the LB's eth0 and the real servers' lo):"
+    );
+    for words in [
+        format!("-A -t [{vip6}]:80 -s rr"),
+        format!("-a -t [{vip6}]:80 -r [{}] -g", lab::REAL_SERVERS_V6[0]),
+        format!("-a -t [{vip6}]:80 -r [{}] -g", lab::REAL_SERVERS_V6[1]),
+    ] {
+        print!("{}", ipvsadm(lab, bin, &words)?);
+    }
+    println!("Fetching http://[{vip6}]/ {} times (curl -6):", GETS / 2);
+    let mut answers6 = Vec::new();
+    for i in 1..=GETS / 2 {
+        signals::check()?;
+        let body = lab.get6("/index.html")?;
+        println!("  GET #{i:<2} -> {}", body.trim());
+        answers6.push(body.trim().to_string());
+    }
+    if !answers6.iter().any(|a| a.starts_with("rs1"))
+        || !answers6.iter().any(|a| a.starts_with("rs2"))
+    {
+        bail!("the IPv6 answers did not alternate between the real servers");
+    }
+
     print!("\n{}", ipvsadm(lab, bin, "-L -n --stats")?);
     print!("{}", ipvsadm(lab, bin, "-S -n")?);
 

@@ -74,7 +74,7 @@ pub const PROGRAMS: &[Program] = &[
     deb(
         "ethtool",
         "ethtool",
-        "lab: TX checksum offload off on the client's veth",
+        "lab, tests: TX checksum offload off on the senders' veths, rx-vlan offload off",
     ),
     deb(
         "ip",
