@@ -50,6 +50,11 @@ static PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 #[xdp]
 pub fn lvs_xdp(ctx: XdpContext) -> u32 {
+    // An untagged IPv6 frame goes to the IPv6 program at once (a tagged one after parsing).
+    if fast::is_untagged_ipv6(&ctx) {
+        // SAFETY: a tail call to the IPv6 program, which decides the packet from scratch.
+        unsafe { PROGRAMS.tail_call(&ctx, lvs_xdp_common::map::PROGRAM_V6_SLOT) };
+    }
     // Nearly every packet: a known flow in the common frame format (see `fast`).
     if let Some(verdict) = fast::forward_known_flow(&ctx) {
         return verdict.action;
@@ -64,10 +69,14 @@ pub fn lvs_xdp(ctx: XdpContext) -> u32 {
 }
 
 /// The IPv6 program: every IPv6 frame addressed to the interface comes here from the main
-/// program's tail call. No fast path yet: it parses and decides each packet as the general
-/// path does.
+/// program's tail call. A known flow in the common format takes the IPv6 fast path; every
+/// other packet is parsed and decided as the general path does.
 #[xdp]
 pub fn lvs_xdp_v6(ctx: XdpContext) -> u32 {
+    // A known flow in the common frame format (see `fast`).
+    if let Some(verdict) = fast::forward_known_flow_v6(&ctx) {
+        return verdict.action;
+    }
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = process_v6(&ctx, bytes).unwrap_or_else(Verdict::from);
     if verdict.reason != reason::FORWARDED {

@@ -162,17 +162,21 @@ impl Bench {
             programs.attach(contract::SINK, gen_if, AttachMode::Native)
         })?;
 
+        // The same service on the IPv4 and the IPv6 VIP, with the same two real servers' MACs.
+        let proto = if opts.proto == PROTO_UDP {
+            "udp"
+        } else {
+            "tcp"
+        };
         let config = Config::from_toml(&format!(
-            "flow_table_size = {}\n[[service]]\nvip = \"{}\"\nport = {PORT}\nprotocol = \"{}\"\nscheduler = \"rr\"\nreal_servers = [ {{ address = \"10.0.0.3\", mac = \"{}\" }}, {{ address = \"10.0.0.4\", mac = \"{}\" }} ]\n",
-            opts.flow_table_size,
+            "flow_table_size = {size}\nflow_table_size_v6 = {size}\n[[service]]\nvip = \"{}\"\nport = {PORT}\nprotocol = \"{proto}\"\nscheduler = \"rr\"\nreal_servers = [ {{ address = \"10.0.0.3\", mac = \"{}\" }}, {{ address = \"10.0.0.4\", mac = \"{}\" }} ]\n[[service]]\nvip = \"{}\"\nport = {PORT}\nprotocol = \"{proto}\"\nscheduler = \"rr\"\nreal_servers = [ {{ address = \"fd00::3\", mac = \"{}\" }}, {{ address = \"fd00::4\", mac = \"{}\" }} ]\n",
             std::net::Ipv4Addr::from(VIP4),
-            if opts.proto == PROTO_UDP {
-                "udp"
-            } else {
-                "tcp"
-            },
             mac(RS_MACS[0]),
             mac(RS_MACS[1]),
+            std::net::Ipv6Addr::from(VIP6),
+            mac(RS_MACS[0]),
+            mac(RS_MACS[1]),
+            size = opts.flow_table_size,
         ))?;
         let balancer = in_netns(&lb_ns.name, || {
             let iface = Interface::lookup("l0")?;
@@ -426,7 +430,8 @@ impl Bench {
     }
 
     fn conns(&self) -> Result<u64> {
-        Ok(self.balancer.snapshot()?.services[0].counters.conns)
+        let snap = self.balancer.snapshot()?;
+        Ok(snap.services.iter().map(|s| s.counters.conns).sum())
     }
 
     /// New connections per second with `scheduler`: a SYN flood of `flows` distinct flows, more

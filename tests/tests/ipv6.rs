@@ -271,3 +271,60 @@ fn an_ipv6_packet_without_syn_that_misses_is_hashed_and_not_remembered() {
         "nothing remembered"
     );
 }
+
+/// The IPv6 fast path takes only what it may: frames of a known flow that are not for this
+/// MAC, broken, tagged, or carry extension headers get the general path's verdicts.
+#[test]
+fn frames_of_a_known_ipv6_flow_still_get_every_check() {
+    pin_to_cpu0();
+    let d = director_from(CONFIG);
+    let rs = forward_of(&d, &Frame::v6(LB, &syn(45_000)).build());
+    tx(&d, "ACK", &Frame::v6(LB, &ack(45_000)).build(), rs);
+    let good = Frame::v6(LB, &ack(45_000)).build();
+    let mut other_mac = good.clone();
+    other_mac[0] ^= 0x04;
+    pass(&d, "another MAC", &other_mac, reason::PASS_NOT_LOCAL);
+    let mut v4_nibble = ack(45_000);
+    v4_nibble.version = 4;
+    drop(
+        &d,
+        "version 4",
+        &Frame::v6(LB, &v4_nibble).build(),
+        reason::DROP_MALFORMED,
+    );
+    let mut long = ack(45_000);
+    long.payload_len = Some(1000);
+    drop(
+        &d,
+        "payload length beyond the frame",
+        &Frame::v6(LB, &long).build(),
+        reason::DROP_MALFORMED,
+    );
+    drop(
+        &d,
+        "cut inside TCP",
+        &good[..14 + 40 + 10],
+        reason::DROP_MALFORMED,
+    );
+    let with_ext = ack(45_000).with_exts(vec![Ext::Options { kind: 60, units: 1 }]);
+    tx(
+        &d,
+        "with an extension header",
+        &Frame::v6(LB, &with_ext).build(),
+        rs,
+    );
+    // A FIN changes the state: the general path tracks it.
+    tx(
+        &d,
+        "FIN",
+        &Frame::v6(LB, &Ipv6Packet::tcp(CLIENT, 45_000, VIP, 80, 0x11)).build(),
+        rs,
+    );
+    let state = d
+        .connections()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.client_port == 45_000)
+        .map(|c| c.state);
+    assert_eq!(state.as_deref(), Some("FIN_WAIT"));
+}
