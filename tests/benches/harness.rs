@@ -342,6 +342,12 @@ impl Bench {
         })
     }
 
+    /// Sends IPv4 or IPv6 from now on (`FAMILY_V4`/`FAMILY_V6`): the director serves the same
+    /// service on both VIPs.
+    pub fn set_family(&mut self, family: u8) {
+        self.opts.family = family;
+    }
+
     /// Replaces lvs-xdp with a freshly loaded one: an empty flow table, so each measurement sees
     /// exactly its own flows, as a load balancer with that many active connections would.
     fn reload(&mut self) -> Result<()> {

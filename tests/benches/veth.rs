@@ -166,6 +166,33 @@ fn real_main() -> Result<()> {
             ));
         }
     }
+    if opts.runs > 0 && opts.family != FAMILY_V6 {
+        // IPv6 known flows beside IPv4's, interleaved on the same run.
+        println!("IPv6 known flows, beside IPv4's (lvs-xdp, interleaved):");
+        new_conn_table.push_str(&format!(
+            "\nIPv6 known flows beside IPv4's, lvs-xdp, interleaved, median of {} run(s):\n\n| flows | IPv4 | IPv6 | IPv6 / IPv4 |\n|---:|---:|---:|---:|\n",
+            opts.runs
+        ));
+        for flows in [1_000, 10_000] {
+            let (mut v4, mut v6) = (Vec::new(), Vec::new());
+            for _ in 0..opts.runs {
+                bench.set_family(lvs_xdp_common::FAMILY_V4);
+                v4.push(bench.measure(harness::Variant::LvsXdp, flows)?.mpps());
+                bench.set_family(FAMILY_V6);
+                v6.push(bench.measure(harness::Variant::LvsXdp, flows)?.mpps());
+            }
+            bench.set_family(lvs_xdp_common::FAMILY_V4);
+            let (a, b) = (harness::median(v4), harness::median(v6));
+            println!(
+                "  {flows:>8} flows  IPv4 {a:.2} Mpps, IPv6 {b:.2} Mpps ({:.0}%)",
+                100.0 * b / a
+            );
+            new_conn_table.push_str(&format!(
+                "| {flows} | {a:.2} Mpps | {b:.2} Mpps | {:.0}% |\n",
+                100.0 * b / a
+            ));
+        }
+    }
     if new_conns && opts.runs > 0 && opts.family != FAMILY_V6 && opts.proto != PROTO_UDP {
         // Weights 1:2:3 over 60 000 new connections.
         let flows = 60_000;
