@@ -107,20 +107,7 @@ pub fn parse(data: usize, end: usize, own_mac: usize) -> Result<Parsed, Dropped>
     }
     // The verifier needs the checks below on the variable-offset pointer itself. The checks
     // above already imply them, and LLVM would drop them: `opaque` hides that.
-    let l4 = opaque(l3 + ihl);
-    let (ports, flags) = if proto == PROTO_TCP {
-        if l4 + tcp::FLAGS + 1 > end {
-            return Err(MALFORMED);
-        }
-        // SAFETY: bounds checked just above.
-        unsafe { (load::<u32>(l4 + wire::PORTS), load::<u8>(l4 + tcp::FLAGS)) }
-    } else {
-        if l4 + wire::PORTS + 4 > end {
-            return Err(MALFORMED);
-        }
-        // SAFETY: bounds checked just above.
-        (unsafe { load::<u32>(l4 + wire::PORTS) }, 0)
-    };
+    let (ports, flags) = ports_and_flags(opaque(l3 + ihl), end, proto)?;
     Ok(Parsed::V4(
         FlowKeyV4 {
             saddr,
@@ -130,6 +117,25 @@ pub fn parse(data: usize, end: usize, own_mac: usize) -> Result<Parsed, Dropped>
         },
         flags,
     ))
+}
+
+/// The ports word and the TCP flags (0 for UDP) of the TCP or UDP header at `l4`. The caller
+/// hides `l4`'s history from LLVM with `opaque`: the verifier needs these checks on it.
+#[inline(always)]
+fn ports_and_flags(l4: usize, end: usize, proto: u8) -> Result<(u32, u8), Dropped> {
+    if proto == PROTO_TCP {
+        if l4 + tcp::FLAGS + 1 > end {
+            return Err(MALFORMED);
+        }
+        // SAFETY: bounds checked just above.
+        Ok(unsafe { (load::<u32>(l4 + wire::PORTS), load::<u8>(l4 + tcp::FLAGS)) })
+    } else {
+        if l4 + wire::PORTS + 4 > end {
+            return Err(MALFORMED);
+        }
+        // SAFETY: bounds checked just above.
+        Ok((unsafe { load::<u32>(l4 + wire::PORTS) }, 0))
+    }
 }
 
 /// An ICMP message at `at`, its datagram ending at `limit` (the IP total length; `end` is the
@@ -271,19 +277,7 @@ fn parse_v6(l3: usize, end: usize) -> Result<Parsed, Dropped> {
     if l4 + l4_min > limit {
         return Err(MALFORMED);
     }
-    let (ports, flags) = if next == PROTO_TCP {
-        if l4 + tcp::FLAGS + 1 > end {
-            return Err(MALFORMED);
-        }
-        // SAFETY: bounds checked just above.
-        unsafe { (load::<u32>(l4 + wire::PORTS), load::<u8>(l4 + tcp::FLAGS)) }
-    } else {
-        if l4 + wire::PORTS + 4 > end {
-            return Err(MALFORMED);
-        }
-        // SAFETY: bounds checked just above.
-        (unsafe { load::<u32>(l4 + wire::PORTS) }, 0)
-    };
+    let (ports, flags) = ports_and_flags(l4, end, next)?;
     Ok(Parsed::V6(
         FlowKeyV6 {
             saddr,
