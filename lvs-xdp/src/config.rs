@@ -199,11 +199,10 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         let mut config = Config::default();
         if let Some(size) = raw.flow_table_size {
-            config.capacity.flow_table_size = flow_table_size(size)?;
+            config.capacity.flow_table_size = flow_table_size(size, "flow_table_size")?;
         }
         if let Some(size) = raw.flow_table_size_v6 {
-            config.capacity.flow_table_size_v6 = flow_table_size(size)
-                .map_err(|e| anyhow!("{e:#}").context("flow_table_size_v6"))?;
+            config.capacity.flow_table_size_v6 = flow_table_size(size, "flow_table_size_v6")?;
         }
         if let Some(n) = raw.max_services {
             config.capacity.services = capacity(n, "max_services")?;
@@ -273,7 +272,12 @@ impl Config {
     }
 
     pub fn set_flow_table_size(&mut self, size: i64) -> Result<()> {
-        self.capacity.flow_table_size = flow_table_size(size).context("--flow-table-size")?;
+        self.capacity.flow_table_size = flow_table_size(size, "--flow-table-size")?;
+        Ok(())
+    }
+
+    pub fn set_flow_table_size_v6(&mut self, size: i64) -> Result<()> {
+        self.capacity.flow_table_size_v6 = flow_table_size(size, "--flow-table-size-v6")?;
         Ok(())
     }
 
@@ -315,11 +319,9 @@ fn maglev_table_size(n: i64, field: &str) -> Result<u32> {
     Ok(n as u32)
 }
 
-fn flow_table_size(size: i64) -> Result<u32> {
+fn flow_table_size(size: i64, field: &str) -> Result<u32> {
     if !(MIN_FLOW_TABLE_SIZE as i64..=MAX_FLOW_TABLE_SIZE as i64).contains(&size) {
-        bail!(
-            "flow_table_size {size} out of range ({MIN_FLOW_TABLE_SIZE}..={MAX_FLOW_TABLE_SIZE})"
-        );
+        bail!("{field} {size} out of range ({MIN_FLOW_TABLE_SIZE}..={MAX_FLOW_TABLE_SIZE})");
     }
     Ok(size as u32)
 }

@@ -120,7 +120,7 @@ fn config_refusals_name_the_problem() {
 
 #[test]
 fn command_line_refusals() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["--service", "10.9.0.10:80/icmp"],
             "unknown protocol \"icmp\"",
@@ -143,7 +143,15 @@ fn command_line_refusals() {
         ),
         (
             &["--service", "10.9.0.10:80", "--flow-table-size", "-5"],
-            "flow_table_size -5 out of range",
+            "--flow-table-size -5 out of range",
+        ),
+        (
+            &["--service", "10.9.0.10:80", "--flow-table-size-v6", "8"],
+            "--flow-table-size-v6 8 out of range (16..=16777216)",
+        ),
+        (
+            &["--service", "[2001:db8::10]:80", "--real", "10.9.0.3"],
+            "real server 10.9.0.3 is not of the family of service TCP [2001:db8::10]:80",
         ),
     ];
     for (args, want) in cases {

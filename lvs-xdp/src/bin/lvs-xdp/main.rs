@@ -113,6 +113,9 @@ struct ServiceArgs {
     /// Flows the flow table holds at least (connections remembered at once).
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     flow_table_size: Option<i64>,
+    /// IPv6 flows the IPv6 flow table holds at least.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    flow_table_size_v6: Option<i64>,
     /// Virtual services the maps have room for.
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     max_services: Option<i64>,
@@ -301,6 +304,9 @@ fn build_config(args: &ServiceArgs, matches: &ArgMatches) -> Result<Config> {
     if let Some(size) = args.flow_table_size {
         config.set_flow_table_size(size)?;
     }
+    if let Some(size) = args.flow_table_size_v6 {
+        config.set_flow_table_size_v6(size)?;
+    }
     if let Some(n) = args.max_services {
         config.set_max_services(n)?;
     }
@@ -339,6 +345,13 @@ fn describe(config: &Config) -> String {
         "flow table: {size} flows at least ({buckets} buckets of {}, {overflow} overflow entries; {:.1} MiB of kernel memory)\n",
         flow_table::WAYS,
         flow_table::memory(size) as f64 / f64::from(1 << 20)
+    );
+    let size6 = config.capacity.flow_table_size_v6;
+    let (buckets6, overflow6) = flow_table::sizes_v6(size6);
+    out += &format!(
+        "IPv6 flow table: {size6} flows at least ({buckets6} buckets of {}, {overflow6} overflow entries; {:.1} MiB of kernel memory)\n",
+        flow_table::WAYS_V6,
+        flow_table::memory_v6(size6) as f64 / f64::from(1 << 20)
     );
     out += &format!(
         "capacity: {} services, {} real servers\n",
