@@ -754,24 +754,13 @@ impl Director {
 
     /// One step of each flow table's sweep (see [`flowtable::Sweep::step`]).
     fn sweep_step(&mut self, clock: &common::Clock, live: &[u32]) -> Result<()> {
+        let budget = flowtable::SWEEP_BUCKETS;
         let (buckets, overflow, conns) = self.balancer.flow_table();
-        self.sweep.step(
-            buckets,
-            overflow,
-            conns,
-            clock,
-            live,
-            flowtable::SWEEP_BUCKETS,
-        )?;
+        self.sweep
+            .step(buckets, overflow, conns, clock, live, budget)?;
         let (buckets, overflow, conns) = self.balancer.flow_table_v6();
-        self.sweep6.step(
-            buckets,
-            overflow,
-            conns,
-            clock,
-            live,
-            flowtable::SWEEP_BUCKETS,
-        )
+        self.sweep6
+            .step(buckets, overflow, conns, clock, live, budget)
     }
 
     /// Deletes the persistence templates that expired (their service's timeout after the

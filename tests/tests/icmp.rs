@@ -6,7 +6,7 @@ use lvs_xdp_common::reason;
 use lvs_xdp_tests::packet::{Ext, Frame, Ipv6Packet};
 
 mod support;
-use support::{LB, XDP_TX, director_from, pass, pin_to_cpu0, tx};
+use support::{LB, XDP_TX, director_from, forward_of, pass, pin_to_cpu0, tx};
 
 const RS1: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
 const RS2: [u8; 6] = [0x02, 0, 0, 0, 0, 0x04];
@@ -43,13 +43,6 @@ real_servers = [
   { address = "10.0.0.4", mac = "02:00:00:00:00:04" },
 ]
 "#;
-
-/// Where the program sends `frame`: the destination MAC of its output, which must be a forward.
-fn forward_of(d: &Director, frame: &[u8]) -> [u8; 6] {
-    let (action, out) = d.balancer().test_run(frame).unwrap();
-    assert_eq!(action, XDP_TX);
-    out[0..6].try_into().unwrap()
-}
 
 /// The IP packet of a reply `vip:vport -> CLIENT:cport` (what the real server sent and the
 /// router could not pass on), `quote` bytes of it (all when `None`).

@@ -1,11 +1,10 @@
 //! Packet fixtures for IPv6 services: the header and its extension headers, fragments, the
 //! flow table and the verdicts, through BPF_PROG_TEST_RUN. Needs root.
-use lvs_xdp::Director;
 use lvs_xdp_common::reason;
 use lvs_xdp_tests::packet::{ETH_P_8021Q, Ext, Frame, Ipv6Packet};
 
 mod support;
-use support::{LB, XDP_TX, director_from, drop, pass, pin_to_cpu0, tx};
+use support::{LB, director_from, drop, forward_of, pass, pin_to_cpu0, tx};
 
 const RS1: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
 const RS2: [u8; 6] = [0x02, 0, 0, 0, 0, 0x04];
@@ -43,13 +42,6 @@ fn syn(port: u16) -> Ipv6Packet {
 
 fn ack(port: u16) -> Ipv6Packet {
     Ipv6Packet::tcp(CLIENT, port, VIP, 80, 0x10)
-}
-
-/// Where the program sends `frame` (it must be a forward): the destination MAC.
-fn forward_of(d: &Director, frame: &[u8]) -> [u8; 6] {
-    let (action, out) = d.balancer().test_run(frame).unwrap();
-    assert_eq!(action, XDP_TX);
-    out[0..6].try_into().unwrap()
 }
 
 #[test]

@@ -117,3 +117,10 @@ pub fn pass(b: &Director, name: &str, frame: &[u8], why: u32) {
 pub fn drop(b: &Director, name: &str, frame: &[u8], why: u32) {
     check(b, name, frame, XDP_DROP, frame, why);
 }
+
+/// Where the program sends `frame`, which it must forward: the destination MAC it wrote.
+pub fn forward_of(d: &Director, frame: &[u8]) -> [u8; 6] {
+    let (action, out) = d.balancer().test_run(frame).unwrap();
+    assert_eq!(action, XDP_TX);
+    out[0..6].try_into().unwrap()
+}
