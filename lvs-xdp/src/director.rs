@@ -1386,8 +1386,10 @@ impl Director {
             .into_iter()
             .map(|(k, flow)| (IpAddr::from(k.saddr.to_ne_bytes()), k.ports, flow));
         let v6 = self.balancer.flows_v6()?.into_iter().map(|(k, flow)| {
-            let bytes: Vec<u8> = k.saddr.iter().flat_map(|w| w.to_ne_bytes()).collect();
-            let octets: [u8; 16] = bytes.try_into().expect("16 bytes");
+            let mut octets = [0u8; 16];
+            for (chunk, word) in octets.chunks_exact_mut(4).zip(k.saddr) {
+                chunk.copy_from_slice(&word.to_ne_bytes());
+            }
             (IpAddr::from(octets), k.ports, flow)
         });
         let mut out = Vec::new();

@@ -502,9 +502,8 @@ pub fn check_unicast(addr: IpAddr, what: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// What this version serves: persistence on IPv4 services only (its templates key IPv4
-/// client networks).
-fn check_served(key: &ServiceKey, opts: &ServiceOpts) -> Result<(), Refusal> {
+/// Persistence is served on IPv4 services only (its templates key IPv4 client networks).
+fn check_persistence_family(key: &ServiceKey, opts: &ServiceOpts) -> Result<(), Refusal> {
     if key.addr.is_ipv6() && opts.persistence.is_some() {
         return Err(Refusal::Invalid(format!(
             "service {key}: persistence (-p) on IPv6 services is not supported yet"
@@ -519,7 +518,7 @@ impl State {
         match op {
             Op::AddService(key, opts) => {
                 check_unicast(key.addr, "vip")?;
-                check_served(key, opts)?;
+                check_persistence_family(key, opts)?;
                 if key.port == 0 {
                     return Err(Refusal::Invalid("port 0 is not a service port".into()));
                 }
@@ -535,7 +534,7 @@ impl State {
                 );
             }
             Op::EditService(key, opts) => {
-                check_served(key, opts)?;
+                check_persistence_family(key, opts)?;
                 self.service_mut(key)?.opts = *opts;
             }
             Op::DeleteService(key) => {
