@@ -277,8 +277,9 @@ pub struct Service {
     /// Persistence (`-p`): seconds a client keeps its real server after its last new
     /// connection; 0: none.
     pub persist_timeout: u32,
-    /// Persistence's client network mask (`-M`), as on the wire.
-    pub persist_mask: u32,
+    /// Persistence's client network mask (`-M`), as on the wire, in `ServiceKey::addr`'s
+    /// layout (IPv4: the first word, the rest zero).
+    pub persist_mask: [u32; 4],
 }
 
 /// Value of `REALS`: one real server of one service ("destination" in IPVS).
@@ -473,13 +474,14 @@ pub struct ConnCount {
 }
 
 /// Key of `PERSIST`: a service and a client network (the client's address masked by the
-/// service's `persist_mask`, as on the wire).
+/// service's `persist_mask`, as on the wire, in `ServiceKey::addr`'s layout). Service ids are
+/// unique over both families, so IPv4 and IPv6 templates share the map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct PersistKey {
     pub service: u32,
-    pub client: u32,
+    pub client: [u32; 4],
 }
 
 /// Value of `PERSIST`: the real server (as `Flow::target`) and the clock (low 16 bits) of the
@@ -790,6 +792,37 @@ pub struct Counters {
     pub drops: u64,
 }
 
+/// A fingerprint of the layouts of every map's keys and values. A director kept by
+/// `run --keep` is taken over only by a program of the same layouts: the next one reuses its
+/// maps as they are.
+pub const LAYOUT: u32 = {
+    let sizes = [
+        core::mem::size_of::<ServiceKey>(),
+        core::mem::size_of::<Service>(),
+        core::mem::size_of::<RealServer>(),
+        core::mem::size_of::<FlowKeyV4>(),
+        core::mem::size_of::<Flow>(),
+        core::mem::size_of::<FlowBucketV4>(),
+        core::mem::size_of::<FlowKeyV6>(),
+        core::mem::size_of::<FlowBucketV6>(),
+        core::mem::size_of::<Iface>(),
+        core::mem::size_of::<Clock>(),
+        core::mem::size_of::<ConnCount>(),
+        core::mem::size_of::<PersistKey>(),
+        core::mem::size_of::<Persist>(),
+        core::mem::size_of::<Counters>(),
+        reason::COUNT as usize,
+    ];
+    // FNV-1a over the sizes.
+    let mut h: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < sizes.len() {
+        h = (h ^ sizes[i] as u32).wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    h
+};
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: all are #[repr(C)], Copy and 'static, and bytemuck::Pod proves there are no
@@ -818,8 +851,8 @@ mod tests {
     #[test]
     fn layouts_are_stable() {
         assert_eq!(size_of::<ServiceKey>(), 20);
-        assert_eq!(size_of::<Service>(), 28);
-        assert_eq!(size_of::<PersistKey>(), 8);
+        assert_eq!(size_of::<Service>(), 40);
+        assert_eq!(size_of::<PersistKey>(), 20);
         assert_eq!(size_of::<Persist>(), 8);
         assert_eq!(size_of::<RealServer>(), 16);
         assert_eq!(size_of::<FlowKeyV4>(), 16);

@@ -75,6 +75,8 @@ pub trait Table {
     fn view(key: &Self::Key) -> FlowKeyV4;
     /// The `SERVICES` key of the flow's destination (`port` 0: the address marker).
     fn service_key(key: &Self::Key, port: u16) -> ServiceKey;
+    /// The client's network under `mask` (persistence), in `ServiceKey::addr`'s layout.
+    fn client_net(key: &Self::Key, mask: &[u32; 4]) -> [u32; 4];
 }
 
 pub struct V4;
@@ -162,6 +164,10 @@ impl Table for V4 {
             proto: key.proto as u8,
             family: FAMILY_V4,
         }
+    }
+    #[inline(always)]
+    fn client_net(key: &FlowKeyV4, mask: &[u32; 4]) -> [u32; 4] {
+        [key.saddr & mask[0], 0, 0, 0]
     }
 }
 
@@ -261,6 +267,16 @@ impl Table for V6 {
             proto: key.proto as u8,
             family: FAMILY_V6,
         }
+    }
+    #[inline(always)]
+    fn client_net(key: &FlowKeyV6, mask: &[u32; 4]) -> [u32; 4] {
+        let a = key.saddr;
+        [
+            a[0] & mask[0],
+            a[1] & mask[1],
+            a[2] & mask[2],
+            a[3] & mask[3],
+        ]
     }
 }
 

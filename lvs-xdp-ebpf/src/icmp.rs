@@ -1,6 +1,6 @@
 //! ICMP errors about connections of virtual services. A "fragmentation needed" (IPv4 type 3
-//! code 4) or "packet too big" (ICMPv6 type 2) sent to a VIP by a router between the client and the director is about a reply the
-//! real server sent: it goes to the real server that owns the quoted connection, so that its
+//! code 4) or "packet too big" (ICMPv6 type 2) sent to a VIP by a router between the client
+//! and the director is about a reply the real server sent: it goes to the real server that owns the quoted connection, so that its
 //! path-MTU discovery works through the director (as IPVS and Katran do). Without it, large
 //! replies black-hole behind a link of a smaller MTU.
 use lvs_xdp_common::{Iface, reason};
@@ -36,7 +36,7 @@ pub fn too_big<T: Table>(
             return None;
         }
         let clock = CLOCK.get(0)?;
-        persist::lookup(&svc, &view, clock, false).or_else(|| sched::by_hash(&svc, &view))
+        persist::lookup::<T>(&svc, key, clock, false).or_else(|| sched::by_hash(&svc, &view))
     });
     let Some((slot, real)) = chosen else {
         stats::global(reason::EVENT_ICMP_TOO_BIG_UNMATCHED, 0);

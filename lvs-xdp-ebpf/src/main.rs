@@ -219,7 +219,7 @@ fn new_flow<T: Table>(
         // remembered (a flood of such packets takes no place in the table).
         stats::global(reason::EVENT_FLOW_MISS_NONSYN, 0);
         let chosen =
-            persist::lookup(&svc, &view, clock, false).or_else(|| sched::by_hash(&svc, &view));
+            persist::lookup::<T>(&svc, key, clock, false).or_else(|| sched::by_hash(&svc, &view));
         let Some((slot, real)) = chosen else {
             stats::count_drop(&SERVICE_STATS, svc.id, bytes);
             return Err(Dropped(reason::DROP_NO_REAL_SERVER));
@@ -229,12 +229,12 @@ fn new_flow<T: Table>(
     }
     // A persistent service's template first; a new choice makes the client's template.
     let persistent = svc.persist_timeout != 0;
-    let chosen = match persist::lookup(&svc, &view, clock, true) {
+    let chosen = match persist::lookup::<T>(&svc, key, clock, true) {
         Some(found) => Some(found),
         None => {
             let picked = sched::pick_for(&svc, &view);
             if let Some((slot, real)) = picked {
-                persist::record(&svc, &view, slot, real.generation, clock);
+                persist::record::<T>(&svc, key, slot, real.generation, clock);
             }
             picked
         }

@@ -3,31 +3,35 @@
 //! live in `PERSIST`; userspace's sweep deletes the expired ones.
 use aya_ebpf::bindings::BPF_ANY;
 use core::ptr::write_volatile;
-use lvs_xdp_common::{Clock, Flow, FlowKeyV4, Persist, PersistKey, RealServer, Service, conn};
+use lvs_xdp_common::{Clock, Flow, Persist, PersistKey, RealServer, Service, conn};
 
-use crate::{flows, maps::PERSIST};
+use crate::{
+    flows::{self, Table},
+    maps::PERSIST,
+};
 
+/// The template key of the flow `key` of service `svc`: the service and the client's network.
 #[inline(always)]
-fn key_of(svc: &Service, key: &FlowKeyV4) -> PersistKey {
+fn key_of<T: Table>(svc: &Service, key: &T::Key) -> PersistKey {
     PersistKey {
         service: svc.id,
-        client: key.saddr & svc.persist_mask,
+        client: T::client_net(key, &svc.persist_mask),
     }
 }
 
 /// The real server the service's template gives this client, if the template is there, not
 /// expired and its real server unchanged. A new connection (`renew`) restarts its time.
 #[inline(always)]
-pub fn lookup(
+pub fn lookup<T: Table>(
     svc: &Service,
-    key: &FlowKeyV4,
+    key: &T::Key,
     clock: &Clock,
     renew: bool,
 ) -> Option<(u32, RealServer)> {
     if svc.persist_timeout == 0 {
         return None;
     }
-    let t = PERSIST.get_ptr_mut(key_of(svc, key))?;
+    let t = PERSIST.get_ptr_mut(key_of::<T>(svc, key))?;
     // SAFETY: a value of a map that is not preallocated: valid for this program run.
     let template = unsafe { *t };
     if conn::age(clock.now, template.stamp) > svc.persist_timeout {
@@ -47,7 +51,7 @@ pub fn lookup(
 
 /// Records that this client network goes to `slot` (of `generation`) now.
 #[inline(always)]
-pub fn record(svc: &Service, key: &FlowKeyV4, slot: u32, generation: u32, clock: &Clock) {
+pub fn record<T: Table>(svc: &Service, key: &T::Key, slot: u32, generation: u32, clock: &Clock) {
     if svc.persist_timeout == 0 {
         return;
     }
@@ -57,5 +61,5 @@ pub fn record(svc: &Service, key: &FlowKeyV4, slot: u32, generation: u32, clock:
         _pad: 0,
     };
     // A full table leaves the client without a template: its next connection is scheduled.
-    let _ = PERSIST.insert(key_of(svc, key), template, BPF_ANY as u64);
+    let _ = PERSIST.insert(key_of::<T>(svc, key), template, BPF_ANY as u64);
 }

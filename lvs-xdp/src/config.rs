@@ -348,11 +348,21 @@ fn validate_service(raw: RawService) -> Result<Vec<Op>> {
         (None, None) => None,
         (None, Some(_)) => bail!("persistence_netmask needs persistence_timeout"),
         (Some(t), mask) => {
+            // As ipvsadm's -M: a dotted mask for an IPv4 VIP, a prefix length for an IPv6 one.
             let mask = match mask {
+                Some(m) if vip.is_ipv6() => m
+                    .trim_start_matches('/')
+                    .parse()
+                    .ok()
+                    .and_then(Persistence::mask_v6)
+                    .ok_or_else(|| {
+                        anyhow!("bad persistence_netmask {m:?} (an IPv6 VIP's is a prefix length, 1 to 128)")
+                    })?,
                 Some(m) => m
                     .parse::<Ipv4Addr>()
-                    .map_err(|_| anyhow!("bad persistence_netmask {m:?}"))?,
-                None => Ipv4Addr::BROADCAST,
+                    .map_err(|_| anyhow!("bad persistence_netmask {m:?}"))?
+                    .into(),
+                None => Persistence::full_mask(vip),
             };
             let t =
                 u32::try_from(t).map_err(|_| anyhow!("persistence_timeout {t} out of range"))?;

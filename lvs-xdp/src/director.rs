@@ -246,20 +246,43 @@ fn op_service(op: &Op) -> Option<ServiceKey> {
     }
 }
 
-fn kernel_key(key: &ServiceKey) -> common::ServiceKey {
-    let (addr, family) = match key.addr {
-        IpAddr::V4(a) => ([u32::from_ne_bytes(a.octets()), 0, 0, 0], common::FAMILY_V4),
-        IpAddr::V6(a) => {
-            let o = a.octets();
-            let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
-            ([word(0), word(4), word(8), word(12)], common::FAMILY_V6)
-        }
+/// An address as the data plane holds it: four words of its bytes as on the wire (IPv4: the
+/// first word, the rest zero).
+fn addr_words(addr: IpAddr) -> [u32; 4] {
+    let mut words = [0u32; 4];
+    let octets = match addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
     };
+    for (word, chunk) in words.iter_mut().zip(octets.chunks_exact(4)) {
+        *word = u32::from_ne_bytes(chunk.try_into().expect("chunks of four"));
+    }
+    words
+}
+
+/// The address of [`addr_words`]' words, of the family given.
+fn words_addr(words: [u32; 4], v6: bool) -> IpAddr {
+    let mut octets = [0u8; 16];
+    for (chunk, word) in octets.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    if v6 {
+        IpAddr::from(octets)
+    } else {
+        IpAddr::from([octets[0], octets[1], octets[2], octets[3]])
+    }
+}
+
+fn kernel_key(key: &ServiceKey) -> common::ServiceKey {
     common::ServiceKey {
-        addr,
+        addr: addr_words(key.addr),
+        family: if key.addr.is_ipv6() {
+            common::FAMILY_V6
+        } else {
+            common::FAMILY_V4
+        },
         port: u16::from_ne_bytes(key.port.to_be_bytes()),
         proto: key.protocol.number(),
-        family,
     }
 }
 
@@ -273,10 +296,9 @@ fn marker_key(addr: IpAddr, protocol: Protocol) -> common::ServiceKey {
 }
 
 /// Persistence as the data plane reads it: (timeout, the netmask as on the wire); (0, 0) none.
-fn persist_fields(opts: &crate::model::ServiceOpts) -> (u32, u32) {
-    opts.persistence.map_or((0, 0), |p| {
-        (p.timeout, u32::from_ne_bytes(p.netmask.octets()))
-    })
+fn persist_fields(opts: &crate::model::ServiceOpts) -> (u32, [u32; 4]) {
+    opts.persistence
+        .map_or((0, [0; 4]), |p| (p.timeout, addr_words(p.netmask)))
 }
 
 /// The data plane's flags for a service's options.
@@ -1330,7 +1352,7 @@ impl Director {
             self.placed.keys().map(|k| (k.addr, k.protocol)).collect();
         let marker = common::Service {
             persist_timeout: 0,
-            persist_mask: 0,
+            persist_mask: [0; 4],
             id: u32::MAX,
             sched_start: 0,
             sched_len: 0,
@@ -1385,13 +1407,11 @@ impl Director {
             .flows_v4()?
             .into_iter()
             .map(|(k, flow)| (IpAddr::from(k.saddr.to_ne_bytes()), k.ports, flow));
-        let v6 = self.balancer.flows_v6()?.into_iter().map(|(k, flow)| {
-            let mut octets = [0u8; 16];
-            for (chunk, word) in octets.chunks_exact_mut(4).zip(k.saddr) {
-                chunk.copy_from_slice(&word.to_ne_bytes());
-            }
-            (IpAddr::from(octets), k.ports, flow)
-        });
+        let v6 = self
+            .balancer
+            .flows_v6()?
+            .into_iter()
+            .map(|(k, flow)| (words_addr(k.saddr, true), k.ports, flow));
         let mut out = Vec::new();
         for (client, ports, flow) in v4.chain(v6) {
             let Some((service, real, generation)) = by_slot.get(&flow.slot()) else {
@@ -1448,7 +1468,7 @@ impl Director {
             }
             out.push(Connection {
                 protocol: service.protocol,
-                client: IpAddr::from(key.client.to_ne_bytes()),
+                client: words_addr(key.client, service.addr.is_ipv6()),
                 client_port: 0,
                 service: *service,
                 real: *real,

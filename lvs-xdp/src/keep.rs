@@ -36,6 +36,9 @@ pub struct Kept {
     pub seed: u32,
     /// The maps' sizes (they stay as they were created).
     pub capacity: Capacity,
+    /// The maps' layouts ([`lvs_xdp_common::LAYOUT`]); 0 in a file of a version without it.
+    #[serde(default)]
+    pub layout: u32,
     pub director: Image,
 }
 
@@ -111,6 +114,13 @@ pub fn kept(iface: &str) -> Result<Option<Kept>> {
             pin_dir(iface).display()
         );
     }
+    if kept.layout != lvs_xdp_common::LAYOUT {
+        bail!(
+            "the director kept on {iface} was made by an lvs-xdp whose maps are laid out differently: this one cannot take its connections over. To start afresh, detach it (`ip link set dev {iface} xdp off`) and remove {} and {}",
+            pin_dir(iface).display(),
+            path.display()
+        );
+    }
     Ok(Some(kept))
 }
 
@@ -125,6 +135,7 @@ pub fn keep(director: &mut Director, interfaces: &[String]) -> Result<PathBuf> {
         interfaces: interfaces.to_vec(),
         seed: director.balancer().seed(),
         capacity: *director.balancer().capacity(),
+        layout: lvs_xdp_common::LAYOUT,
         director: director.image(),
     };
     let state = state_path(first);

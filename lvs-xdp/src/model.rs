@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     fmt,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     str::FromStr,
 };
 
@@ -262,11 +262,13 @@ pub struct ServiceOpts {
 }
 
 /// Persistence (`ipvsadm -p TIMEOUT -M NETMASK`): connections from one client network go to
-/// the same real server for TIMEOUT seconds after the network's last new connection.
+/// the same real server for TIMEOUT seconds after the network's last new connection. The
+/// netmask is of the service's family: ipvsadm writes an IPv4 one dotted and an IPv6 one as a
+/// prefix length (`-M 64`), which is held here as the mask it stands for (`ffff:ffff:ffff:ffff::`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Persistence {
     pub timeout: u32,
-    pub netmask: Ipv4Addr,
+    pub netmask: IpAddr,
 }
 
 impl Persistence {
@@ -274,18 +276,50 @@ impl Persistence {
     pub const DEFAULT_TIMEOUT: u32 = 360;
 
     /// Checks a timeout (1 to lvs-xdp's largest) and a netmask (contiguous ones).
-    pub fn new(timeout: u32, netmask: Ipv4Addr) -> Result<Persistence, String> {
+    pub fn new(timeout: u32, netmask: impl Into<IpAddr>) -> Result<Persistence, String> {
+        let netmask = netmask.into();
         let max = common::conn::MAX_TIMEOUT;
         if !(1..=max).contains(&timeout) {
             return Err(format!(
                 "persistence timeout {timeout} out of range (1..={max} seconds)"
             ));
         }
-        let m = u32::from(netmask);
-        if m.leading_ones() + m.trailing_zeros() != 32 || m == 0 {
+        let contiguous = match netmask {
+            IpAddr::V4(m) => u32::from(m).leading_ones() + u32::from(m).trailing_zeros() == 32,
+            IpAddr::V6(m) => u128::from(m).leading_ones() + u128::from(m).trailing_zeros() == 128,
+        };
+        if !contiguous || netmask.is_unspecified() {
             return Err(format!("illegal virtual server persistent mask {netmask}"));
         }
         Ok(Persistence { timeout, netmask })
+    }
+
+    /// The whole address (ipvsadm's default mask) in the family of `addr`.
+    pub fn full_mask(addr: IpAddr) -> IpAddr {
+        match addr {
+            IpAddr::V4(_) => Ipv4Addr::BROADCAST.into(),
+            IpAddr::V6(_) => Ipv6Addr::from(u128::MAX).into(),
+        }
+    }
+
+    /// The mask for an IPv6 prefix length (1 to 128), as ipvsadm's `-M` takes it for IPv6.
+    pub fn mask_v6(prefix: u32) -> Option<IpAddr> {
+        (1..=128)
+            .contains(&prefix)
+            .then(|| Ipv6Addr::from(u128::MAX << (128 - prefix)).into())
+    }
+
+    /// The mask's length in bits (ipvsadm shows an IPv6 one that way).
+    pub fn prefix_len(&self) -> u32 {
+        match self.netmask {
+            IpAddr::V4(m) => u32::from(m).leading_ones(),
+            IpAddr::V6(m) => u128::from(m).leading_ones(),
+        }
+    }
+
+    /// Whether the mask is the whole address (then ipvsadm does not show it).
+    pub fn is_full(&self) -> bool {
+        self.netmask == Self::full_mask(self.netmask)
     }
 }
 
@@ -502,14 +536,15 @@ pub fn check_unicast(addr: IpAddr, what: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Persistence is served on IPv4 services only (its templates key IPv4 client networks).
+/// A persistent service's netmask is of the service's family.
 fn check_persistence_family(key: &ServiceKey, opts: &ServiceOpts) -> Result<(), Refusal> {
-    if key.addr.is_ipv6() && opts.persistence.is_some() {
-        return Err(Refusal::Invalid(format!(
-            "service {key}: persistence (-p) on IPv6 services is not supported yet"
-        )));
+    match opts.persistence {
+        Some(p) if p.netmask.is_ipv6() != key.addr.is_ipv6() => Err(Refusal::Invalid(format!(
+            "service {key}: persistent mask {} is not of the service's family",
+            p.netmask
+        ))),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 impl State {

@@ -320,3 +320,55 @@ fn frames_of_a_known_ipv6_flow_still_get_every_check() {
         .map(|c| c.state);
     assert_eq!(state.as_deref(), Some("FIN_WAIT"));
 }
+
+/// Persistence on an IPv6 service (`-p 300 -M 64`): every new connection from one /64 goes to
+/// the real server of its first one, another /64 gets its own template, a miss without SYN
+/// follows the template, and `-L -c` lists the templates as ipvsadm does (the network, port 0,
+/// state NONE).
+#[test]
+fn ipv6_persistence_keeps_a_client_prefix_on_one_real_server() {
+    pin_to_cpu0();
+    let toml = CONFIG.replacen(
+        "scheduler = \"rr\"",
+        "scheduler = \"rr\"\npersistence_timeout = 300\npersistence_netmask = \"64\"",
+        1,
+    );
+    let d = director_from(&toml);
+    let from = |client: &str, port: u16, flags: u8| {
+        forward_of(
+            &d,
+            &Frame::v6(LB, &Ipv6Packet::tcp(client, port, VIP, 80, flags)).build(),
+        )
+    };
+    let first = from("2001:db8:1::1", 1000, 0x02);
+    // The same /64, other hosts and ports: round robin alone would alternate.
+    for i in 0..20u16 {
+        let client = format!("2001:db8:1::{:x}:{:x}", 0x100 + i, i);
+        assert_eq!(from(&client, 2000 + i, 0x02), first, "{client}: persistent");
+    }
+    let other = from("2001:db8:1:1::1", 1000, 0x02);
+    assert_ne!(
+        other, first,
+        "another /64: its own template, round robin's next"
+    );
+    assert_eq!(
+        from("2001:db8:1::9", 9000, 0x10),
+        first,
+        "a miss follows the template"
+    );
+    let mut templates: Vec<String> = d
+        .connections()
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.state == "NONE")
+        .map(|c| format!("{} {} {} {}", c.client, c.client_port, c.real, c.expires))
+        .collect();
+    templates.sort();
+    assert_eq!(
+        templates,
+        [
+            format!("2001:db8:1:1:: 0 {} 300", rs_addr(other)),
+            format!("2001:db8:1:: 0 {} 300", rs_addr(first)),
+        ]
+    );
+}

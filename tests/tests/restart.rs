@@ -98,6 +98,31 @@ fn a_download_survives_two_restarts_byte_for_byte() {
         "kept: the program stays attached"
     );
     assert!(pins.join("link-eth0").exists() && pins.join("FLOW_CACHE_V4").exists());
+    // A program whose maps are laid out otherwise (another version) refuses to take over,
+    // saying what to do, and changes nothing.
+    let state = Path::new("/run/lvs-xdp/netns")
+        .join(&lab.lb.name)
+        .join("eth0.kept.json");
+    let saved = std::fs::read_to_string(&state).unwrap();
+    let layout = format!("\"layout\":{}", lvs_xdp_common::LAYOUT);
+    assert!(saved.contains(&layout), "{saved}");
+    std::fs::write(&state, saved.replace(&layout, "\"layout\":1")).unwrap();
+    let out = lab
+        .lb
+        .nsenter_command(bin.to_str().unwrap())
+        .unwrap()
+        .args([
+            "run", "--iface", "eth0", "--config", &config, "--mode", "native",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("laid out differently"),
+        "{err}"
+    );
+    assert!(lab.xdp_attached().unwrap() && pins.join("link-eth0").exists());
+    std::fs::write(&state, &saved).unwrap();
     run(&mut lab, true);
     assert!(!pins.exists(), "taken over: the pins are removed");
     assert_eq!(

@@ -130,11 +130,13 @@ fn refuses_bad_addresses() {
         let err = refused(&text);
         assert!(err.contains("bad vip"), "{bad}: {err}");
     }
-    let err = refused("[[service]]\nvip = \"2001:db8::1\"\nport = 80\npersistence_timeout = 60\n");
-    assert!(
-        err.contains("persistence (-p) on IPv6 services is not supported yet"),
-        "{err}"
-    );
+    let v6 = |extra: &str| format!("[[service]]\nvip = \"2001:db8::1\"\nport = 80\n{extra}\n");
+    for bad in ["\"0\"", "\"129\"", "\"255.255.255.0\"", "\"ffff::\""] {
+        let err = refused(&v6(&format!(
+            "persistence_timeout = 60\npersistence_netmask = {bad}"
+        )));
+        assert!(err.contains("prefix length, 1 to 128"), "{bad}: {err}");
+    }
     let err = refused(&service("real_servers = [ { address = \"10.0.0.300\" } ]"));
     assert_eq!(
         err,
@@ -385,11 +387,32 @@ fn persistence_in_the_config() {
         .unwrap();
     assert_eq!(
         (p.timeout, p.netmask),
-        (600, Ipv4Addr::new(255, 255, 255, 0))
+        (600, IpAddr::from(Ipv4Addr::new(255, 255, 255, 0)))
     );
     assert!(
         refused(&service("persistence_netmask = \"255.255.255.0\""))
             .contains("needs persistence_timeout")
     );
+    // An IPv6 VIP's netmask is a prefix length (ipvsadm's -M for IPv6); none: the whole address.
+    let v6 = |extra: &str| {
+        let text = format!("[[service]]\nvip = \"2001:db8::1\"\nport = 80\n{extra}\n");
+        let config = Config::from_toml(&text).unwrap();
+        config
+            .state
+            .services
+            .values()
+            .next()
+            .unwrap()
+            .opts
+            .persistence
+            .unwrap()
+    };
+    let p = v6("persistence_timeout = 300\npersistence_netmask = \"64\"");
+    assert_eq!(
+        (p.timeout, p.netmask, p.prefix_len()),
+        (300, "ffff:ffff:ffff:ffff::".parse::<IpAddr>().unwrap(), 64)
+    );
+    let p = v6("persistence_timeout = 300");
+    assert_eq!((p.prefix_len(), p.is_full()), (128, true));
     assert!(refused(&service("persistence_timeout = 0")).contains("out of range"));
 }

@@ -489,13 +489,23 @@ pub fn parse(args: &[String]) -> Result<Invocation, Usage> {
                         None => return fail(format!("invalid timeout value `{t}' specified")),
                     },
                 };
-                let mask = match &netmask {
-                    None => Ipv4Addr::BROADCAST,
-                    Some(m) => match m.parse::<Ipv4Addr>() {
-                        Ok(m) => m,
+                // ipvsadm: a dotted mask for IPv4, a prefix length (1 to 128) for IPv6.
+                let v6 = key.is_some_and(|k| k.addr.is_ipv6());
+                let mask = match (&netmask, v6) {
+                    (None, _) => Persistence::full_mask(if v6 {
+                        Ipv6Addr::UNSPECIFIED.into()
+                    } else {
+                        Ipv4Addr::UNSPECIFIED.into()
+                    }),
+                    (Some(m), false) => match m.parse::<Ipv4Addr>() {
+                        Ok(m) => m.into(),
                         Err(_) => {
                             return fail("illegal virtual server persistent mask specified");
                         }
+                    },
+                    (Some(m), true) => match m.parse().ok().and_then(Persistence::mask_v6) {
+                        Some(m) => m,
+                        None => return fail("illegal ipv6 netmask specified"),
                     },
                 };
                 Some(Persistence::new(timeout, mask).or_else(fail)?)
@@ -1052,5 +1062,15 @@ mod tests {
         );
         assert!(err("-A -t 192.168.0.10:80 -p 60 -M 255.0.255.0").contains("persistent mask"));
         assert!(err("-A -t 192.168.0.10:80 -p 100000").contains("out of range"));
+        // IPv6: -M is a prefix length, as in ipvsadm.
+        let v6 = |bits: u32| Persistence::new(300, Persistence::mask_v6(bits).unwrap()).unwrap();
+        assert_eq!(opts("-A -t [2001:db8::10]:80 -p 300 -M 64"), Some(v6(64)));
+        assert_eq!(opts("-A -t [2001:db8::10]:80 -p 300"), Some(v6(128)));
+        for bad in ["0", "129", "255.255.255.0", "x"] {
+            assert_eq!(
+                err(&format!("-A -t [2001:db8::10]:80 -p 300 -M {bad}")),
+                "illegal ipv6 netmask specified"
+            );
+        }
     }
 }

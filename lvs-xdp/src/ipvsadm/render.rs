@@ -1,9 +1,6 @@
 //! ipvsadm 1.31's output, byte for byte where scripts read it: `-L` and its `--stats`, `--rate`,
 //! `--exact`, `-c` and `--timeout` forms, and `-S`.
-use std::{
-    fmt::Write as _,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::{fmt::Write as _, net::IpAddr};
 
 use super::{names, parse::Format};
 use crate::{
@@ -109,8 +106,14 @@ fn service(out: &mut String, svc: &ServiceEntry, f: Format) {
         }
         if let Some(p) = svc.persistence {
             let _ = write!(out, " persistent {}", p.timeout);
-            if p.netmask != Ipv4Addr::BROADCAST {
-                let _ = write!(out, " mask {}", p.netmask);
+            match p.netmask {
+                _ if p.is_full() => {}
+                IpAddr::V4(m) => {
+                    let _ = write!(out, " mask {m}");
+                }
+                IpAddr::V6(_) => {
+                    let _ = write!(out, " mask {}", p.prefix_len());
+                }
             }
         }
     }
@@ -188,8 +191,14 @@ pub fn save(listing: &Listing, explicit_macs: &[(IpAddr, crate::model::Mac)], f:
         let _ = write!(out, "-A {name} -s {}", svc.scheduler);
         if let Some(p) = svc.persistence {
             let _ = write!(out, " -p {}", p.timeout);
-            if p.netmask != Ipv4Addr::BROADCAST {
-                let _ = write!(out, " -M {}", p.netmask);
+            match p.netmask {
+                _ if p.is_full() => {}
+                IpAddr::V4(m) => {
+                    let _ = write!(out, " -M {m}");
+                }
+                IpAddr::V6(_) => {
+                    let _ = write!(out, " -M {}", p.prefix_len());
+                }
             }
         }
         if !svc.sched_flags.is_empty() {
@@ -248,6 +257,7 @@ mod tests {
         listing::{Rates, RealEntry, Stats},
         model::{Mac, Scheduler},
     };
+    use std::net::Ipv4Addr;
 
     fn listing() -> Listing {
         let real = |last: u8, weight: u32, in_pkts: u64| RealEntry {
@@ -417,6 +427,22 @@ mod tests {
             saved.starts_with("-A -t 192.168.0.10:80 -s rr -p 600 -M 255.255.255.0\n"),
             "{saved}"
         );
+        // IPv6: the prefix length, and nothing for the whole address (ipvsadm's 128).
+        use crate::model::Persistence;
+        l.services[0].addr = "2001:db8::10".parse().unwrap();
+        for (bits, list_tail, save_tail) in [
+            (64, " persistent 600 mask 64\n", " -p 600 -M 64\n"),
+            (128, " persistent 600\n", " -p 600\n"),
+        ] {
+            l.services[0].persistence =
+                Some(Persistence::new(600, Persistence::mask_v6(bits).unwrap()).unwrap());
+            let list = list_all(&l, numeric());
+            let line = format!("TCP  [2001:db8::10]:80 rr{list_tail}");
+            assert!(list.contains(&line), "{list}");
+            let saved = save(&l, &[], numeric());
+            let line = format!("-A -t [2001:db8::10]:80 -s rr{save_tail}");
+            assert!(saved.starts_with(&line), "{saved}");
+        }
     }
 
     #[test]
