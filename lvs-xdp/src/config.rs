@@ -3,6 +3,7 @@
 //! Parsing happens in two steps: serde reads the file into loosely typed `Raw*` structs (so that a
 //! wrong value can be reported with our own words and its position), then `validate` turns them
 //! into [`Config`], refusing the whole input on the first problem.
+mod health;
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr},
@@ -108,11 +109,13 @@ impl Default for Capacity {
     }
 }
 
-/// A validated configuration: the director's services and the tables' sizes.
+/// A validated configuration: the director's services, their health checks and the tables'
+/// sizes.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Config {
     pub state: State,
     pub capacity: Capacity,
+    pub health: crate::health::Health,
 }
 
 #[derive(Deserialize)]
@@ -150,6 +153,10 @@ struct RawService {
     persistence_netmask: Option<String>,
     #[serde(default)]
     real_servers: Vec<RawReal>,
+    health_check: Option<health::RawCheck>,
+    inhibit_on_failure: Option<bool>,
+    on_failure: Option<String>,
+    sorry_server: Option<health::RawSorry>,
 }
 
 #[derive(Deserialize)]
@@ -158,6 +165,8 @@ struct RawReal {
     address: String,
     mac: Option<String>,
     weight: Option<i64>,
+    health_check: Option<health::RawRealCheck>,
+    inhibit_on_failure: Option<bool>,
 }
 
 impl Config {
@@ -238,8 +247,12 @@ impl Config {
             config.state.timeouts = want;
         }
         for (i, svc) in raw.service.into_iter().enumerate() {
-            let ops = validate_service(svc).with_context(|| format!("service {}", i + 1))?;
+            let (ops, health) =
+                validate_service(svc).with_context(|| format!("service {}", i + 1))?;
             config.add_ops(&ops)?;
+            if let (Some(h), Some(Op::AddService(key, _))) = (health, ops.first()) {
+                config.health.insert(*key, h);
+            }
         }
         Ok(config)
     }
@@ -326,8 +339,8 @@ fn flow_table_size(size: i64, field: &str) -> Result<u32> {
     Ok(size as u32)
 }
 
-/// A service of the file as the ops that add it and its real servers.
-fn validate_service(raw: RawService) -> Result<Vec<Op>> {
+/// A service of the file as the ops that add it and its real servers, and its health checks.
+fn validate_service(raw: RawService) -> Result<(Vec<Op>, Option<crate::health::ServiceHealth>)> {
     let vip = ip_addr(&raw.vip, "vip")?;
     let port = port(raw.port)?;
     let protocol = match raw.protocol {
@@ -377,14 +390,27 @@ fn validate_service(raw: RawService) -> Result<Vec<Op>> {
     };
     let mut ops = vec![Op::AddService(key, opts)];
     let mut seen = BTreeSet::new();
-    for (i, real) in raw.real_servers.into_iter().enumerate() {
+    let mut reals_health = Vec::new();
+    for (i, mut real) in raw.real_servers.into_iter().enumerate() {
+        let real_health = health::RawRealHealth {
+            check: real.health_check.take(),
+            inhibit_on_failure: real.inhibit_on_failure.take(),
+        };
         let (addr, opts) = validate_real(real).with_context(|| format!("real server {}", i + 1))?;
         if !seen.insert(addr) {
             bail!("{}", Refusal::RealExists(key, addr).detail());
         }
         ops.push(Op::AddReal(key, addr, opts));
+        reals_health.push((addr, real_health));
     }
-    Ok(ops)
+    let service_health = health::RawServiceHealth {
+        check: raw.health_check,
+        inhibit_on_failure: raw.inhibit_on_failure,
+        on_failure: raw.on_failure,
+        sorry_server: raw.sorry_server,
+    };
+    let health = health::service(vip, service_health, reals_health)?;
+    Ok((ops, health))
 }
 
 fn validate_real(raw: RawReal) -> Result<(IpAddr, RealOpts)> {

@@ -22,6 +22,7 @@ use crate::{
     balancer::{AttachMode, Balancer, add, maglev_tables, sched_capacity},
     config::Config,
     flowtable,
+    health::{Health, HealthState},
     iface::Interface,
     listing::{RealView, ServiceView, Snapshot, Zeroed},
     maglev,
@@ -231,6 +232,8 @@ pub struct Director {
     sweep: flowtable::Sweep<flowtable::V4>,
     sweep6: flowtable::Sweep<flowtable::V6>,
     last_maintained: u32,
+    /// Health checking; `state` holds its overlay of the checked services.
+    health: HealthState,
 }
 
 /// The service an op names (none for `-C` and `--set`).
@@ -359,7 +362,7 @@ impl Director {
             ifname: primary.name.clone(),
             timeout: opts.resolve_timeout,
         };
-        let director = match crate::keep::kept(&primary.name)? {
+        let mut director = match crate::keep::kept(&primary.name)? {
             Some(kept) => Director::take_over(kept, config, opts, &interfaces, resolver)?,
             None => {
                 let mut d = Director::load(config, &interfaces, Some(resolver))?;
@@ -367,6 +370,9 @@ impl Director {
                 d
             }
         };
+        if !config.health.is_empty() {
+            director.set_health(config.health.clone())?;
+        }
         for iface in &interfaces {
             if opts.mode != AttachMode::Generic
                 && crate::iface::driver(&iface.name).as_deref() == Some("veth")
@@ -545,6 +551,7 @@ impl Director {
             sweep: flowtable::Sweep::default(),
             sweep6: flowtable::Sweep::default(),
             last_maintained: 0,
+            health: HealthState::default(),
         };
         director.write_clock()?;
         // Slots that were waiting out their grace wait once more, from now.
@@ -575,6 +582,7 @@ impl Director {
             sweep: flowtable::Sweep::default(),
             sweep6: flowtable::Sweep::default(),
             last_maintained: 0,
+            health: HealthState::default(),
         }
     }
 
@@ -656,11 +664,13 @@ impl Director {
         Some(self.placed.get(key)?.reals.get(&addr)?.slot)
     }
 
-    /// Applies ipvsadm's operations `ops`, all or none.
+    /// Applies ipvsadm's operations `ops`, all or none. They change the services as configured;
+    /// a service with health checks is then given to the kernel with its failed real servers
+    /// out (see [`crate::health::overlay`]).
     pub fn apply(&mut self, ops: &[Op]) -> Result<(), ApplyError> {
         let refused = |(op, refusal)| ApplyError::Refused { op, refusal };
         if ops.iter().any(|o| matches!(o, Op::Clear)) {
-            let next = self.state.after(ops).map_err(refused)?;
+            let next = self.configured().after(ops).map_err(refused)?;
             return self.reconcile(next).map_err(ApplyError::Failed);
         }
         // Only the services the ops name are copied and changed: a change to one service of a
@@ -669,7 +679,7 @@ impl Director {
         let part = State {
             services: touched
                 .iter()
-                .filter_map(|k| Some((*k, self.state.services.get(k)?.clone())))
+                .filter_map(|k| Some((*k, self.configured_service(k)?.clone())))
                 .collect(),
             timeouts: self.state.timeouts,
         };
@@ -679,11 +689,13 @@ impl Director {
             .filter(|k| !next.services.contains_key(k) && self.placed.contains_key(k))
             .copied()
             .collect();
-        self.change(&next, &gone).map_err(ApplyError::Failed)
+        self.change_configured(next, &gone)
+            .map_err(ApplyError::Failed)
     }
 
-    /// Makes the kernel hold `next`, changing only what differs from the current state. Fails
-    /// before writing anything visible when a MAC does not resolve or the maps have no room.
+    /// Makes the kernel hold `next` (as configured: health checks apply), changing only what
+    /// differs from the current state. Fails before writing anything visible when a MAC does
+    /// not resolve or the maps have no room.
     pub fn reconcile(&mut self, next: State) -> Result<()> {
         let gone: Vec<ServiceKey> = self
             .placed
@@ -691,7 +703,115 @@ impl Director {
             .filter(|k| !next.services.contains_key(k))
             .copied()
             .collect();
-        self.change(&next, &gone)
+        self.change_configured(next, &gone)
+    }
+
+    /// A configured service: as the operator set it (for a checked service, its real servers'
+    /// weights before the health checks).
+    fn configured_service(&self, key: &ServiceKey) -> Option<&crate::model::Service> {
+        self.health
+            .configured
+            .get(key)
+            .or_else(|| self.state.services.get(key))
+    }
+
+    /// Every service as configured.
+    pub fn configured(&self) -> State {
+        let mut state = self.state.clone();
+        for (k, svc) in &self.health.configured {
+            state.services.insert(*k, svc.clone());
+        }
+        state
+    }
+
+    /// [`Director::change`] for services as configured: the checked ones are overlaid first,
+    /// and the health bookkeeping follows only once the kernel holds the change.
+    fn change_configured(&mut self, mut next: State, gone: &[ServiceKey]) -> Result<()> {
+        let mut configured = Vec::new();
+        let mut shown = Vec::new();
+        for (key, svc) in next.services.iter_mut() {
+            if let Some((effective, how)) = self.health.effective(key, svc) {
+                configured.push((*key, std::mem::replace(svc, effective)));
+                shown.push((*key, how));
+            }
+        }
+        self.change(&next, gone)?;
+        for key in gone {
+            self.health.configured.remove(key);
+            self.health.shown.remove(key);
+        }
+        self.health.configured.extend(configured);
+        self.health.shown.extend(shown);
+        self.health.prune();
+        Ok(())
+    }
+
+    /// The health checking: its settings, trackers, and how real servers appear.
+    pub fn health(&self) -> &HealthState {
+        &self.health
+    }
+
+    /// Takes new health settings (at start, or a reload): every service is given to the kernel
+    /// again as its new settings say; trackers of real servers still checked keep their state.
+    /// All or nothing.
+    pub fn set_health(&mut self, config: Health) -> Result<()> {
+        let configured = self.configured();
+        let saved = self.health.clone();
+        self.health.config = config;
+        self.health.configured.clear();
+        self.health.shown.clear();
+        let result = self.reconcile(configured);
+        if result.is_err() {
+            self.health = saved;
+        }
+        result
+    }
+
+    /// Takes one check's result for real server `addr` of service `key`. When it changes the
+    /// real server's state, the kernel is given the service's new overlay; returns the new
+    /// state then (true: up). A result for a real server no longer checked is ignored.
+    pub fn health_result(
+        &mut self,
+        key: &ServiceKey,
+        addr: IpAddr,
+        ok: bool,
+    ) -> Result<Option<bool>> {
+        let Some(check) = self
+            .health
+            .config
+            .get(key)
+            .and_then(|h| h.check_of(addr))
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        if !self
+            .health
+            .configured
+            .get(key)
+            .is_some_and(|s| s.reals.contains_key(&addr))
+        {
+            return Ok(None);
+        }
+        let saved = self.health.trackers.get(&(*key, addr)).copied();
+        let tracker = self.health.trackers.entry((*key, addr)).or_default();
+        let Some(up) = tracker.record(ok, &check) else {
+            return Ok(None);
+        };
+        let configured = self.health.configured[key].clone();
+        let next = State {
+            services: [(*key, configured)].into(),
+            timeouts: self.state.timeouts,
+        };
+        if let Err(e) = self.change_configured(next, &[]) {
+            // Not applied: the tracker stays as it was, so the next result tries again.
+            match saved {
+                Some(t) => self.health.trackers.insert((*key, addr), t),
+                None => self.health.trackers.remove(&(*key, addr)),
+            };
+            return Err(e);
+        }
+        Ok(Some(up))
     }
 
     /// Makes the services of `next` (some or all of the director's) what they are there,
@@ -1516,6 +1636,16 @@ impl Director {
                     mac: p.mac,
                     counters: c,
                     conns: self.conn_counts(p.slot),
+                    shown: self.health.shown(key, *addr),
+                    check: self
+                        .health
+                        .trackers
+                        .get(&(*key, *addr))
+                        .map(|t| (t.up, t.transitions))
+                        .or_else(|| {
+                            let checked = self.health.config.get(key)?.check_of(*addr).is_some();
+                            checked.then_some((true, 0))
+                        }),
                 });
             }
             services.push(ServiceView {

@@ -19,6 +19,7 @@ pub mod control;
 pub mod director;
 pub mod flowtable;
 pub mod hashtab;
+pub mod health;
 pub mod iface;
 pub mod ipvsadm;
 pub mod keep;

@@ -6,6 +6,7 @@ use lvs_xdp_common::{Counters, reason};
 
 use serde::{Deserialize, Serialize};
 
+use crate::health::Shown;
 use crate::model::{
     Mac, Persistence, Protocol, RealOpts, SchedFlags, Scheduler, ServiceKey, ServiceOpts, Timeouts,
 };
@@ -20,6 +21,10 @@ pub struct RealView {
     pub counters: Counters,
     /// Its connections (active, inactive) as the last full sweep of the flow table counted.
     pub conns: (u64, u64),
+    /// How its health checks leave it (`Up` when it has none).
+    pub shown: Shown,
+    /// Its check's verdict (true: up) and how many times it changed; `None`: not checked.
+    pub check: Option<(bool, u64)>,
 }
 
 /// A service, its counters (over its real servers, present and past, plus its drops) and its
@@ -286,9 +291,11 @@ impl Listing {
                 let rates = pair.map_or(Rates::default(), |(a, b)| {
                     Rates::between(&a.counters, &b.counters, secs)
                 });
+                // A failed real server that keepalived would have taken out is not listed.
                 let reals = svc
                     .reals
                     .iter()
+                    .filter(|r| r.shown != Shown::Hidden)
                     .map(|r| {
                         let find = |v: &ServiceView| v.real(r.addr).map(|x| x.counters);
                         let rates = pair
@@ -410,8 +417,14 @@ pub fn render_table(now: &Snapshot, prev: Option<&Snapshot>) -> String {
         );
         for real in &svc.reals {
             let p = before.and_then(|b| b.real(real.addr)).map(|r| &r.counters);
+            let health = match (real.shown, real.check) {
+                (Shown::Sorry, _) => " sorry",
+                (_, Some((true, _))) => " up",
+                (_, Some((false, _))) => " DOWN",
+                (_, None) => "",
+            };
             let name = format!(
-                "  -> {} {}",
+                "  -> {} {}{health}",
                 crate::model::AddrPort(real.addr, svc.key.port),
                 real.opts.weight
             );
@@ -440,6 +453,20 @@ pub fn render_table(now: &Snapshot, prev: Option<&Snapshot>) -> String {
         "flows freed by the sweep: expired={} real_server_gone={}",
         now.swept.0, now.swept.1
     );
+    let checked: Vec<(bool, u64)> = now
+        .services
+        .iter()
+        .flat_map(|s| s.reals.iter().filter_map(|r| r.check))
+        .collect();
+    if !checked.is_empty() {
+        let _ = writeln!(
+            out,
+            "health checks: {} real servers checked, {} down, {} state changes",
+            checked.len(),
+            checked.iter().filter(|(up, _)| !up).count(),
+            checked.iter().map(|(_, n)| n).sum::<u64>()
+        );
+    }
     out
 }
 

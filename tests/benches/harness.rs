@@ -370,6 +370,7 @@ impl Bench {
         Config {
             state: self.balancer.state().clone(),
             capacity: *self.balancer.balancer().capacity(),
+            ..Config::default()
         }
     }
 

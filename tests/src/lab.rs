@@ -368,28 +368,85 @@ pub fn start_nginx(base: &Path, real_servers: &mut [Netns], big_file: Option<&[u
             fs::write(www.join("big.bin"), bytes)?;
         }
         make_world_readable(base)?;
-        let conf = dir.join("nginx.conf");
-        fs::write(&conf, nginx_conf(&dir))?;
-        let mut cmd = ns.command("nginx")?;
-        cmd.arg("-c")
-            .arg(&conf)
-            .arg("-e")
-            .arg(dir.join("error.log"));
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        ns.spawn("nginx", cmd)?;
+        fs::write(dir.join("nginx.conf"), nginx_conf(&dir))?;
+        spawn_nginx(&dir, ns)?;
     }
     for ns in real_servers.iter() {
-        ns.wait_for(
-            "nginx to listen on port 80",
-            Duration::from_secs(10),
-            || {
-                ns.stdout("ss", &["-Hnlt", "sport = 80"])
-                    .map(|s| !s.trim().is_empty())
-                    .unwrap_or(false)
-            },
-        )?;
+        wait_for_nginx(ns)?;
     }
     Ok(())
+}
+
+/// Starts the nginx of `dir` (written by [`start_nginx`]) in `ns`.
+fn spawn_nginx(dir: &Path, ns: &mut Netns) -> Result<()> {
+    let mut cmd = ns.command("nginx")?;
+    cmd.arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-e")
+        .arg(dir.join("error.log"));
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    ns.spawn("nginx", cmd)
+}
+
+fn wait_for_nginx(ns: &Netns) -> Result<()> {
+    ns.wait_for(
+        "nginx to listen on port 80",
+        Duration::from_secs(10),
+        || {
+            ns.stdout("ss", &["-Hnlt", "sport = 80"])
+                .map(|s| !s.trim().is_empty())
+                .unwrap_or(false)
+        },
+    )
+}
+
+/// Kills the nginx of real server `i` (SIGKILL: it stops answering at once) and waits for it.
+pub fn kill_nginx(real_servers: &mut [Netns], i: usize) -> Result<()> {
+    let mut child = real_servers[i]
+        .take_child("nginx")
+        .context("nginx is not running there")?;
+    // The workers hold the listening socket too: kill them (children of this master only;
+    // the other real servers' nginx share the host's process table), then the master.
+    let ns = &real_servers[i];
+    for pid in children_of(child.id()) {
+        // SAFETY: kill(2) on a process id read from /proc; no memory is involved.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    child.kill()?;
+    child.wait()?;
+    ns.wait_for("nginx to stop listening", Duration::from_secs(5), || {
+        ns.stdout("ss", &["-Hnlt", "sport = 80"])
+            .map(|s| s.trim().is_empty())
+            .unwrap_or(false)
+    })
+}
+
+/// The processes whose parent is `pid` (from /proc/PID/stat's fourth field).
+fn children_of(pid: u32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // The command may hold spaces: the fields after its closing parenthesis.
+                    let rest = &stat[stat.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// Starts the nginx of real server `i` again (after [`kill_nginx`]).
+pub fn restart_nginx(base: &Path, real_servers: &mut [Netns], i: usize) -> Result<()> {
+    let dir = base.join(REAL_SERVERS[i].0);
+    spawn_nginx(&dir, &mut real_servers[i])?;
+    wait_for_nginx(&real_servers[i])
 }
 
 /// Starts `curl URL -o dest` in `ns`, at most `max_secs` long, and returns at once (stderr

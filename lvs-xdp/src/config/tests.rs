@@ -416,3 +416,98 @@ fn persistence_in_the_config() {
     assert_eq!((p.prefix_len(), p.is_full()), (128, true));
     assert!(refused(&service("persistence_timeout = 0")).contains("out of range"));
 }
+
+#[test]
+fn health_checks_in_keepaliveds_words() {
+    let text = service(
+        "inhibit_on_failure = true\nsorry_server = \"10.0.0.9\"\nreal_servers = [ { address = \"10.0.0.3\" }, { address = \"10.0.0.4\", health_check = false }, { address = \"10.0.0.5\", health_check = { type = \"tcp\", connect_port = 8080, fall = 4 } } ]\n[service.health_check]\ntype = \"http\"\npath = \"/health\"\nstatus_code = 204\ndigest = \"9E107D9D372BB6826BD81D3542A419D6\"\ndelay_loop = 2.5\nconnect_timeout = 1\nretry = 3\ndelay_before_retry = 0.5\nrise = 2",
+    );
+    let config = Config::from_toml(&text).unwrap();
+    let (key, h) = config.health.iter().next().unwrap();
+    assert_eq!(key.port, 80);
+    let c = h.check_of("10.0.0.3".parse().unwrap()).unwrap();
+    assert_eq!(
+        c.probe,
+        crate::health::Probe::Http {
+            path: "/health".into(),
+            status: 204,
+            digest: crate::health::probe::parse_digest("9e107d9d372bb6826bd81d3542a419d6"),
+        }
+    );
+    assert_eq!(
+        (
+            c.delay_loop.as_secs_f64(),
+            c.connect_timeout.as_secs_f64(),
+            c.retry,
+            c.rise
+        ),
+        (2.5, 1.0, 3, 2)
+    );
+    assert_eq!(c.delay_before_retry.as_secs_f64(), 0.5);
+    assert!(h.check_of("10.0.0.4".parse().unwrap()).is_none());
+    let own = h.check_of("10.0.0.5".parse().unwrap()).unwrap();
+    assert_eq!((own.port, own.retry), (Some(8080), 4));
+    assert!(h.inhibit_on_failure);
+    assert_eq!(h.sorry_server, Some(("10.0.0.9".parse().unwrap(), None)));
+    // A service without health settings has none.
+    assert!(Config::from_toml(&service("")).unwrap().health.is_empty());
+}
+
+#[test]
+fn bad_health_checks_are_refused_in_one_line() {
+    for (extra, want) in [
+        (
+            "[service.health_check]\ntype = \"smtp\"",
+            "type \"smtp\" unknown",
+        ),
+        (
+            "[service.health_check]\ntype = \"http\"\nstatus_code = 42",
+            "status_code 42 out of range",
+        ),
+        (
+            "[service.health_check]\ntype = \"http\"\ndigest = \"abc\"",
+            "is not an MD5",
+        ),
+        (
+            "[service.health_check]\ntype = \"http\"\npath = \"health\"",
+            "must start with /",
+        ),
+        (
+            "[service.health_check]\ntype = \"tcp\"\npath = \"/\"",
+            "takes no path",
+        ),
+        (
+            "[service.health_check]\ntype = \"tcp\"\ndelay_loop = 0",
+            "delay_loop 0 out of range",
+        ),
+        (
+            "[service.health_check]\ntype = \"tcp\"\nretry = 2\nfall = 2",
+            "give one",
+        ),
+        (
+            "[service.health_check]\ntype = \"tcp\"\nconnect_port = 70000",
+            "connect_port 70000",
+        ),
+        (
+            "[service.health_check]\ntype = \"tcp\"\nfrequency = 2",
+            "unknown field",
+        ),
+        ("on_failure = \"drop\"", "on_failure \"drop\" unknown"),
+        (
+            "inhibit_on_failure = true\non_failure = \"reschedule\"",
+            "choose one",
+        ),
+        ("sorry_server = \"2001:db8::9\"", "not of the VIP's family"),
+        (
+            "sorry_server = \"10.0.0.3\"\nreal_servers = [ { address = \"10.0.0.3\" } ]",
+            "also a real server",
+        ),
+        (
+            "real_servers = [ { address = \"10.0.0.3\", health_check = true } ]",
+            "the service has no health_check",
+        ),
+    ] {
+        let err = refused(&service(extra));
+        assert!(err.contains(want), "{extra:?}: {err}");
+    }
+}

@@ -7,6 +7,7 @@ use lvs_xdp::{
     Config, Director,
     control::{self, Listeners, NOT_ROOT, RATE_INTERVAL, Reply, Request},
     director::StartOptions,
+    health::runner::Runner,
     listing::{self, Snapshot},
     netlink::{self, GROUP_NEIGH, Rtnl},
 };
@@ -61,6 +62,8 @@ pub fn run(
         // give them back, the process runs for a long time.
         // SAFETY: malloc_trim only releases free memory.
         unsafe { libc::malloc_trim(0) };
+        let (mut checks, mut outcomes) = Runner::new();
+        checks.sync(director.health().checks());
         on_attached(&director);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut prev: Option<Snapshot> = None;
@@ -89,6 +92,11 @@ pub fn run(
                     if let Err(e) = serve(&mut director, stream, rates).await {
                         log::warn!("control connection: {e:#}");
                     }
+                    // Real servers added or removed live are checked, or no longer.
+                    checks.sync(director.health().checks());
+                }
+                Some((key, addr, outcome)) = outcomes.recv() => {
+                    health_result(&mut director, key, addr, outcome);
                 }
                 _ = tick.tick() => {
                     director.balancer_mut().flush_log();
@@ -125,6 +133,29 @@ pub fn run(
         print_table(&last, prev.as_ref());
         Ok(())
     })
+}
+
+/// Applies one check's result, and logs a change of state.
+fn health_result(
+    director: &mut Director,
+    key: lvs_xdp::model::ServiceKey,
+    addr: std::net::IpAddr,
+    outcome: Result<(), String>,
+) {
+    match (
+        director.health_result(&key, addr, outcome.is_ok()),
+        &outcome,
+    ) {
+        (Ok(Some(true)), _) => log::info!("{key}: real server {addr} is up: its check passes"),
+        (Ok(Some(false)), Err(why)) => {
+            log::warn!("{key}: real server {addr} is down, it gets no new connection: {why}")
+        }
+        (Ok(_), Err(why)) => log::debug!("{key}: check of {addr} failed: {why}"),
+        (Ok(_), Ok(())) => {}
+        (Err(e), _) => {
+            log::warn!("{key}: real server {addr}: its new health state not applied: {e:#}")
+        }
+    }
 }
 
 /// How long rate sampling goes on after the last control request.
