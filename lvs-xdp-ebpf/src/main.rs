@@ -30,7 +30,7 @@ use aya_ebpf::{
     maps::ProgramArray,
     programs::XdpContext,
 };
-use aya_log_ebpf::warn;
+use aya_log_ebpf::debug;
 use lvs_xdp_common::{
     Clock, FAMILY_V4, FAMILY_V6, Flow, Iface, PROTO_TCP, RealServer, ServiceKey, conn, reason,
     service_flags,
@@ -181,8 +181,8 @@ fn decide<T: Table>(
         }
         Lookup::Busy => {
             // Other CPUs kept rewriting this flow's buckets through every retry; rare enough
-            // to log each one.
-            warn!(ctx, "flow table busy: a packet was dropped");
+            // to log each one (shown with --log-level debug; counted as drop_flow_busy).
+            debug!(ctx, "flow table busy: a packet was dropped");
             return Err(Dropped(reason::DROP_FLOW_BUSY));
         }
         Lookup::Missing => {}

@@ -767,6 +767,30 @@ impl Director {
         result
     }
 
+    /// Makes the director what `config` says (a reload): its services, timeouts and health
+    /// settings, changing only what differs, so established connections of services and real
+    /// servers that stay are kept. All or nothing; the tables' sizes cannot change (a restart
+    /// without `--keep` resizes them).
+    pub fn reload(&mut self, config: &Config) -> Result<()> {
+        let now = *self.balancer.capacity();
+        if config.capacity != now {
+            bail!(
+                "the tables' sizes differ from the running ones ({:?} against {:?}): they are fixed while the program runs; restart to change them",
+                config.capacity,
+                now
+            );
+        }
+        let saved = self.health.clone();
+        self.health.config = config.health.clone();
+        self.health.configured.clear();
+        self.health.shown.clear();
+        let result = self.reconcile(config.state.clone());
+        if result.is_err() {
+            self.health = saved;
+        }
+        result
+    }
+
     /// Takes one check's result for real server `addr` of service `key`. When it changes the
     /// real server's state, the kernel is given the service's new overlay; returns the new
     /// state then (true: up). A result for a real server no longer checked is ignored.

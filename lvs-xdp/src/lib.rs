@@ -27,6 +27,7 @@ pub mod listing;
 pub mod logger;
 pub mod maglev;
 mod mapped;
+pub mod metrics;
 pub mod model;
 pub mod neigh;
 pub mod netlink;

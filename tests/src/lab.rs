@@ -237,6 +237,11 @@ impl Lab {
         }
     }
 
+    /// The process id of the running lvs-xdp.
+    pub fn lb_pid(&self) -> Option<u32> {
+        self.lb_process.as_ref().map(|c| c.id())
+    }
+
     pub fn lb_log(&self) -> PathBuf {
         self.dir.0.join("lvs-xdp.log")
     }

@@ -24,6 +24,10 @@ pub enum Source {
     Rust,
     /// A crate that `cargo xtask setup` installs with `cargo install`.
     CargoInstall(&'static str),
+    /// One file of a Debian package that is not installed whole: `cargo xtask setup` downloads
+    /// the package (`apt-get download`) and extracts that file (`dpkg-deb`) to
+    /// `/usr/local/bin`. (package, the file's path inside it)
+    DebianFile(&'static str, &'static str),
     /// A binary this workspace builds, run by its path.
     Workspace,
 }
@@ -70,6 +74,11 @@ pub const PROGRAMS: &[Program] = &[
         "lab: makes the real servers' web roots readable",
     ),
     deb("curl", "curl", "lab, tests: the client's HTTP requests"),
+    deb(
+        "dpkg-deb",
+        "dpkg",
+        "setup: extracts promtool from Debian's prometheus package",
+    ),
     deb("dpkg-query", "dpkg", "setup: which packages are installed"),
     deb(
         "ethtool",
@@ -103,6 +112,16 @@ pub const PROGRAMS: &[Program] = &[
     ),
     deb("ss", "iproute2", "lab: waits for nginx to listen"),
     deb(
+        "systemd-analyze",
+        "systemd",
+        "tests: checks the shipped systemd unit (`systemd-analyze verify`)",
+    ),
+    deb(
+        "tar",
+        "tar",
+        "setup: extracts promtool from Debian's prometheus package",
+    ),
+    deb(
         "sysctl",
         "procps",
         "lab: arp_ignore and arp_announce on the real servers",
@@ -126,6 +145,11 @@ pub const PROGRAMS: &[Program] = &[
         name: "bpf-linker",
         source: Source::CargoInstall("bpf-linker"),
         used_for: "build: links the XDP object",
+    },
+    Program {
+        name: "promtool",
+        source: Source::DebianFile("prometheus", "./usr/bin/promtool"),
+        used_for: "tests: checks the metrics lvs-xdp serves (`promtool check metrics`)",
     },
     Program {
         name: "lvs-xdp",
@@ -159,6 +183,9 @@ fn remedy(source: Source) -> String {
             format!("crate {krate}; `cargo xtask setup` installs it with cargo install")
         }
         Source::Workspace => "built by this workspace; `cargo xtask build` builds it".into(),
+        Source::DebianFile(package, file) => format!(
+            "{file} of Debian package {package}; `cargo xtask setup` extracts it to /usr/local/bin"
+        ),
     }
 }
 

@@ -1,7 +1,10 @@
 //! Installs what building and testing lvs-xdp needs, skipping what is already there. Runs before
 //! anything that compiles the lvs-xdp crate (its build script needs nightly's rust-src and
 //! bpf-linker).
-use std::process::{Command, Stdio};
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -39,6 +42,7 @@ pub fn setup() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     packages()?;
+    debian_files()?;
     check_installed()
 }
 
@@ -101,12 +105,77 @@ fn packages() -> Result<()> {
     Ok(())
 }
 
+/// Extracts the single files of Debian packages that the list names (promtool), when missing:
+/// the package is downloaded, not installed, and only that file is kept.
+fn debian_files() -> Result<()> {
+    for p in PROGRAMS {
+        let Source::DebianFile(package, file) = p.source else {
+            continue;
+        };
+        if programs::installed(p.name) {
+            continue;
+        }
+        let dir = std::env::temp_dir().join(format!("lvs-xdp-setup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let result = (|| -> Result<()> {
+            // apt's sandbox user downloads into the directory.
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+            let download = || -> Result<()> {
+                run(program("apt-get")?
+                    .current_dir(&dir)
+                    .args(["download", "-qq", package]))
+            };
+            if download().is_err() {
+                // A fresh machine's package lists may not know it yet.
+                run(program("apt-get")?.args(["update", "-qq"]))?;
+                download()?;
+            }
+            let deb = std::fs::read_dir(&dir)?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|e| e == "deb"))
+                .with_context(|| format!("apt-get download {package} gave no .deb"))?;
+            // dpkg-deb writes the package's files as a tar stream; tar keeps the one file.
+            let mut unpack = program("dpkg-deb")?
+                .arg("--fsys-tarfile")
+                .arg(&deb)
+                .stdout(Stdio::piped())
+                .spawn()
+                .context("cannot run dpkg-deb")?;
+            let stream = unpack.stdout.take().context("dpkg-deb's output")?;
+            let extracted = program("tar")?
+                .arg("-x")
+                .arg("-C")
+                .arg(&dir)
+                .arg(file)
+                .stdin(stream)
+                .status()?;
+            let unpacked = unpack.wait()?;
+            if !extracted.success() || !unpacked.success() {
+                bail!("cannot extract {file} from {}", deb.display());
+            }
+            let target = Path::new("/usr/local/bin").join(p.name);
+            std::fs::copy(dir.join(file), &target)
+                .with_context(|| format!("cannot install {}", target.display()))?;
+            Ok(())
+        })();
+        let _ = std::fs::remove_dir_all(&dir);
+        result?;
+    }
+    Ok(())
+}
+
 /// Every program of the list that setup provides is now there: a package that installs under
 /// another name fails here, naming the program, not later inside a test.
 fn check_installed() -> Result<()> {
     let missing: Vec<String> = PROGRAMS
         .iter()
-        .filter(|p| matches!(p.source, Source::Debian(_) | Source::CargoInstall(_)))
+        .filter(|p| {
+            matches!(
+                p.source,
+                Source::Debian(_) | Source::CargoInstall(_) | Source::DebianFile(..)
+            )
+        })
         .filter_map(|p| programs::resolve(p.name).err())
         .collect();
     if !missing.is_empty() {

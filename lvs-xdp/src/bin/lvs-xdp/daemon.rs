@@ -1,6 +1,6 @@
 //! `lvs-xdp run`: bring the director up on interfaces, answer the control commands, report, and
 //! take it down on a signal.
-use std::{collections::VecDeque, io::Write as _, time::Duration};
+use std::{collections::VecDeque, io::Write as _, net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result};
 use lvs_xdp::{
@@ -9,6 +9,7 @@ use lvs_xdp::{
     director::StartOptions,
     health::runner::Runner,
     listing::{self, Snapshot},
+    metrics::Scrape,
     netlink::{self, GROUP_NEIGH, Rtnl},
 };
 use netlink_packet_route::RouteNetlinkMessage;
@@ -19,25 +20,48 @@ use tokio::{
     sync::mpsc,
 };
 
+/// What `run` does besides serving: its stats table, `--keep`, `--metrics`, and how SIGHUP
+/// reads the configuration again.
+pub struct Daemon {
+    /// Between stats tables (0: only at exit).
+    pub interval: Duration,
+    pub keep: bool,
+    /// Where to serve Prometheus metrics.
+    pub metrics: Option<SocketAddr>,
+    /// Reads the configuration again (the file and the command line's services).
+    pub reload: Box<dyn Fn() -> Result<Config>>,
+}
+
 /// The whole of `lvs-xdp run`: handle SIGINT/SIGTERM from the start (a signal that arrives
 /// while loading or attaching still ends in a clean detach and exit 0), open the control
-/// sockets, start the director, call `on_attached`, then serve control commands and print the
-/// stats table every `interval` until a signal; then detach and print the final table.
+/// sockets (and the metrics port), start the director, call `on_attached`, then serve control
+/// commands, health checks, scrapes and SIGHUP, and print the stats table every `interval`
+/// until a signal; then detach and print the final table.
 pub fn run(
     config: &Config,
     opts: &StartOptions,
-    interval: Duration,
-    keep: bool,
+    daemon: &Daemon,
     on_attached: impl FnOnce(&Director),
 ) -> Result<()> {
+    let (interval, keep) = (daemon.interval, daemon.keep);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sighup = signal(SignalKind::hangup())?;
         opts.lookup_interfaces()?;
         let listeners = Listeners::bind(&opts.interfaces)?;
+        // Bound before anything is loaded: a port in use changes nothing on the host.
+        let (scrape_tx, mut scrapes) = mpsc::channel::<Scrape>(16);
+        if let Some(addr) = daemon.metrics {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics {addr}: cannot listen"))?;
+            log::info!("metrics on http://{addr}/metrics");
+            tokio::spawn(lvs_xdp::metrics::serve(listener, scrape_tx));
+        }
         let (tx, mut requests) = mpsc::channel::<UnixStream>(16);
         for (_, listener) in &listeners.sockets {
             listener.set_nonblocking(true)?;
@@ -98,6 +122,21 @@ pub fn run(
                 Some((key, addr, outcome)) = outcomes.recv() => {
                     health_result(&mut director, key, addr, outcome);
                 }
+                Some(reply) = scrapes.recv() => {
+                    let text = director
+                        .snapshot()
+                        .and_then(|now| lvs_xdp::metrics::render(&now));
+                    match text {
+                        Ok(text) => {
+                            let _ = reply.send(text);
+                        }
+                        Err(e) => log::warn!("metrics: {e:#}"),
+                    }
+                }
+                _ = sighup.recv() => {
+                    reload(&mut director, daemon);
+                    checks.sync(director.health().checks());
+                }
                 _ = tick.tick() => {
                     director.balancer_mut().flush_log();
                     if let Err(e) = director.maintain() {
@@ -133,6 +172,26 @@ pub fn run(
         print_table(&last, prev.as_ref());
         Ok(())
     })
+}
+
+/// SIGHUP: reads the configuration again and applies the difference, all or nothing; a
+/// configuration that is invalid, or that cannot be applied, leaves everything as it was.
+fn reload(director: &mut Director, daemon: &Daemon) {
+    let config = match (daemon.reload)() {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("reload refused, nothing changed: {e:#}");
+            return;
+        }
+    };
+    match director.reload(&config) {
+        Ok(()) => log::info!(
+            "reloaded: {} service(s), {} real server(s)",
+            config.state.services.len(),
+            config.state.real_count()
+        ),
+        Err(e) => log::error!("reload refused, nothing changed: {e:#}"),
+    }
 }
 
 /// Applies one check's result, and logs a change of state.

@@ -43,6 +43,14 @@ enum Command {
         /// interfaces to take over: a restart that loses no connection.
         #[arg(long)]
         keep: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT, or a port alone for
+        /// localhost).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
+        /// Messages shown on standard error: error, warn, info (default) or debug (adds the
+        /// data plane's own log events), trace. Overrides LVS_XDP_LOG.
+        #[arg(long, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
+        log_level: Option<String>,
         #[command(flatten)]
         services: ServiceArgs,
     },
@@ -160,8 +168,17 @@ fn dispatch(matches: &ArgMatches) -> Result<()> {
             interval,
             resolve_timeout,
             keep,
+            metrics,
+            log_level,
             services,
         } => {
+            if let Some(level) = log_level {
+                logger::set_level(&level);
+            }
+            let metrics = metrics
+                .as_deref()
+                .map(lvs_xdp::metrics::listen_addr)
+                .transpose()?;
             let config = build_config(&services, sub)?;
             if !(0.0..=600.0).contains(&resolve_timeout) {
                 anyhow::bail!("--resolve-timeout {resolve_timeout} out of range (0..=600)");
@@ -173,27 +190,28 @@ fn dispatch(matches: &ArgMatches) -> Result<()> {
                 reconcile_kept: services.config.is_some() || !services.service.is_empty(),
             };
             let mut names = Vec::new();
-            daemon::run(
-                &config,
-                &opts,
-                Duration::from_secs(interval),
+            let sub = sub.clone();
+            let daemon = daemon::Daemon {
+                interval: Duration::from_secs(interval),
                 keep,
-                |director| {
-                    names = director
-                        .balancer()
-                        .attached()
-                        .map(|i| i.name.clone())
-                        .collect();
-                    say(format_args!(
-                        "lvs-xdp: attached to {} ({} mode): {} service(s), {} real server(s), flow table {}; SIGINT/SIGTERM to stop",
-                        names.join(", "),
-                        opts.mode,
-                        config.state.services.len(),
-                        config.state.real_count(),
-                        config.capacity.flow_table_size,
-                    ));
-                },
-            )?;
+                metrics,
+                reload: Box::new(move || build_config(&services, &sub)),
+            };
+            daemon::run(&config, &opts, &daemon, |director| {
+                names = director
+                    .balancer()
+                    .attached()
+                    .map(|i| i.name.clone())
+                    .collect();
+                say(format_args!(
+                    "lvs-xdp: attached to {} ({} mode): {} service(s), {} real server(s), flow table {}; SIGINT/SIGTERM to stop",
+                    names.join(", "),
+                    opts.mode,
+                    config.state.services.len(),
+                    config.state.real_count(),
+                    config.capacity.flow_table_size,
+                ));
+            })?;
             if keep {
                 say(format_args!(
                     "lvs-xdp: kept on {}: the program stays attached, its maps pinned in {}",
