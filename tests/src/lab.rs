@@ -412,9 +412,12 @@ pub fn kill_nginx(real_servers: &mut [Netns], i: usize) -> Result<()> {
         .context("nginx is not running there")?;
     // The workers hold the listening socket too: kill them (children of this master only;
     // the other real servers' nginx share the host's process table), then the master.
+    // The master is stopped first, so that it forks no worker after the scan.
     let ns = &real_servers[i];
+    // SAFETY: kill(2) on our own child's id and on ids read from /proc; no memory is involved.
+    unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
     for pid in children_of(child.id()) {
-        // SAFETY: kill(2) on a process id read from /proc; no memory is involved.
+        // SAFETY: as above.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     child.kill()?;

@@ -73,7 +73,7 @@ fn a_real_server_whose_nginx_dies_gets_no_new_connection_and_comes_back() {
     let mut lab = Lab::new("health").expect("the lab topology");
     lab.start_nginx(None).expect("nginx");
     let config = format!(
-        "{}inhibit_on_failure = true\n[service.health_check]\ntype = \"http\"\npath = \"/\"\nstatus_code = 200\ndelay_loop = {DELAY_LOOP}\nconnect_timeout = 1\nretry = {RETRY}\ndelay_before_retry = {DELAY_LOOP}\n",
+        "{}inhibit_on_failure = true\n[service.health_check]\ntype = \"http\"\npath = \"/\"\nstatus_code = 200\ndelay_loop = {DELAY_LOOP}\nconnect_timeout = 1\nretry = {RETRY}\ndelay_before_retry = 0.5\n",
         lab::lvs_config()
     );
     let path = lab.dir.0.join("health.toml");
@@ -215,7 +215,7 @@ fn ack(port: u16) -> Vec<u8> {
 
 fn health(on_failure: OnFailure, sorry: bool) -> Health {
     let check = Check {
-        retry: 1,
+        fall: 1,
         ..Check::new(Probe::Tcp)
     };
     [(

@@ -24,8 +24,11 @@ pub(super) struct RawCheck {
     connect_port: Option<i64>,
     delay_loop: Option<f64>,
     connect_timeout: Option<f64>,
+    /// keepalived's: retries of a failed check before the real server is taken out.
     retry: Option<i64>,
-    /// keepalived's older word for `retry`.
+    /// keepalived 1.x's word for `retry`.
+    nb_get_retry: Option<i64>,
+    /// HAProxy's: failures in a row that take it out (`retry` + 1).
     fall: Option<i64>,
     delay_before_retry: Option<f64>,
     rise: Option<i64>,
@@ -130,11 +133,16 @@ fn check(raw: RawCheck) -> Result<Check> {
     if let Some(v) = raw.delay_before_retry {
         c.delay_before_retry = seconds(v, "delay_before_retry")?;
     }
-    match (raw.retry, raw.fall) {
-        (Some(_), Some(_)) => bail!("retry and fall are the same setting: give one"),
-        (Some(v), None) => c.retry = count(v, "retry")?,
-        (None, Some(v)) => c.retry = count(v, "fall")?,
-        (None, None) => {}
+    match (raw.retry, raw.nb_get_retry, raw.fall) {
+        (Some(v), None, None) | (None, Some(v), None) => {
+            if !(0..=1000).contains(&v) {
+                bail!("retry {v} out of range (0..=1000)");
+            }
+            c.fall = v as u32 + 1;
+        }
+        (None, None, Some(v)) => c.fall = count(v, "fall")?,
+        (None, None, None) => {}
+        _ => bail!("retry, nb_get_retry and fall say the same thing: give one"),
     }
     if let Some(v) = raw.rise {
         c.rise = count(v, "rise")?;

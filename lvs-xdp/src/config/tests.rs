@@ -438,15 +438,15 @@ fn health_checks_in_keepaliveds_words() {
         (
             c.delay_loop.as_secs_f64(),
             c.connect_timeout.as_secs_f64(),
-            c.retry,
+            c.fall,
             c.rise
         ),
-        (2.5, 1.0, 3, 2)
+        (2.5, 1.0, 4, 2)
     );
     assert_eq!(c.delay_before_retry.as_secs_f64(), 0.5);
     assert!(h.check_of("10.0.0.4".parse().unwrap()).is_none());
     let own = h.check_of("10.0.0.5".parse().unwrap()).unwrap();
-    assert_eq!((own.port, own.retry), (Some(8080), 4));
+    assert_eq!((own.port, own.fall), (Some(8080), 4));
     assert!(h.inhibit_on_failure);
     assert_eq!(h.sorry_server, Some(("10.0.0.9".parse().unwrap(), None)));
     // A service without health settings has none.

@@ -1,6 +1,7 @@
 //! Health checks, as keepalived does them for LVS: each checked real server is probed (a TCP
 //! connect, or an HTTP GET with its status code and optionally the body's MD5) every
-//! `delay_loop`; `retry` failures in a row take it out, `rise` successes in a row put it back.
+//! `delay_loop`; a failure is retried `retry` times (every `delay_before_retry`) before the
+//! real server is taken out, and `rise` successes in a row put it back.
 //!
 //! Pure logic here: what a service's checks are ([`ServiceHealth`]), the up/down tracking of
 //! each real server ([`Tracker`]), and the state the kernel is given for a service whose real
@@ -43,8 +44,9 @@ pub struct Check {
     pub delay_loop: Duration,
     /// A probe not answered within this fails.
     pub connect_timeout: Duration,
-    /// Failures in a row that take a real server out (keepalived's `retry`, also `fall`).
-    pub retry: u32,
+    /// Failures in a row that take a real server out: keepalived's `retry` plus the first
+    /// failure (HAProxy's `fall`).
+    pub fall: u32,
     /// Between a failed check and the next one, while the real server is still in.
     pub delay_before_retry: Duration,
     /// Successes in a row that put it back.
@@ -63,7 +65,7 @@ impl Check {
             port: None,
             delay_loop: Self::DEFAULT_DELAY_LOOP,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
-            retry: 1,
+            fall: 2,
             delay_before_retry: Self::DEFAULT_DELAY_BEFORE_RETRY,
             rise: 1,
         }
@@ -135,7 +137,7 @@ impl ServiceHealth {
 /// Health settings of every service that has any.
 pub type Health = BTreeMap<ServiceKey, ServiceHealth>;
 
-/// A real server's up/down state from its checks' results: `retry` failures in a row take it
+/// A real server's up/down state from its checks' results: `fall` failures in a row take it
 /// down, `rise` successes in a row bring it up. It starts up, as in keepalived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tracker {
@@ -164,7 +166,7 @@ impl Tracker {
             return None;
         }
         self.against += 1;
-        let needed = if self.up { check.retry } else { check.rise };
+        let needed = if self.up { check.fall } else { check.rise };
         if self.against < needed.max(1) {
             return None;
         }

@@ -111,7 +111,7 @@ pub fn parse_digest(text: &str) -> Option<[u8; 16]> {
 }
 
 /// The time a check takes at most to notice a failure of a real server that refuses
-/// connections at once: the wait for the next check, then `retry - 1` retries.
+/// connections at once: the wait for the next check, then `fall - 1` retries.
 pub fn detection_bound(check: &Check) -> Duration {
-    check.delay_loop + check.delay_before_retry * check.retry.saturating_sub(1)
+    check.delay_loop + check.delay_before_retry * check.fall.saturating_sub(1)
 }

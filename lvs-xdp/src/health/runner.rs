@@ -72,7 +72,7 @@ impl Drop for Runner {
 }
 
 /// Checks one real server for ever: at once, then every `delay_loop`, or `delay_before_retry`
-/// after a failure until `retry` failures in a row.
+/// after a failure until `fall` failures in a row.
 async fn run(key: ServiceKey, addr: IpAddr, check: Check, results: mpsc::Sender<Outcome>) {
     let mut failures = 0u32;
     loop {
@@ -84,7 +84,7 @@ async fn run(key: ServiceKey, addr: IpAddr, check: Check, results: mpsc::Sender<
             return;
         }
         failures = if ok { 0 } else { failures + 1 };
-        let retrying = !ok && failures < check.retry;
+        let retrying = !ok && failures < check.fall;
         tokio::time::sleep(check.next_after(ok, retrying)).await;
     }
 }

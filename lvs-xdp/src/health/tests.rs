@@ -1,15 +1,15 @@
 use super::*;
 
-fn check(retry: u32, rise: u32) -> Check {
+fn check(fall: u32, rise: u32) -> Check {
     Check {
-        retry,
+        fall,
         rise,
         ..Check::new(Probe::Tcp)
     }
 }
 
 #[test]
-fn retry_failures_in_a_row_take_it_out_and_rise_successes_bring_it_back() {
+fn fall_failures_in_a_row_take_it_out_and_rise_successes_bring_it_back() {
     let c = check(3, 2);
     let mut t = Tracker::default();
     assert!(t.up);
@@ -27,7 +27,7 @@ fn retry_failures_in_a_row_take_it_out_and_rise_successes_bring_it_back() {
     assert_eq!(t.record(true, &c), None);
     assert_eq!(t.record(true, &c), Some(true));
     assert_eq!(t.transitions, 2);
-    // retry 0 and rise 0 act as 1.
+    // fall 0 and rise 0 act as 1.
     let mut t = Tracker::default();
     assert_eq!(t.record(false, &check(0, 0)), Some(false));
     assert_eq!(t.record(true, &check(0, 0)), Some(true));
@@ -148,7 +148,7 @@ fn a_real_servers_own_check_overrides_the_services() {
             inhibit_on_failure: None,
         },
     );
-    assert_eq!(health.check_of(addr(3)).map(|c| c.retry), Some(1));
+    assert_eq!(health.check_of(addr(3)).map(|c| c.fall), Some(1));
     assert_eq!(health.check_of(addr(4)), None);
-    assert_eq!(health.check_of(addr(5)).map(|c| c.retry), Some(4));
+    assert_eq!(health.check_of(addr(5)).map(|c| c.fall), Some(4));
 }
