@@ -39,7 +39,7 @@ pub(super) struct RawCheck {
 #[serde(untagged)]
 pub(super) enum RawRealCheck {
     Enabled(bool),
-    Check(RawCheck),
+    Check(Box<RawCheck>),
 }
 
 /// `sorry_server = "10.0.0.9"` or `{ address = "10.0.0.9", mac = "..." }`.
@@ -181,7 +181,7 @@ pub(super) fn service(
             }
             Some(RawRealCheck::Enabled(false)) => Some(None),
             Some(RawRealCheck::Check(c)) => Some(Some(
-                check(c).map_err(|e| anyhow!("real server {}: {e:#}", i + 1))?,
+                check(*c).map_err(|e| anyhow!("real server {}: {e:#}", i + 1))?,
             )),
         };
         if own.is_some() || real.inhibit_on_failure.is_some() {
