@@ -4,6 +4,7 @@
 //! wrong value can be reported with our own words and its position), then `validate` turns them
 //! into [`Config`], refusing the whole input on the first problem.
 mod health;
+mod write;
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr},
@@ -170,12 +171,21 @@ struct RawReal {
 }
 
 impl Config {
-    /// Reads and validates a configuration file: TOML, or the rules `lvs-xdp -S` (and
-    /// `ipvsadm-save`) write, told apart by the first line that is not blank or a comment.
-    /// Errors are one line, starting with `FILE:LINE:COL:` (TOML) or `FILE: line N:` (rules).
+    /// Reads and validates a configuration file: TOML, the rules `lvs-xdp -S` (and
+    /// `ipvsadm-save`) write, or a keepalived.conf (its `virtual_server` blocks), told apart by
+    /// the first line that is not blank or a comment. Errors are one line, starting with
+    /// `FILE:LINE:COL:` (TOML), `FILE: line N:` (rules) or `FILE:LINE:` (keepalived.conf). What
+    /// a keepalived.conf holds besides its virtual servers is logged as left to keepalived.
     pub fn from_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
+        if crate::keepalived::looks_like(&text) {
+            let imported = crate::keepalived::import(path)?;
+            for note in &imported.notes {
+                log::info!("{note}");
+            }
+            return Ok(imported.config);
+        }
         let rules = text
             .lines()
             .map(str::trim)

@@ -23,6 +23,7 @@ pub mod health;
 pub mod iface;
 pub mod ipvsadm;
 pub mod keep;
+pub mod keepalived;
 pub mod listing;
 pub mod logger;
 pub mod maglev;

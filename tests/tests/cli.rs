@@ -323,3 +323,59 @@ fn a_closed_stdout_does_not_stop_a_clean_exit() {
     let link = ns.stdout("ip", &["link", "show", "veth0"]).unwrap();
     assert!(!link.contains("xdp"), "veth0 left with a program: {link}");
 }
+
+/// A keepalived.conf as its documentation writes one: `check --config` reads its virtual
+/// servers, `convert` writes them as TOML (which `check` then reads into the same rules) and
+/// reports the VRRP part by line; a block lvs-xdp cannot honour is refused, naming its line.
+#[test]
+fn a_keepalived_conf_is_read_and_converted() {
+    let dir = TempDir::new("keepalived-conf").unwrap();
+    let conf = dir.0.join("keepalived.conf");
+    std::fs::write(
+        &conf,
+        "! Configuration File for keepalived\n\nglobal_defs {\n   router_id LVS_DEVEL\n}\n\nvrrp_instance VI_1 {\n    state MASTER\n    interface eth0\n    virtual_router_id 51\n    priority 100\n    virtual_ipaddress {\n        10.9.0.10\n    }\n}\n\nvirtual_server 10.9.0.10 80 {\n    delay_loop 6\n    lb_algo rr\n    lb_kind DR\n    protocol TCP\n\n    real_server 10.9.0.3 80 {\n        weight 1\n        TCP_CHECK {\n            connect_timeout 3\n            retry 3\n            delay_before_retry 3\n        }\n    }\n    real_server 10.9.0.4 80 {\n        weight 2\n        HTTP_GET {\n            url {\n              path /health\n              status_code 200\n            }\n            connect_timeout 3\n        }\n    }\n}\n",
+    )
+    .unwrap();
+    let rules = "-A -t 10.9.0.10:80 -s rr\n-a -t 10.9.0.10:80 -r 10.9.0.3:80 -g -w 1\n-a -t 10.9.0.10:80 -r 10.9.0.4:80 -g -w 2\n";
+    let o = lvs_xdp(None, &["check", "--config", conf.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.starts_with(rules), "{}", o.stdout);
+    // keepalived's retry 3: out after 4 failures in a row.
+    assert!(
+        o.stdout.contains("health: TCP 10.9.0.10:80: 10.9.0.3: tcp connect every 6s (timeout 3s, out after 4 failures 3s apart, back after 1)\n"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout
+            .contains("health: TCP 10.9.0.10:80: 10.9.0.4: http GET /health expects 200 every 6s"),
+        "{}",
+        o.stdout
+    );
+    let o = lvs_xdp(None, &["convert", conf.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let notes: Vec<&str> = o.stderr.lines().collect();
+    assert_eq!(notes.len(), 2, "{}", o.stderr);
+    assert!(notes[0].ends_with("keepalived.conf:3: global_defs: not the load balancer's; left to keepalived (run it for VRRP alone)"), "{}", notes[0]);
+    assert!(
+        notes[1].contains("keepalived.conf:7: vrrp_instance VI_1:"),
+        "{}",
+        notes[1]
+    );
+    assert!(o.stdout.contains("type = \"http\""), "{}", o.stdout);
+    let toml = dir.0.join("converted.toml");
+    std::fs::write(&toml, &o.stdout).unwrap();
+    let again = lvs_xdp(None, &["check", "--config", toml.to_str().unwrap()]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stdout.starts_with(rules), "{}", again.stdout);
+    // What cannot be honoured is refused by line, before anything is loaded.
+    let nat = dir.0.join("nat.conf");
+    std::fs::write(
+        &nat,
+        "virtual_server 10.9.0.10 80 {\n    lb_kind NAT\n    real_server 10.9.0.3 80 {\n        MISC_CHECK {\n            misc_path /bin/true\n        }\n    }\n}\n",
+    )
+    .unwrap();
+    let o = lvs_xdp(None, &["convert", nat.to_str().unwrap()]);
+    refused(&o, "nat.conf:2: lb_kind NAT");
+    assert!(o.stderr.contains("nat.conf:4: MISC_CHECK"), "{}", o.stderr);
+}

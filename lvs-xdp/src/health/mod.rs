@@ -53,6 +53,38 @@ pub struct Check {
     pub rise: u32,
 }
 
+impl std::fmt::Display for Check {
+    /// `http GET /health expects 200 on port 8080 every 6s (timeout 3s, out after 4 failures
+    /// 1s apart, back after 1)`, as `lvs-xdp check` shows it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.probe {
+            Probe::Tcp => write!(f, "tcp connect")?,
+            Probe::Http {
+                path,
+                status,
+                digest,
+            } => {
+                write!(f, "http GET {path} expects {status}")?;
+                if let Some(d) = digest {
+                    write!(f, " and MD5 {}", probe::hex(d))?;
+                }
+            }
+        }
+        if let Some(p) = self.port {
+            write!(f, " on port {p}")?;
+        }
+        write!(
+            f,
+            " every {}s (timeout {}s, out after {} failures {}s apart, back after {})",
+            self.delay_loop.as_secs_f64(),
+            self.connect_timeout.as_secs_f64(),
+            self.fall,
+            self.delay_before_retry.as_secs_f64(),
+            self.rise
+        )
+    }
+}
+
 impl Check {
     pub const DEFAULT_DELAY_LOOP: Duration = Duration::from_secs(60);
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -60,6 +60,14 @@ enum Command {
         #[command(flatten)]
         services: ServiceArgs,
     },
+    /// Write a configuration (a keepalived.conf's virtual servers, ipvsadm rules, or TOML) as
+    /// lvs-xdp's TOML on stdout; what a keepalived.conf holds besides goes to stderr, line by
+    /// line. Touches no kernel state.
+    Convert {
+        /// The file to convert.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Take a real server out of a running director without breaking a connection: weight 0,
     /// wait until it has no active connection (or --timeout passes), then remove it.
     Drain {
@@ -274,6 +282,28 @@ fn dispatch(matches: &ArgMatches) -> Result<()> {
             }
             Ok(())
         }
+        Command::Convert { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let config = if lvs_xdp::keepalived::looks_like(&text) {
+                let imported = lvs_xdp::keepalived::import(&file)?;
+                for note in &imported.notes {
+                    eprintln!("lvs-xdp: {note}");
+                }
+                imported.config
+            } else {
+                Config::from_file(&file)?
+            };
+            let header = format!(
+                "# lvs-xdp configuration converted from {} by `lvs-xdp convert`\n",
+                file.display()
+            );
+            let _ = std::io::Write::write_all(
+                &mut std::io::stdout().lock(),
+                (header + &config.to_toml()).as_bytes(),
+            );
+            Ok(())
+        }
         Command::Check { services } => {
             let config = build_config(&services, sub)?;
             let _ = std::io::Write::write_all(
@@ -381,5 +411,22 @@ fn describe(config: &Config) -> String {
         config.capacity.maglev_table_size,
         config.capacity.maglev_bytes() as f64 / f64::from(1 << 20)
     );
+    for (key, h) in &config.health {
+        let reals = config.state.services.get(key).map(|s| s.reals.keys());
+        for addr in reals.into_iter().flatten() {
+            let Some(check) = h.check_of(*addr) else {
+                continue;
+            };
+            let inhibit = if h.inhibits(*addr) {
+                ", inhibit_on_failure"
+            } else {
+                ""
+            };
+            out += &format!("health: {key}: {addr}: {check}{inhibit}\n");
+        }
+        if let Some((addr, _)) = h.sorry_server {
+            out += &format!("health: {key}: sorry server {addr}\n");
+        }
+    }
     out
 }
