@@ -91,6 +91,11 @@ pub const PROGRAMS: &[Program] = &[
         "lab, tests, benchmarks: namespaces, veth pairs, bridge, addresses",
     ),
     deb(
+        "keepalived",
+        "keepalived",
+        "tests: VRRP between two directors (keepalived for the VIP, lvs-xdp for the load)",
+    ),
+    deb(
         "nft",
         "nftables",
         "benchmarks: the nftables forwarding baseline",

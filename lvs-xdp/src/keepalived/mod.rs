@@ -111,6 +111,13 @@ fn convert(nodes: &[Node]) -> Result<Imported> {
                 &node.at,
                 "virtual_server_group is not supported: write one virtual_server per address and port",
             ),
+            "vrrp_instance" if uses_vmac(node) => problems.add(
+                &node.at,
+                format!(
+                    "vrrp_instance {}: use_vmac is not supported: frames for the VRRP virtual MAC are not load balanced (lvs-xdp takes frames for its interface's own MAC); remove use_vmac, keepalived's gratuitous ARP moves the VIP without it",
+                    node.args.join(" ")
+                ),
+            ),
             k if LEFT_TO_KEEPALIVED.contains(&k) => {
                 let name = std::iter::once(k.to_string())
                     .chain(node.args.iter().cloned())
@@ -128,6 +135,15 @@ fn convert(nodes: &[Node]) -> Result<Imported> {
         bail!("{}", problems.0.join("; "));
     }
     Ok(Imported { config, notes })
+}
+
+/// Whether a VRRP instance uses a virtual MAC (`use_vmac`).
+fn uses_vmac(node: &Node) -> bool {
+    node.block
+        .as_deref()
+        .unwrap_or(&[])
+        .iter()
+        .any(|s| s.keyword == "use_vmac")
 }
 
 fn one_arg<'a>(node: &'a Node, problems: &mut Problems) -> Option<&'a str> {

@@ -235,3 +235,13 @@ fn a_converted_configuration_reads_back_the_same() {
     let back = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e:#}\n{text}"));
     assert_eq!(back, imported.config, "{text}");
 }
+
+#[test]
+fn a_vrrp_virtual_mac_is_refused_with_the_reason() {
+    let text = "vrrp_instance VI_1 {\n    interface eth0\n    virtual_router_id 51\n    use_vmac\n    virtual_ipaddress {\n        10.0.0.1\n    }\n}\n";
+    let err = format!("{:#}", import_text(text, Path::new("k.conf")).unwrap_err());
+    assert!(
+        err.contains("k.conf:1: vrrp_instance VI_1: use_vmac is not supported"),
+        "{err}"
+    );
+}
