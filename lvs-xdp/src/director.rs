@@ -746,6 +746,18 @@ impl Director {
         Ok(())
     }
 
+    /// The VIPs that can take a new connection: those with a service that has a real server
+    /// (or its sorry server) of weight above 0 in the kernel. Route health injection announces
+    /// these.
+    pub fn serving_vips(&self) -> BTreeSet<IpAddr> {
+        self.state
+            .services
+            .iter()
+            .filter(|(_, s)| s.reals.values().any(|r| r.weight > 0))
+            .map(|(k, _)| k.addr)
+            .collect()
+    }
+
     /// The health checking: its settings, trackers, and how real servers appear.
     pub fn health(&self) -> &HealthState {
         &self.health

@@ -13,6 +13,7 @@
 //! [`director::Director::load`] → attach ([`director::Director::balancer_mut`]) →
 //! [`director::Director::apply`] as operators change it → drop (or detach).
 mod alloc;
+pub mod announce;
 pub mod balancer;
 pub mod config;
 pub mod control;

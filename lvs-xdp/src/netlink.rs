@@ -247,6 +247,89 @@ impl Rtnl {
     }
 
     /// Adds `addr/prefix` to interface `ifindex` (host scope on `lo`, as `ip addr add` does).
+    /// The host routes of routing table `table` that protocol `protocol` put there.
+    pub fn host_routes(&mut self, table: u32, protocol: u8) -> io::Result<Vec<IpAddr>> {
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+        let mut out = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut m = RouteMessage::default();
+            m.header.address_family = family;
+            let replies = self.request(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)?;
+            for r in replies {
+                let RouteNetlinkMessage::NewRoute(r) = r else {
+                    continue;
+                };
+                let full = if family == AddressFamily::Inet {
+                    32
+                } else {
+                    128
+                };
+                let in_table = r
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, RouteAttribute::Table(t) if *t == table))
+                    || (table < 256 && u32::from(r.header.table) == table);
+                if !in_table
+                    || u8::from(r.header.protocol) != protocol
+                    || r.header.destination_prefix_length != full
+                {
+                    continue;
+                }
+                for a in &r.attributes {
+                    match a {
+                        RouteAttribute::Destination(RouteAddress::Inet(v4)) => {
+                            out.push((*v4).into())
+                        }
+                        RouteAttribute::Destination(RouteAddress::Inet6(v6)) => {
+                            out.push((*v6).into())
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds (`add`) or deletes a blackhole host route to `addr` in table `table`, marked as
+    /// protocol `protocol`'s.
+    pub fn host_route(
+        &mut self,
+        add: bool,
+        table: u32,
+        protocol: u8,
+        addr: IpAddr,
+    ) -> io::Result<()> {
+        use netlink_packet_route::route::{
+            RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+        };
+        let mut m = RouteMessage::default();
+        m.header.address_family = match addr {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        m.header.destination_prefix_length = if addr.is_ipv4() { 32 } else { 128 };
+        m.header.table = if table < 256 {
+            table as u8
+        } else {
+            RouteHeader::RT_TABLE_UNSPEC
+        };
+        m.header.protocol = RouteProtocol::from(protocol);
+        m.header.scope = RouteScope::Universe;
+        m.header.kind = RouteType::BlackHole;
+        m.attributes.push(RouteAttribute::Destination(addr.into()));
+        m.attributes.push(RouteAttribute::Table(table));
+        if add {
+            self.request(
+                RouteNetlinkMessage::NewRoute(m),
+                NLM_F_ACK | netlink_packet_core::NLM_F_CREATE | netlink_packet_core::NLM_F_REPLACE,
+            )
+        } else {
+            self.request(RouteNetlinkMessage::DelRoute(m), NLM_F_ACK)
+        }
+        .map(drop)
+    }
+
     pub fn add_address(&mut self, ifindex: u32, addr: IpAddr, prefix: u8) -> io::Result<()> {
         let m = address_message(ifindex, addr, prefix);
         self.request(

@@ -160,7 +160,13 @@ impl EcmpLab {
         fs::write(&path, config)?;
         let path = path.to_str().context("config path")?;
         let log = self.lvs_xdp_log(i);
-        let child = lab::start_lvs_xdp(&director.ns, bin, &log, &["--config", path])?;
+        // Route health injection into the table the shipped BIRD configuration learns.
+        let child = lab::start_lvs_xdp(
+            &director.ns,
+            bin,
+            &log,
+            &["--config", path, "--announce-table", "100"],
+        )?;
         self.directors[i].lvs_xdp = Some(child);
         Ok(())
     }

@@ -214,3 +214,79 @@ fn two_directors_with_mh_share_connections_and_survive_a_director_stop() {
         "the hold time of docs/bird/*.conf decides: {hold:?}"
     );
 }
+
+/// Route health injection: director d1 checks its real servers with a page only it asks for.
+/// When that page is gone from both real servers, no real server of d1's service passes, d1
+/// withdraws the VIP (its host route leaves table 100, BIRD withdraws it) and the router sends
+/// every client to d2; when the page is back, d1 announces the VIP again.
+#[test]
+fn a_director_that_cannot_serve_withdraws_its_vip_and_returns() {
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "the ECMP test needs root (netns, XDP, BIRD)"
+    );
+    let bin = bins::lvs_xdp();
+    let mut lab = EcmpLab::new("rhi").expect("the ECMP topology");
+    lab.start_nginx(None).expect("nginx on the real servers");
+    let base = lab.dir.0.clone();
+    let page = |rs: &str| base.join(rs).join("www/d1.html");
+    for (name, _, _) in REAL_SERVERS {
+        std::fs::write(page(name), "d1 may send here\n").unwrap();
+    }
+    let (rs1, rs2) = (REAL_SERVERS[0].1, REAL_SERVERS[1].1);
+    let checked = |path: &str| {
+        format!(
+            "{}[service.health_check]\ntype = \"http\"\npath = \"{path}\"\ndelay_loop = 0.5\nconnect_timeout = 1\nretry = 0\nrise = 1\n",
+            config([rs1, rs2])
+        )
+    };
+    lab.start_lvs_xdp(0, &bin, &checked("/d1.html"))
+        .expect("lvs-xdp on d1");
+    lab.start_lvs_xdp(1, &bin, &checked("/"))
+        .expect("lvs-xdp on d2");
+    lab.start_bird()
+        .expect("BIRD on the router and the directors");
+    lab.wait_for_next_hops(2, Duration::from_secs(60))
+        .expect("an ECMP route over both directors");
+
+    // The page goes from both real servers: d1's checks fail (404), its VIP is withdrawn.
+    for (name, _, _) in REAL_SERVERS {
+        std::fs::remove_file(page(name)).unwrap();
+    }
+    let withdrawn = lab
+        .wait_for_next_hops(1, Duration::from_secs(15))
+        .expect("d1's route withdrawn");
+    assert_eq!(lab.next_hops().unwrap(), [DIRECTORS[1].1], "only d2 left");
+    println!("rhi: d1's VIP withdrawn from the router {withdrawn:.2?} after its check page went");
+    // Every client now reaches d2, and every request succeeds.
+    for i in 0..20 {
+        let page = lab
+            .get("/")
+            .unwrap_or_else(|e| panic!("request {i}: {e:#}"));
+        assert!(page.starts_with("rs"), "{page}");
+    }
+    // The page comes back: d1 announces the VIP again.
+    for (name, _, _) in REAL_SERVERS {
+        std::fs::write(page(name), "d1 may send here\n").unwrap();
+    }
+    let returned = lab
+        .wait_for_next_hops(2, Duration::from_secs(15))
+        .expect("d1's route back");
+    println!("rhi: d1's VIP back on the router {returned:.2?} after its check page returned");
+    let log = lab.stop_lvs_xdp(0).unwrap();
+    assert!(log.contains("announcing VIP 10.0.0.10"), "{log}");
+    assert!(
+        log.contains(
+            "withdrew VIP 10.0.0.10: no real server of its services can take a connection"
+        ),
+        "{log}"
+    );
+    // Stopped: its route is gone from table 100 (BIRD withdraws it too).
+    let table = lab.directors[0]
+        .ns
+        .stdout("ip", &["route", "show", "table", "100"])
+        .unwrap();
+    assert!(!table.contains("10.0.0.10"), "{table}");
+    lab.wait_for_next_hops(1, Duration::from_secs(15))
+        .expect("d1's route withdrawn at stop");
+}

@@ -5,6 +5,7 @@ use std::{collections::VecDeque, io::Write as _, net::SocketAddr, time::Duration
 use anyhow::{Context as _, Result};
 use lvs_xdp::{
     Config, Director,
+    announce::Announcer,
     control::{self, Listeners, NOT_ROOT, RATE_INTERVAL, Reply, Request},
     director::StartOptions,
     health::runner::Runner,
@@ -30,6 +31,9 @@ pub struct Daemon {
     pub metrics: Option<SocketAddr>,
     /// Reads the configuration again (the file and the command line's services).
     pub reload: Box<dyn Fn() -> Result<Config>>,
+    /// The routing table where each VIP that can serve gets a host route (route health
+    /// injection).
+    pub announce_table: Option<u32>,
 }
 
 /// The whole of `lvs-xdp run`: handle SIGINT/SIGTERM from the start (a signal that arrives
@@ -75,6 +79,7 @@ pub fn run(
                 }
             });
         }
+        let mut announcer = daemon.announce_table.map(Announcer::new).transpose()?;
         let mut director = Director::start(config, opts)?;
         // Real servers' MACs follow the neighbour table (an address moved to a standby host).
         let socket = Rtnl::subscribe(&[GROUP_NEIGH])?;
@@ -88,6 +93,7 @@ pub fn run(
         unsafe { libc::malloc_trim(0) };
         let (mut checks, mut outcomes) = Runner::new();
         checks.sync(director.health().checks());
+        announce(announcer.as_mut(), &director);
         on_attached(&director);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut prev: Option<Snapshot> = None;
@@ -118,9 +124,12 @@ pub fn run(
                     }
                     // Real servers added or removed live are checked, or no longer.
                     checks.sync(director.health().checks());
+                    announce(announcer.as_mut(), &director);
                 }
                 Some((key, addr, outcome)) = outcomes.recv() => {
-                    health_result(&mut director, key, addr, outcome);
+                    if health_result(&mut director, key, addr, outcome) {
+                        announce(announcer.as_mut(), &director);
+                    }
                 }
                 Some(reply) = scrapes.recv() => {
                     let text = director
@@ -136,6 +145,7 @@ pub fn run(
                 _ = sighup.recv() => {
                     reload(&mut director, daemon);
                     checks.sync(director.health().checks());
+                    announce(announcer.as_mut(), &director);
                 }
                 _ = tick.tick() => {
                     director.balancer_mut().flush_log();
@@ -163,8 +173,16 @@ pub fn run(
         director.refresh_connections()?;
         let last = director.snapshot()?;
         if keep {
+            // The kept program goes on serving: its VIPs stay announced.
             lvs_xdp::keep::keep(&mut director, &opts.interfaces)?;
         } else {
+            if let Some(a) = announcer.as_mut() {
+                match a.withdraw_all() {
+                    Ok(vips) if !vips.is_empty() => log::info!("withdrew {}", list(&vips)),
+                    Ok(_) => {}
+                    Err(e) => log::warn!("{e:#}"),
+                }
+            }
             director.balancer_mut().detach()?;
         }
         director.balancer_mut().flush_log();
@@ -194,27 +212,61 @@ fn reload(director: &mut Director, daemon: &Daemon) {
     }
 }
 
-/// Applies one check's result, and logs a change of state.
+/// Applies one check's result, and logs a change of state; true when the state changed.
 fn health_result(
     director: &mut Director,
     key: lvs_xdp::model::ServiceKey,
     addr: std::net::IpAddr,
     outcome: Result<(), String>,
-) {
+) -> bool {
     match (
         director.health_result(&key, addr, outcome.is_ok()),
         &outcome,
     ) {
-        (Ok(Some(true)), _) => log::info!("{key}: real server {addr} is up: its check passes"),
-        (Ok(Some(false)), Err(why)) => {
-            log::warn!("{key}: real server {addr} is down, it gets no new connection: {why}")
+        (Ok(Some(true)), _) => {
+            log::info!("{key}: real server {addr} is up: its check passes");
+            true
         }
-        (Ok(_), Err(why)) => log::debug!("{key}: check of {addr} failed: {why}"),
-        (Ok(_), Ok(())) => {}
+        (Ok(Some(false)), Err(why)) => {
+            log::warn!("{key}: real server {addr} is down, it gets no new connection: {why}");
+            true
+        }
+        (Ok(_), Err(why)) => {
+            log::debug!("{key}: check of {addr} failed: {why}");
+            false
+        }
+        (Ok(_), Ok(())) => false,
         (Err(e), _) => {
-            log::warn!("{key}: real server {addr}: its new health state not applied: {e:#}")
+            log::warn!("{key}: real server {addr}: its new health state not applied: {e:#}");
+            false
         }
     }
+}
+
+/// Route health injection: the announce table follows the VIPs that can serve.
+fn announce(announcer: Option<&mut Announcer>, director: &Director) {
+    let Some(a) = announcer else {
+        return;
+    };
+    match a.sync(&director.serving_vips()) {
+        Ok((added, removed)) => {
+            if !added.is_empty() {
+                log::info!("announcing {}", list(&added));
+            }
+            if !removed.is_empty() {
+                log::warn!(
+                    "withdrew {}: no real server of its services can take a connection",
+                    list(&removed)
+                );
+            }
+        }
+        Err(e) => log::warn!("route health injection: {e:#}"),
+    }
+}
+
+fn list(vips: &[std::net::IpAddr]) -> String {
+    let words: Vec<String> = vips.iter().map(|v| format!("VIP {v}")).collect();
+    words.join(", ")
 }
 
 /// How long rate sampling goes on after the last control request.

@@ -47,6 +47,11 @@ enum Command {
         /// localhost).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<String>,
+        /// Route health injection: keep a blackhole host route per VIP that can serve in
+        /// routing table N, for a routing daemon to announce (BIRD: `protocol kernel` with
+        /// `kernel table N; learn;`).
+        #[arg(long, value_name = "N")]
+        announce_table: Option<u32>,
         /// Messages shown on standard error: error, warn, info (default) or debug (adds the
         /// data plane's own log events), trace. Overrides LVS_XDP_LOG.
         #[arg(long, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
@@ -178,6 +183,7 @@ fn dispatch(matches: &ArgMatches) -> Result<()> {
             keep,
             metrics,
             log_level,
+            announce_table,
             services,
         } => {
             if let Some(level) = log_level {
@@ -204,6 +210,7 @@ fn dispatch(matches: &ArgMatches) -> Result<()> {
                 keep,
                 metrics,
                 reload: Box::new(move || build_config(&services, &sub)),
+                announce_table,
             };
             daemon::run(&config, &opts, &daemon, |director| {
                 names = director
