@@ -297,6 +297,11 @@ pub struct RealServer {
     /// older generation is scheduled again. A retired slot keeps its last generation with
     /// [`RealServer::RETIRED`] set (no flow matches it); a slot never used is 0.
     pub generation: u32,
+    /// The 802.1Q VLAN the real server is reached on (1 to 4094): frames to it leave with that
+    /// tag (pushed onto an untagged frame, the VID of a tagged one replaced). 0: frames leave
+    /// as they came, tag or none.
+    pub vlan: u16,
+    pub _pad: u16,
 }
 
 impl RealServer {
@@ -854,7 +859,7 @@ mod tests {
         assert_eq!(size_of::<Service>(), 40);
         assert_eq!(size_of::<PersistKey>(), 20);
         assert_eq!(size_of::<Persist>(), 8);
-        assert_eq!(size_of::<RealServer>(), 16);
+        assert_eq!(size_of::<RealServer>(), 20);
         assert_eq!(size_of::<FlowKeyV4>(), 16);
         assert_eq!(size_of::<Flow>(), 8);
         assert_eq!(size_of::<FlowEntryV4>(), 20);

@@ -186,6 +186,10 @@ fn finish<T: Table>(
         return None;
     }
     let real = flows::real_of(&flow)?;
+    if real.vlan != 0 {
+        // Its frames get a tag: the general path writes it.
+        return None;
+    }
     let clock = CLOCK.get(0)?;
     flows::touch::<T>(place, &flow, clock.now as u16);
     // SAFETY: both callers checked a whole minimal frame on `data` against `end`.

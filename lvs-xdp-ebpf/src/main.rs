@@ -319,9 +319,13 @@ fn service_key(daddr: u32, port: u16, proto: u8) -> ServiceKey {
     }
 }
 
-/// Direct routing: only the Ethernet addresses change. Nothing else in the frame is touched.
+/// Direct routing: only the Ethernet addresses change (and, for a real server on a VLAN, the
+/// tag). Nothing else in the frame is touched.
 #[inline(always)]
 fn forward(ctx: &XdpContext, iface: &Iface, real: &RealServer) -> Verdict {
+    if real.vlan != 0 {
+        return forward_to_vlan(ctx, iface, real);
+    }
     let data = ctx.data();
     // The verifier wants the check on this very pointer; the parser made it for the same frame.
     if data + eth::TYPE > ctx.data_end() {
@@ -329,6 +333,48 @@ fn forward(ctx: &XdpContext, iface: &Iface, real: &RealServer) -> Verdict {
     }
     // SAFETY: both MACs' bytes of frame checked above.
     unsafe { set_macs(data, real, iface) };
+    Verdict::FORWARDED
+}
+
+/// [`forward`] to a real server on VLAN `real.vlan`: a tagged frame gets that VID (its priority
+/// kept), an untagged one a tag pushed in front of its ethertype (TPID 802.1Q, priority 0).
+#[inline(never)]
+fn forward_to_vlan(ctx: &XdpContext, iface: &Iface, real: &RealServer) -> Verdict {
+    let vid_wire = (real.vlan & 0x0fff).to_be();
+    let data = ctx.data();
+    if data + eth::LEN > ctx.data_end() {
+        return Dropped(reason::DROP_MALFORMED).into();
+    }
+    // SAFETY: 14 bytes of frame checked above.
+    let tpid = unsafe { load::<u16>(data + eth::TYPE) };
+    if tpid == eth::P_8021Q_WIRE || tpid == eth::P_8021AD_WIRE {
+        if data + eth::LEN + eth::VLAN_LEN > ctx.data_end() {
+            return Dropped(reason::DROP_MALFORMED).into();
+        }
+        // SAFETY: the tag's bytes checked above.
+        unsafe {
+            let tci = load::<u16>(data + eth::TCI);
+            store(data + eth::TYPE, eth::P_8021Q_WIRE);
+            store(data + eth::TCI, (tci & eth::TCI_PCP_DEI_WIRE) | vid_wire);
+            set_macs(data, real, iface);
+        }
+        return Verdict::FORWARDED;
+    }
+    // Four bytes more in front: the new addresses, the tag, then the ethertype where it was.
+    // SAFETY: the helper takes the context the program was given.
+    if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, -(eth::VLAN_LEN as i32)) } != 0 {
+        return Dropped(reason::DROP_MALFORMED).into();
+    }
+    let data = ctx.data();
+    if data + eth::LEN + eth::VLAN_LEN > ctx.data_end() {
+        return Dropped(reason::DROP_MALFORMED).into();
+    }
+    // SAFETY: 18 bytes of the grown frame checked above.
+    unsafe {
+        store(data + eth::TYPE, eth::P_8021Q_WIRE);
+        store(data + eth::TCI, vid_wire);
+        set_macs(data, real, iface);
+    }
     Verdict::FORWARDED
 }
 

@@ -52,6 +52,11 @@ pub mod eth {
     pub const P_8021AD_WIRE: u16 = u16::from_ne_bytes([0x88, 0xa8]);
     /// A VLAN tag: TPID (at `TYPE`), TCI, then the inner ethertype at `TYPE + VLAN_LEN`.
     pub const VLAN_LEN: usize = 4;
+    /// The TCI, after the TPID.
+    pub const TCI: usize = TYPE + 2;
+    /// The TCI's priority and drop-eligible bits (kept when the VID is replaced), as read from
+    /// the wire.
+    pub const TCI_PCP_DEI_WIRE: u16 = 0xf000u16.to_be();
 }
 
 /// IPv4 (RFC 791).

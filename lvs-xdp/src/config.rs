@@ -166,6 +166,7 @@ struct RawReal {
     address: String,
     mac: Option<String>,
     weight: Option<i64>,
+    vlan: Option<i64>,
     health_check: Option<health::RawRealCheck>,
     inhibit_on_failure: Option<bool>,
 }
@@ -431,7 +432,12 @@ fn validate_real(raw: RawReal) -> Result<(IpAddr, RealOpts)> {
         Some(w) if (0..=MAX_WEIGHT as i64).contains(&w) => w as u32,
         Some(w) => bail!("weight {w} out of range (0..={MAX_WEIGHT})"),
     };
-    Ok((address, RealOpts { weight, mac }))
+    let vlan = match raw.vlan {
+        None => None,
+        Some(v) if (1..=4094).contains(&v) => Some(v as u16),
+        Some(v) => bail!("vlan {v} out of range (1..=4094)"),
+    };
+    Ok((address, RealOpts { weight, mac, vlan }))
 }
 
 fn port(p: i64) -> Result<u16> {

@@ -116,6 +116,9 @@ struct PlacedReal {
     /// As the data plane's connection-based schedulers read it.
     #[serde(default)]
     weight: u16,
+    /// The VLAN frames to it are tagged with (0: none).
+    #[serde(default)]
+    vlan: u16,
 }
 
 /// A service as placed in the maps.
@@ -389,7 +392,11 @@ impl Director {
                 log::warn!(
                     "{} strips 802.1Q tags before XDP sees them (rx-vlan-offload on) and has VLAN interfaces ({}): tagged traffic for a VIP would be forwarded untagged; turn the offload off with `ethtool -K {} rxvlan off`",
                     iface.name,
-                    vlans.join(", "),
+                    vlans
+                        .iter()
+                        .map(|v| v.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     iface.name
                 );
             }
@@ -1046,37 +1053,37 @@ impl Director {
     fn macs_for(
         &self,
         services: &[(&ServiceKey, &crate::model::Service)],
-    ) -> Result<HashMap<IpAddr, Mac>> {
+    ) -> Result<HashMap<IpAddr, (Mac, u16)>> {
         let mut macs = HashMap::new();
-        let mut missing = Vec::new();
+        let mut missing: Vec<(IpAddr, Option<u16>)> = Vec::new();
         for (key, svc) in services {
             for (addr, real) in &svc.reals {
                 if real.mac.is_some() || macs.contains_key(addr) {
                     continue;
                 }
                 let placed = self.placed.get(*key).and_then(|p| p.reals.get(addr));
-                let was_explicit = self
+                let before = self
                     .state
                     .services
                     .get(*key)
-                    .and_then(|s| s.reals.get(addr))
-                    .is_some_and(|r| r.mac.is_some());
+                    .and_then(|s| s.reals.get(addr));
+                let was_resolved = before.is_some_and(|r| r.mac.is_none() && r.vlan == real.vlan);
                 match placed {
-                    Some(p) if !was_explicit => {
-                        macs.insert(*addr, p.mac);
+                    Some(p) if was_resolved => {
+                        macs.insert(*addr, (p.mac, p.vlan));
                     }
-                    _ => missing.push(*addr),
+                    _ => missing.push((*addr, real.vlan)),
                 }
             }
         }
         missing.sort_unstable();
         missing.dedup();
-        missing.retain(|a| !macs.contains_key(a));
+        missing.retain(|(a, _)| !macs.contains_key(a));
         if !missing.is_empty() {
             let Some(r) = &self.resolver else {
-                bail!("no MAC for real server {}", missing[0]);
+                bail!("no MAC for real server {}", missing[0].0);
             };
-            macs.extend(neigh::resolve(r.ifindex, &r.ifname, &missing, r.timeout)?);
+            macs.extend(neigh::resolve_all(r, &missing)?);
         }
         Ok(macs)
     }
@@ -1139,7 +1146,7 @@ impl Director {
         &mut self,
         key: &ServiceKey,
         svc: &crate::model::Service,
-        macs: &HashMap<IpAddr, Mac>,
+        macs: &HashMap<IpAddr, (Mac, u16)>,
     ) -> Result<Plan> {
         let placed = self.placed.get(key).cloned();
         let (id, new_id) = match &placed {
@@ -1177,15 +1184,23 @@ impl Director {
         };
         let old_reals = placed.as_ref().map(|p| p.reals.clone()).unwrap_or_default();
         for (addr, real) in &svc.reals {
-            let mac = real.mac.or_else(|| macs.get(addr).copied());
-            let mac = mac.ok_or_else(|| anyhow!("no MAC for real server {addr}"))?;
+            let l2 = match real.mac {
+                Some(mac) => Some((mac, real.vlan.unwrap_or(0))),
+                None => macs.get(addr).copied(),
+            };
+            let (mac, vlan) = l2.ok_or_else(|| anyhow!("no MAC for real server {addr}"))?;
             let weight = real.weight.min(u32::from(u16::MAX)) as u16;
             let placed_real = match old_reals.get(addr) {
                 Some(p) => {
-                    if p.mac != mac || p.weight != weight {
+                    if p.mac != mac || p.weight != weight || p.vlan != vlan {
                         plan.new_macs.push(p.slot);
                     }
-                    PlacedReal { mac, weight, ..*p }
+                    PlacedReal {
+                        mac,
+                        weight,
+                        vlan,
+                        ..*p
+                    }
                 }
                 None => {
                     let slot = match self.slots.alloc() {
@@ -1201,6 +1216,7 @@ impl Director {
                         mac,
                         generation: self.next_generation(slot),
                         weight,
+                        vlan,
                     }
                 }
             };
@@ -1665,10 +1681,7 @@ impl Director {
                 forwarded = add(forwarded, c);
                 reals.push(RealView {
                     addr: *addr,
-                    opts: RealOpts {
-                        weight: svc.reals[addr].weight,
-                        mac: svc.reals[addr].mac,
-                    },
+                    opts: svc.reals[addr],
                     mac: p.mac,
                     counters: c,
                     conns: self.conn_counts(p.slot),
@@ -1722,5 +1735,7 @@ fn real_entry(p: &PlacedReal, service: u32) -> common::RealServer {
         weight: p.weight,
         service,
         generation: p.generation,
+        vlan: p.vlan,
+        _pad: 0,
     }
 }

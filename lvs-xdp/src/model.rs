@@ -386,6 +386,11 @@ pub struct RealOpts {
     pub weight: u32,
     /// Explicit MAC; `None`: followed in the kernel's neighbour table.
     pub mac: Option<Mac>,
+    /// The 802.1Q VLAN the real server is on (1 to 4094), when it is not the interface's own
+    /// segment; `None`: the one its route goes through (a VLAN sub-interface of the interface
+    /// lvs-xdp runs on), or none.
+    #[serde(default)]
+    pub vlan: Option<u16>,
 }
 
 impl Default for RealOpts {
@@ -393,6 +398,7 @@ impl Default for RealOpts {
         RealOpts {
             weight: 1,
             mac: None,
+            vlan: None,
         }
     }
 }
@@ -590,7 +596,12 @@ impl State {
                     .reals
                     .get_mut(addr)
                     .ok_or(Refusal::NoReal(*key, *addr))?;
-                *real = *opts;
+                // ipvsadm's -e names no MAC or VLAN: those the real server has stay.
+                *real = RealOpts {
+                    mac: opts.mac.or(real.mac),
+                    vlan: opts.vlan.or(real.vlan),
+                    ..*opts
+                };
             }
             Op::DeleteReal(key, addr) => {
                 self.real_service_mut(key)?
@@ -719,6 +730,7 @@ mod tests {
         let heavy = RealOpts {
             weight: MAX_WEIGHT + 1,
             mac: None,
+            vlan: None,
         };
         assert!(matches!(
             s.apply(&Op::EditReal(key(80), RS1, heavy)),

@@ -121,3 +121,78 @@ pub fn resolve(
         thread::sleep(POLL);
     }
 }
+
+/// Where a real server's MAC is looked up: the interface, its name, and the VLAN its frames
+/// are tagged with (0: none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub ifindex: u32,
+    pub ifname: String,
+    pub vlan: u16,
+}
+
+/// The segment of a real server: with a VLAN given (`wanted`), that VLAN's interface on the
+/// director's (`vlans`, its VLAN sub-interfaces); otherwise the VLAN sub-interface its route
+/// goes out of (`oif`), or else the director's interface itself.
+pub fn segment(
+    addr: IpAddr,
+    wanted: Option<u16>,
+    oif: Option<u32>,
+    attach: &Segment,
+    vlans: &[crate::netlink::VlanIface],
+) -> Result<Segment> {
+    let on = |v: &crate::netlink::VlanIface| Segment {
+        ifindex: v.ifindex,
+        ifname: v.name.clone(),
+        vlan: v.vid,
+    };
+    match wanted {
+        Some(vid) => match vlans.iter().find(|v| v.vid == vid) {
+            Some(v) => Ok(on(v)),
+            None => bail!(
+                "real server {addr} is on VLAN {vid}, but {} has no VLAN {vid} interface to resolve its MAC on (create it, or give the real server's mac)",
+                attach.ifname
+            ),
+        },
+        None => Ok(oif
+            .and_then(|i| vlans.iter().find(|v| v.ifindex == i))
+            .map_or_else(|| attach.clone(), on)),
+    }
+}
+
+/// Resolves each real server (address, its VLAN if given) on its segment (see [`segment`]):
+/// its MAC, and the VLAN its frames are to be tagged with.
+pub fn resolve_all(
+    r: &crate::director::Resolver,
+    reals: &[(IpAddr, Option<u16>)],
+) -> Result<HashMap<IpAddr, (Mac, u16)>> {
+    let mut nl = Rtnl::open()?;
+    let vlans = nl.vlans_on(r.ifindex)?;
+    let attach = Segment {
+        ifindex: r.ifindex,
+        ifname: r.ifname.clone(),
+        vlan: 0,
+    };
+    let mut groups: HashMap<u32, (Segment, Vec<IpAddr>)> = HashMap::new();
+    for (addr, wanted) in reals {
+        // Only worth a route lookup when there are VLAN interfaces to choose from.
+        let oif = if vlans.is_empty() || wanted.is_some() {
+            None
+        } else {
+            nl.route_oif(*addr)?
+        };
+        let seg = segment(*addr, *wanted, oif, &attach, &vlans)?;
+        groups
+            .entry(seg.ifindex)
+            .or_insert_with(|| (seg, Vec::new()))
+            .1
+            .push(*addr);
+    }
+    let mut out = HashMap::new();
+    for (seg, addrs) in groups.into_values() {
+        for (addr, mac) in resolve(seg.ifindex, &seg.ifname, &addrs, r.timeout)? {
+            out.insert(addr, (mac, seg.vlan));
+        }
+    }
+    Ok(out)
+}

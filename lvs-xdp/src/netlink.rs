@@ -18,6 +18,49 @@ use crate::model::Mac;
 /// `RTNLGRP_NEIGH`: neighbour table changes.
 pub const GROUP_NEIGH: u32 = 3;
 
+/// A VLAN interface (802.1Q or 802.1ad) on top of another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VlanIface {
+    pub ifindex: u32,
+    pub name: String,
+    pub vid: u16,
+}
+
+impl VlanIface {
+    /// `link`, when it is a VLAN interface whose parent is `parent`.
+    pub fn of(link: &netlink_packet_route::link::LinkMessage, parent: u32) -> Option<VlanIface> {
+        use netlink_packet_route::link::{InfoData, InfoKind, InfoVlan, LinkAttribute, LinkInfo};
+        let (mut on, mut vlan, mut name, mut vid) = (None, false, None, None);
+        for a in &link.attributes {
+            match a {
+                LinkAttribute::Link(p) => on = Some(*p),
+                LinkAttribute::IfName(n) => name = Some(n.clone()),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        match i {
+                            LinkInfo::Kind(InfoKind::Vlan) => vlan = true,
+                            LinkInfo::Data(InfoData::Vlan(data)) => {
+                                vid = data.iter().find_map(|d| match d {
+                                    InfoVlan::Id(v) => Some(*v),
+                                    _ => None,
+                                })
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        (vlan && on == Some(parent)).then_some(())?;
+        Some(VlanIface {
+            ifindex: link.header.index,
+            name: name?,
+            vid: vid?,
+        })
+    }
+}
+
 /// One neighbour entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Neighbour {
@@ -141,36 +184,45 @@ impl Rtnl {
         }
     }
 
-    /// The names of the VLAN interfaces whose parent is interface `ifindex`.
-    pub fn vlans_on(&mut self, ifindex: u32) -> io::Result<Vec<String>> {
-        use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+    /// The VLAN interfaces whose parent is interface `ifindex`.
+    pub fn vlans_on(&mut self, ifindex: u32) -> io::Result<Vec<VlanIface>> {
+        use netlink_packet_route::link::LinkMessage;
         let replies = self.request(
             RouteNetlinkMessage::GetLink(LinkMessage::default()),
             NLM_F_DUMP,
         )?;
-        let mut out = Vec::new();
-        for m in &replies {
-            let RouteNetlinkMessage::NewLink(link) = m else {
-                continue;
-            };
-            let (mut parent, mut vlan, mut name) = (None, false, None);
-            for a in &link.attributes {
-                match a {
-                    LinkAttribute::Link(p) => parent = Some(*p),
-                    LinkAttribute::IfName(n) => name = Some(n.clone()),
-                    LinkAttribute::LinkInfo(infos) => {
-                        vlan |= infos
-                            .iter()
-                            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Vlan)));
-                    }
-                    _ => {}
-                }
-            }
-            if vlan && parent == Some(ifindex) {
-                out.extend(name);
-            }
-        }
-        Ok(out)
+        Ok(replies
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(link) => VlanIface::of(link, ifindex),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The interface the kernel's routes send packets to `addr` out of.
+    pub fn route_oif(&mut self, addr: IpAddr) -> io::Result<Option<u32>> {
+        use netlink_packet_route::route::{RouteAttribute, RouteMessage};
+        let mut m = RouteMessage::default();
+        m.header.address_family = match addr {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        m.header.destination_prefix_length = if addr.is_ipv4() { 32 } else { 128 };
+        m.attributes.push(RouteAttribute::Destination(addr.into()));
+        let replies = match self.request(RouteNetlinkMessage::GetRoute(m), 0) {
+            Ok(r) => r,
+            // No route at all (ENETUNREACH): no interface.
+            Err(e) if e.raw_os_error() == Some(libc::ENETUNREACH) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(replies.iter().find_map(|r| match r {
+            RouteNetlinkMessage::NewRoute(r) => r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            }),
+            _ => None,
+        }))
     }
 
     /// The neighbour table (IPv4 and IPv6).

@@ -84,6 +84,7 @@ pub fn run() -> Result<String> {
         let opts = |n: u8| RealOpts {
             weight: 1,
             mac: Some(Mac([2, 0, 0, 0x31, 0, n])),
+            vlan: None,
         };
         let added = format!("172.31.0.{}", i + 1).parse()?;
         let t = Instant::now();

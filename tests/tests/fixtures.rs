@@ -79,6 +79,7 @@ fn replace_rs1_with_rs7(b: &mut Director) {
     let rs7 = RealOpts {
         weight: 1,
         mac: Some(Mac(RS7)),
+        vlan: None,
     };
     b.apply(&[
         Op::DeleteReal(web(), ip("10.0.0.3")),
@@ -690,6 +691,7 @@ fn replacing_a_real_server_moves_only_its_own_flows() {
     let dup = RealOpts {
         weight: 1,
         mac: Some(Mac(RS2)),
+        vlan: None,
     };
     let state = b.state().clone();
     let err = b
@@ -724,6 +726,7 @@ fn a_weight_set_to_zero_quiesces_a_real_server_live() {
     let quiesced = RealOpts {
         weight: 0,
         mac: Some(Mac(RS1)),
+        vlan: None,
     };
     b.apply(&[Op::EditReal(web(), ip("10.0.0.3"), quiesced)])
         .unwrap();
@@ -740,6 +743,7 @@ fn a_weight_set_to_zero_quiesces_a_real_server_live() {
     let back = RealOpts {
         weight: 1,
         mac: Some(Mac(RS1)),
+        vlan: None,
     };
     b.apply(&[Op::EditReal(web(), ip("10.0.0.3"), back)])
         .unwrap();
@@ -765,6 +769,7 @@ fn a_batch_that_cannot_be_carried_out_changes_nothing() {
     let with_rs1 = RealOpts {
         weight: 1,
         mac: Some(Mac(RS1)),
+        vlan: None,
     };
     // No neighbour table to ask (no resolver): 10.0.0.9 has no MAC.
     let mut b = balancer();
@@ -834,6 +839,7 @@ fn full_tables_take_change_after_change() {
             RealOpts {
                 weight: 1,
                 mac: Some(Mac(mac)),
+                vlan: None,
             },
         )])
         .unwrap_or_else(|e| panic!("change {i}: {e}"));
@@ -858,6 +864,7 @@ fn full_tables_take_change_after_change() {
             RealOpts {
                 weight: 1,
                 mac: Some(Mac(RS7)),
+                vlan: None,
             },
         )])
         .unwrap_err();

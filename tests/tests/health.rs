@@ -317,6 +317,7 @@ fn a_live_weight_change_waits_for_the_real_server_to_come_back() {
     let opts = lvs_xdp::model::RealOpts {
         weight: 5,
         mac: Some(lvs_xdp::model::Mac([2, 0, 0, 0, 0, 3])),
+        vlan: None,
     };
     d.apply(&[lvs_xdp::model::Op::EditReal(web(), rs(3), opts)])
         .unwrap();

@@ -136,6 +136,7 @@ fn one_real_server_in_ten_changes_about_a_tenth_of_the_choices() {
     let quiet = RealOpts {
         weight: 0,
         mac: Some(lvs_xdp::model::Mac([2, 0, 0, 0, 0, 4])),
+        vlan: None,
     };
     d.apply(&[Op::EditReal(web(), "10.0.0.4".parse().unwrap(), quiet)])
         .unwrap();
@@ -242,6 +243,7 @@ fn wrr_follows_the_weights_in_ipvss_order() {
     let w = |weight| RealOpts {
         weight,
         mac: Some(lvs_xdp::model::Mac([2, 0, 0, 0, 0, 3])),
+        vlan: None,
     };
     d.apply(&[Op::EditReal(web(), "10.0.0.3".parse().unwrap(), w(6))])
         .unwrap();
@@ -471,6 +473,7 @@ fn sh_and_dh_look_clients_up_as_ipvs() {
         let opts = RealOpts {
             weight: 0,
             mac: Some(lvs_xdp::model::Mac([2, 0, 0, 0, 0, 3])),
+            vlan: None,
         };
         d.apply(&[Op::EditReal(web(), "10.0.0.3".parse().unwrap(), opts)])
             .unwrap();

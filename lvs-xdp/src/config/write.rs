@@ -115,6 +115,9 @@ impl Config {
                 if let Some(mac) = opts.mac {
                     r.insert("mac".into(), mac.to_string().into());
                 }
+                if let Some(vlan) = opts.vlan {
+                    r.insert("vlan".into(), i64::from(vlan).into());
+                }
                 r.insert("weight".into(), i64::from(opts.weight).into());
                 if let Some(h) = health.and_then(|h| h.reals.get(addr)) {
                     let default = health.and_then(|h| h.check.as_ref());

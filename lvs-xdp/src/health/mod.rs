@@ -262,7 +262,14 @@ pub fn overlay(
         && !serving
         && !configured.reals.contains_key(&addr)
     {
-        effective.reals.insert(addr, RealOpts { weight: 1, mac });
+        effective.reals.insert(
+            addr,
+            RealOpts {
+                weight: 1,
+                mac,
+                vlan: None,
+            },
+        );
         shown.insert(addr, Shown::Sorry);
     }
     (effective, shown)

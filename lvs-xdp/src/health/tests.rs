@@ -56,6 +56,7 @@ fn service(weights: &[(u8, u32)]) -> Service {
                     RealOpts {
                         weight: *w,
                         mac: None,
+                        vlan: None,
                     },
                 )
             })

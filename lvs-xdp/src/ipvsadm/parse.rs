@@ -532,7 +532,11 @@ pub fn parse(args: &[String]) -> Result<Invocation, Usage> {
             },
             None => None,
         };
-        Ok(RealOpts { weight, mac })
+        Ok(RealOpts {
+            weight,
+            mac,
+            vlan: None,
+        })
     };
     let real_addr = || -> Result<IpAddr, Usage> {
         let (proto, _) = service.as_ref().expect("checked: -r comes with a service");
@@ -806,7 +810,8 @@ mod tests {
                 RS,
                 RealOpts {
                     weight: 3,
-                    mac: None
+                    mac: None,
+                    vlan: None
                 }
             ))
         );

@@ -519,7 +519,11 @@ fn real_server(
         checker_settings(s, addr, &mut c, problems);
         c
     });
-    Some((addr, RealOpts { weight, mac: None }, check, inhibit))
+    let opts = RealOpts {
+        weight,
+        ..RealOpts::default()
+    };
+    Some((addr, opts, check, inhibit))
 }
 
 /// An HTTP_GET's one `url` block.

@@ -277,6 +277,7 @@ fn follow(director: &mut Director, events: &[RouteNetlinkMessage]) {
     let Some(ifindex) = director.resolver().map(|r| r.ifindex) else {
         return;
     };
+    let mut vlans: Option<Vec<netlink::VlanIface>> = None;
     for event in events {
         let RouteNetlinkMessage::NewNeighbour(m) = event else {
             continue;
@@ -287,8 +288,16 @@ fn follow(director: &mut Director, events: &[RouteNetlinkMessage]) {
         let (addr, Some(mac)) = (n.address, n.usable_mac()) else {
             continue;
         };
+        // The interface's own segment, or one of its VLANs (real servers resolved there).
         if n.ifindex != ifindex {
-            continue;
+            let vlans = vlans.get_or_insert_with(|| {
+                Rtnl::open()
+                    .and_then(|mut nl| nl.vlans_on(ifindex))
+                    .unwrap_or_default()
+            });
+            if !vlans.iter().any(|v| v.ifindex == n.ifindex) {
+                continue;
+            }
         }
         match director.follow_neighbour(addr, mac) {
             Ok(0) => {}
