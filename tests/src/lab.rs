@@ -405,6 +405,16 @@ fn wait_for_nginx(ns: &Netns) -> Result<()> {
     )
 }
 
+/// The output of `lvs-xdp ARGS` (ipvsadm's words, such as `-L -n`) run in `ns`, where a
+/// director runs (with the host's bpffs, as the daemon sees it).
+pub fn lvs_xdp_words(ns: &Netns, bin: &Path, args: &[&str]) -> String {
+    let out = ns
+        .nsenter_command(bin.to_str().expect("binary path"))
+        .and_then(|mut cmd| Ok(cmd.args(args).output()?))
+        .expect("lvs-xdp runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Kills the nginx of real server `i` (SIGKILL: it stops answering at once) and waits for it.
 pub fn kill_nginx(real_servers: &mut [Netns], i: usize) -> Result<()> {
     let mut child = real_servers[i]

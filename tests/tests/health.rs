@@ -53,14 +53,7 @@ fn who(lab: &Lab) -> Result<String, String> {
 }
 
 fn list(lab: &Lab, bin: &std::path::Path) -> String {
-    let out = lab
-        .lb
-        .nsenter_command(bin.to_str().unwrap())
-        .unwrap()
-        .args(["-L", "-n"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    lab::lvs_xdp_words(&lab.lb, bin, &["-L", "-n"])
 }
 
 #[test]

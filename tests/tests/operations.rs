@@ -44,15 +44,8 @@ fn sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-fn list(lab: &Lab, bin: &Path) -> String {
-    let out = lab
-        .lb
-        .nsenter_command(bin.to_str().unwrap())
-        .unwrap()
-        .args(["-L", "-n"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+fn list(lab: &Lab, bin: &std::path::Path) -> String {
+    lab::lvs_xdp_words(&lab.lb, bin, &["-L", "-n"])
 }
 
 fn hup(lab: &Lab) {

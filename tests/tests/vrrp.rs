@@ -90,13 +90,7 @@ fn start_keepalived(ns: &mut Netns, dir: &Path, name: &str, conf: &Path) {
 
 /// Bytes the director's lvs-xdp forwarded, from its `-L -n --stats` (the service's InPkts).
 fn forwarded_packets(ns: &Netns, bin: &Path) -> u64 {
-    let out = ns
-        .nsenter_command(bin.to_str().unwrap())
-        .unwrap()
-        .args(["-L", "-n", "--stats", "--exact"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = lab::lvs_xdp_words(ns, bin, &["-L", "-n", "--stats", "--exact"]);
     text.lines()
         .find(|l| l.starts_with("TCP "))
         .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
