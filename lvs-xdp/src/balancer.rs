@@ -190,9 +190,13 @@ pub struct Balancer {
     maps: Maps,
     /// `FLOW_CACHE_V4` and `FLOW_CACHE_V6`, mapped into this process.
     buckets: Buckets<V4>,
-    buckets6: Buckets<V6>,
+    /// Mapped when the first IPv6 service comes (an IPv4-only director does not map its 16 MiB
+    /// and more).
+    buckets6: Option<Buckets<V6>>,
+    buckets6_len: u32,
     /// `MAGLEV`, mapped into this process.
-    maglev: Mapping,
+    /// Mapped when the first `mh` table is written.
+    maglev: Option<Mapping>,
     /// `REAL_CONNS`, mapped into this process.
     conns: RealConns,
     handles: Vec<(&'static str, MapData)>,
@@ -320,18 +324,6 @@ impl Balancer {
             Ok(data.fd().as_fd())
         };
         let buckets = Buckets::map(mapped(map::FLOW_CACHE_V4)?, buckets)?;
-        let buckets6 = Buckets::map(mapped(map::FLOW_CACHE_V6)?, buckets6)?;
-        let maglev = {
-            use std::os::fd::AsFd as _;
-            let (_, tables) = handles
-                .iter()
-                .find(|(name, _)| *name == map::MAGLEV)
-                .ok_or_else(|| anyhow!("map {} missing", map::MAGLEV))?;
-            let bytes = maglev_tables(capacity) as usize
-                * capacity.maglev_table_size as usize
-                * MAGLEV_STRIDE;
-            Mapping::new(tables.fd().as_fd(), bytes, "the Maglev tables")?
-        };
         let conns = {
             use std::os::fd::AsFd as _;
             let (_, counts) = handles
@@ -354,8 +346,9 @@ impl Balancer {
             logger,
             maps,
             buckets,
-            buckets6,
-            maglev,
+            buckets6: None,
+            buckets6_len: buckets6,
+            maglev: None,
             conns,
             handles,
             seed,
@@ -379,7 +372,13 @@ impl Balancer {
         // An array map keeps each value in 8 bytes (its values are 8-byte aligned): the slot
         // in the first four, as the data plane reads it.
         let wide: Vec<u64> = table.iter().map(|s| u64::from(*s)).collect();
-        let at = self.maglev.at(
+        if self.maglev.is_none() {
+            let bytes = maglev_tables(&self.capacity) as usize * entries * MAGLEV_STRIDE;
+            let fd = self.map_fd(map::MAGLEV)?;
+            self.maglev = Some(Mapping::new(fd, bytes, "the Maglev tables")?);
+        }
+        let maglev = self.maglev.as_ref().expect("mapped above");
+        let at = maglev.at(
             index as usize * entries * MAGLEV_STRIDE,
             wide.len() * MAGLEV_STRIDE,
         );
@@ -410,15 +409,35 @@ impl Balancer {
         (&self.buckets, &mut self.maps.flows, &self.conns)
     }
 
-    /// The same for the IPv6 flow table.
+    /// The same for the IPv6 flow table, once it is mapped (see [`Balancer::map_v6`]).
     pub fn flow_table_v6(
         &mut self,
-    ) -> (
+    ) -> Option<(
         &Buckets<V6>,
         &mut HashMap<MapData, common::FlowKeyV6, common::Flow>,
         &RealConns,
-    ) {
-        (&self.buckets6, &mut self.maps.flows6, &self.conns)
+    )> {
+        Some((self.buckets6.as_ref()?, &mut self.maps.flows6, &self.conns))
+    }
+
+    /// Maps the IPv6 flow table's buckets into this process (for its sweep and listings), once:
+    /// when the first IPv6 service comes, or a kept director is taken over.
+    pub fn map_v6(&mut self) -> Result<()> {
+        if self.buckets6.is_none() {
+            let fd = self.map_fd(map::FLOW_CACHE_V6)?;
+            self.buckets6 = Some(Buckets::map(fd, self.buckets6_len)?);
+        }
+        Ok(())
+    }
+
+    fn map_fd(&self, name: &str) -> Result<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd as _;
+        let (_, data) = self
+            .handles
+            .iter()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| anyhow!("map {name} missing"))?;
+        Ok(data.fd().as_fd())
     }
 
     /// The connection counts the data plane keeps for its schedulers.
@@ -663,7 +682,11 @@ impl Balancer {
 
     /// Entries of the IPv6 flow table, buckets then overflow.
     pub fn flows_v6(&self) -> Result<FlowsV6> {
-        let mut flows = self.buckets6.flows();
+        let mut flows = self
+            .buckets6
+            .as_ref()
+            .map(|b| b.flows())
+            .unwrap_or_default();
         for r in self.maps.flows6.iter() {
             flows.push(r.context("reading FLOWS_V6")?);
         }

@@ -3,6 +3,7 @@
 //! Parsing happens in two steps: serde reads the file into loosely typed `Raw*` structs (so that a
 //! wrong value can be reported with our own words and its position), then `validate` turns them
 //! into [`Config`], refusing the whole input on the first problem.
+mod chunks;
 mod health;
 mod write;
 use std::{
@@ -142,6 +143,13 @@ struct RawTimeouts {
     udp: Option<i64>,
 }
 
+/// One `[[service]]` part of the file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceFile {
+    service: Vec<RawService>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawService {
@@ -214,9 +222,22 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses and validates TOML text.
+    /// Parses and validates TOML text. Each `[[service]]` table is parsed on its own (see
+    /// [`chunks`]), so a large file never has its whole document model in memory.
     pub fn from_toml(text: &str) -> Result<Config> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        let cut = chunks::cut(text);
+        let rest: String = cut.rest.iter().map(|p| p.text).collect();
+        let mut raw: RawConfig = toml::from_str(&rest).map_err(|e| {
+            // The error's line in `rest`, moved to the file's.
+            let mut line_of = Vec::new();
+            for p in &cut.rest {
+                let lines = p.text.matches('\n').count()
+                    + usize::from(!p.text.is_empty() && !p.text.ends_with('\n'));
+                line_of.extend((0..lines).map(|i| p.first_line + i));
+            }
+            toml_error_at(&rest, &e, |l| line_of.get(l).copied().unwrap_or(l))
+        })?;
+        let inline = std::mem::take(&mut raw.service);
         let mut config = Config::default();
         if let Some(size) = raw.flow_table_size {
             config.capacity.flow_table_size = flow_table_size(size, "flow_table_size")?;
@@ -257,12 +278,26 @@ impl Config {
             }
             config.state.timeouts = want;
         }
-        for (i, svc) in raw.service.into_iter().enumerate() {
+        let mut add = |i: usize, svc: RawService| -> Result<()> {
             let (ops, health) =
                 validate_service(svc).with_context(|| format!("service {}", i + 1))?;
             config.add_ops(&ops)?;
             if let (Some(h), Some(Op::AddService(key, _))) = (health, ops.first()) {
                 config.health.insert(*key, h);
+            }
+            Ok(())
+        };
+        let mut n = 0;
+        for svc in inline {
+            add(n, svc)?;
+            n += 1;
+        }
+        for part in &cut.services {
+            let file: ServiceFile = toml::from_str(part.text)
+                .map_err(|e| toml_error_at(part.text, &e, |l| part.first_line + l))?;
+            for svc in file.service {
+                add(n, svc)?;
+                n += 1;
             }
         }
         Ok(config)
@@ -478,12 +513,18 @@ fn parse_cli_service(spec: &str, reals: &[String]) -> Result<Vec<Op>> {
 }
 
 /// One line: `LINE:COL: message` from a toml error (whose own Display spans several lines).
-fn toml_error(text: &str, err: &toml::de::Error) -> anyhow::Error {
+/// A TOML error as `LINE:COL: message`, the line (0-based in `text`) mapped to the file's by
+/// `file_line`.
+fn toml_error_at(
+    text: &str,
+    err: &toml::de::Error,
+    file_line: impl Fn(usize) -> usize,
+) -> anyhow::Error {
     let msg = err.message().trim().replace('\n', " ");
     match err.span() {
         Some(span) => {
             let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
+            let line = file_line(before.matches('\n').count()) + 1;
             let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
             anyhow!("{line}:{col}: {msg}")
         }

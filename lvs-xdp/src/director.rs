@@ -433,6 +433,8 @@ impl Director {
         let balancer =
             Balancer::load_with(&kept.capacity, interfaces, Some(kept.seed), Some(&dir))?;
         let mut director = Director::adopt(balancer, kept.director, Some(resolver))?;
+        // The kept table may hold IPv6 flows, whatever the services are now.
+        director.balancer.map_v6()?;
         director.balancer.attach_adopting(opts.mode, &dir)?;
         // Taken over: from here on this process holds everything; a crash leaves nothing.
         crate::keep::forget(first)?;
@@ -861,6 +863,9 @@ impl Director {
     /// removes those of `gone`, and takes `next`'s timeouts.
     fn change(&mut self, next: &State, gone: &[ServiceKey]) -> Result<()> {
         self.reclaim(Instant::now())?;
+        if next.services.keys().any(|k| k.addr.is_ipv6()) {
+            self.balancer.map_v6()?;
+        }
         // Only the services that differ are planned.
         let changed: Vec<(&ServiceKey, &crate::model::Service)> = next
             .services
@@ -943,9 +948,13 @@ impl Director {
         let (buckets, overflow, conns) = self.balancer.flow_table();
         self.sweep
             .step(buckets, overflow, conns, clock, live, budget)?;
-        let (buckets, overflow, conns) = self.balancer.flow_table_v6();
-        self.sweep6
-            .step(buckets, overflow, conns, clock, live, budget)
+        // The IPv6 table is swept once it is mapped (the first IPv6 service mapped it).
+        match self.balancer.flow_table_v6() {
+            Some((buckets, overflow, conns)) => self
+                .sweep6
+                .step(buckets, overflow, conns, clock, live, budget),
+            None => Ok(()),
+        }
     }
 
     /// Deletes the persistence templates that expired (their service's timeout after the
@@ -978,7 +987,8 @@ impl Director {
         let clock = self.balancer.clock()?;
         let live = self.live_generations();
         let passes = (self.sweep.passes, self.sweep6.passes);
-        while self.sweep.passes == passes.0 || self.sweep6.passes == passes.1 {
+        let v6 = self.balancer.flow_table_v6().is_some();
+        while self.sweep.passes == passes.0 || (v6 && self.sweep6.passes == passes.1) {
             self.sweep_step(&clock, &live)?;
         }
         self.sweep_templates(&clock, &live)?;
@@ -1029,9 +1039,10 @@ impl Director {
         let (buckets, overflow, _) = self.balancer.flow_table();
         let counts = flowtable::count_now(buckets, overflow, &clock, &live);
         self.sweep.set_counts(counts);
-        let (buckets, overflow, _) = self.balancer.flow_table_v6();
-        let counts = flowtable::count_now(buckets, overflow, &clock, &live);
-        self.sweep6.set_counts(counts);
+        if let Some((buckets, overflow, _)) = self.balancer.flow_table_v6() {
+            let counts = flowtable::count_now(buckets, overflow, &clock, &live);
+            self.sweep6.set_counts(counts);
+        }
         Ok(())
     }
 

@@ -511,3 +511,21 @@ fn bad_health_checks_are_refused_in_one_line() {
         assert!(err.contains(want), "{extra:?}: {err}");
     }
 }
+
+/// Each service is parsed on its own; an error still names its line in the whole file, in a
+/// service or in a table after the services.
+#[test]
+fn errors_name_their_line_in_the_whole_file() {
+    let one = "[[service]]\nvip = \"10.0.0.1\"\nport = 80\n";
+    let two = one.replace("10.0.0.1", "10.0.0.3");
+    let text =
+        format!("flow_table_size = 64\n{one}{two}[[service]]\nvip = \"10.0.0.2\"\nport = \"x\"\n");
+    let err = refused(&text);
+    assert!(err.starts_with("10:8: "), "{err}");
+    let text = format!("{one}[timeouts]\ntcp = 10\nbogus = 1\n");
+    let err = refused(&text);
+    assert!(err.starts_with("6:1: "), "{err}");
+    // The services still count in file order, and a duplicate across parts is refused.
+    let err = refused(&format!("{one}{one}"));
+    assert!(err.contains("duplicate service TCP 10.0.0.1:80"), "{err}");
+}
