@@ -97,6 +97,13 @@ pub fn maglev_tables(capacity: &Capacity) -> u32 {
     capacity.mh_services * 2
 }
 
+/// The IPv6 flow table's mapped buckets, its overflow hash, and the connection counts.
+pub type FlowTableV6<'a> = (
+    &'a Buckets<V6>,
+    &'a mut HashMap<MapData, common::FlowKeyV6, common::Flow>,
+    &'a RealConns,
+);
+
 /// Every map this program shares with userspace, by name: what `keep` pins.
 pub const PINNED_MAPS: [&str; 16] = [
     map::SERVICES,
@@ -410,13 +417,7 @@ impl Balancer {
     }
 
     /// The same for the IPv6 flow table, once it is mapped (see [`Balancer::map_v6`]).
-    pub fn flow_table_v6(
-        &mut self,
-    ) -> Option<(
-        &Buckets<V6>,
-        &mut HashMap<MapData, common::FlowKeyV6, common::Flow>,
-        &RealConns,
-    )> {
+    pub fn flow_table_v6(&mut self) -> Option<FlowTableV6<'_>> {
         Some((self.buckets6.as_ref()?, &mut self.maps.flows6, &self.conns))
     }
 
