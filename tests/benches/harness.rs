@@ -613,11 +613,54 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// A ratio between two candidates measured in the same rounds: the median of the per-round
+/// ratios, and their lowest and highest (the noise of the runs).
+#[derive(Clone, Copy, Debug)]
+pub struct Spread {
+    pub median: f64,
+    pub low: f64,
+    pub high: f64,
+    pub runs: usize,
+}
+
+impl Spread {
+    /// `a[i] / b[i]` over the rounds `i`.
+    pub fn of_ratios(a: &[f64], b: &[f64]) -> Spread {
+        let ratios: Vec<f64> = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| if *y > 0.0 { x / y } else { 0.0 })
+            .collect();
+        let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Spread {
+            median: median(ratios.clone()),
+            low: if ratios.is_empty() { 0.0 } else { low },
+            high: if ratios.is_empty() { 0.0 } else { high },
+            runs: ratios.len(),
+        }
+    }
+
+    /// `0.89 (0.85-0.91)`, or `0.89 (1 run)` when there is no spread to show; `scale` 100
+    /// writes percents.
+    pub fn show(&self, scale: f64, unit: &str) -> String {
+        let (m, l, h) = (self.median * scale, self.low * scale, self.high * scale);
+        let digits = if scale == 1.0 { 2 } else { 0 };
+        if self.runs < 2 {
+            format!("{m:.digits$}{unit} (1 run)")
+        } else {
+            format!("{m:.digits$}{unit} ({l:.digits$}-{h:.digits$})")
+        }
+    }
+}
+
 /// Median Mpps and real-server split per (flows, variant).
 pub struct Row {
     pub flows: u32,
     /// In `Variant::ALL` order.
     pub mpps: [f64; 4],
+    /// lvs-xdp against the ceiling, the minimal LB and nftables, round by round.
+    pub ratios: [Spread; 3],
     /// lvs-xdp's share to the first real server.
     pub lvs_split: f64,
 }
@@ -632,11 +675,21 @@ pub fn rows(samples: &[Sample], flows: &[u32]) -> Vec<Row> {
                     .filter(move |s| s.flows == f && s.variant == v)
             };
             let mpps = Variant::ALL.map(|v| median(of(v).map(Sample::mpps).collect()));
+            // The runs are interleaved: the i-th sample of each candidate is of round i.
+            let rounds = |v: Variant| of(v).map(Sample::mpps).collect::<Vec<f64>>();
+            let lvs = rounds(Variant::LvsXdp);
+            let [bounce, minimal, _, nft] = Variant::ALL.map(rounds);
+            let ratios = [
+                Spread::of_ratios(&lvs, &bounce),
+                Spread::of_ratios(&lvs, &minimal),
+                Spread::of_ratios(&lvs, &nft),
+            ];
             let (a, b) = of(Variant::LvsXdp)
                 .fold((0, 0), |(a, b), s| (a + s.per_real[0], b + s.per_real[1]));
             Row {
                 flows: f,
                 mpps,
+                ratios,
                 lvs_split: a as f64 / (a + b).max(1) as f64,
             }
         })
@@ -653,15 +706,15 @@ pub fn table(rows: &[Row], costs: &[(u32, [f64; 3])]) -> String {
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {:.2} | {:.2} | {:.1}x | {:.0}:{:.0} |",
+            "| {} | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {} | {} | {} | {:.0}:{:.0} |",
             r.flows,
             r.mpps[0],
             r.mpps[1],
             r.mpps[2],
             r.mpps[3],
-            r.mpps[2] / r.mpps[0],
-            r.mpps[2] / r.mpps[1],
-            r.mpps[2] / r.mpps[3],
+            r.ratios[0].show(1.0, ""),
+            r.ratios[1].show(1.0, ""),
+            r.ratios[2].show(1.0, "x"),
             r.lvs_split * 100.0,
             (1.0 - r.lvs_split) * 100.0
         );

@@ -182,14 +182,11 @@ fn real_main() -> Result<()> {
                 v6.push(bench.measure(harness::Variant::LvsXdp, flows)?.mpps());
             }
             bench.set_family(lvs_xdp_common::FAMILY_V4);
+            let ratio = harness::Spread::of_ratios(&v6, &v4).show(100.0, "%");
             let (a, b) = (harness::median(v4), harness::median(v6));
-            println!(
-                "  {flows:>8} flows  IPv4 {a:.2} Mpps, IPv6 {b:.2} Mpps ({:.0}%)",
-                100.0 * b / a
-            );
+            println!("  {flows:>8} flows  IPv4 {a:.2} Mpps, IPv6 {b:.2} Mpps ({ratio})");
             new_conn_table.push_str(&format!(
-                "| {flows} | {a:.2} Mpps | {b:.2} Mpps | {:.0}% |\n",
-                100.0 * b / a
+                "| {flows} | {a:.2} Mpps | {b:.2} Mpps | {ratio} |\n"
             ));
         }
     }

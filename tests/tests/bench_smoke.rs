@@ -211,6 +211,12 @@ fn the_benchmark_runs_end_to_end() {
     let rows = harness::rows(&samples, &opts.flows);
     let table = harness::table(&rows, &[(100, costs)]);
     assert!(table.contains("| 20000 |"), "{table}");
+    // One run: each ratio says it has no spread to show.
+    assert_eq!(table.matches(" (1 run) |").count(), 2 * 3, "{table}");
+    // Several runs: the per-round ratios' median, lowest and highest.
+    let spread = harness::Spread::of_ratios(&[4.0, 4.5, 3.0], &[5.0, 5.0, 5.0]);
+    assert_eq!(spread.show(1.0, ""), "0.80 (0.60-0.90)");
+    assert_eq!(spread.show(100.0, "%"), "80% (60-90)");
     let svg = harness::svg(&rows, "smoke");
     assert!(
         svg.starts_with("<svg") && svg.contains("20000 flows"),
