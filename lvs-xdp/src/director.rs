@@ -256,9 +256,16 @@ fn op_service(op: &Op) -> Option<ServiceKey> {
 /// first word, the rest zero).
 fn addr_words(addr: IpAddr) -> [u32; 4] {
     let mut words = [0u32; 4];
-    let octets = match addr {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
+    let (v4, v6);
+    let octets: &[u8] = match addr {
+        IpAddr::V4(a) => {
+            v4 = a.octets();
+            &v4
+        }
+        IpAddr::V6(a) => {
+            v6 = a.octets();
+            &v6
+        }
     };
     for (word, chunk) in words.iter_mut().zip(octets.chunks_exact(4)) {
         *word = u32::from_ne_bytes(chunk.try_into().expect("chunks of four"));
@@ -777,11 +784,17 @@ impl Director {
     /// All or nothing.
     pub fn set_health(&mut self, config: Health) -> Result<()> {
         let configured = self.configured();
+        self.reconcile_with_health(config, configured)
+    }
+
+    /// Takes health settings `health` and the configured services `state` together, all or
+    /// nothing: trackers of real servers still checked keep their state.
+    fn reconcile_with_health(&mut self, health: Health, state: State) -> Result<()> {
         let saved = self.health.clone();
-        self.health.config = config;
+        self.health.config = health;
         self.health.configured.clear();
         self.health.shown.clear();
-        let result = self.reconcile(configured);
+        let result = self.reconcile(state);
         if result.is_err() {
             self.health = saved;
         }
@@ -801,15 +814,7 @@ impl Director {
                 now
             );
         }
-        let saved = self.health.clone();
-        self.health.config = config.health.clone();
-        self.health.configured.clear();
-        self.health.shown.clear();
-        let result = self.reconcile(config.state.clone());
-        if result.is_err() {
-            self.health = saved;
-        }
-        result
+        self.reconcile_with_health(config.health.clone(), config.state.clone())
     }
 
     /// Takes one check's result for real server `addr` of service `key`. When it changes the

@@ -92,8 +92,7 @@ pub fn run(
         // SAFETY: malloc_trim only releases free memory.
         unsafe { libc::malloc_trim(0) };
         let (mut checks, mut outcomes) = Runner::new();
-        checks.sync(director.health().checks());
-        announce(announcer.as_mut(), &director);
+        follow_services(&director, &mut checks, announcer.as_mut());
         on_attached(&director);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut prev: Option<Snapshot> = None;
@@ -123,8 +122,7 @@ pub fn run(
                         log::warn!("control connection: {e:#}");
                     }
                     // Real servers added or removed live are checked, or no longer.
-                    checks.sync(director.health().checks());
-                    announce(announcer.as_mut(), &director);
+                    follow_services(&director, &mut checks, announcer.as_mut());
                 }
                 Some((key, addr, outcome)) = outcomes.recv() => {
                     if health_result(&mut director, key, addr, outcome) {
@@ -144,8 +142,7 @@ pub fn run(
                 }
                 _ = sighup.recv() => {
                     reload(&mut director, daemon);
-                    checks.sync(director.health().checks());
-                    announce(announcer.as_mut(), &director);
+                    follow_services(&director, &mut checks, announcer.as_mut());
                 }
                 _ = tick.tick() => {
                     director.balancer_mut().flush_log();
@@ -241,6 +238,13 @@ fn health_result(
             false
         }
     }
+}
+
+/// After the services changed (start, a control command, a reload): the checks run are those
+/// the director wants, and the announce table follows.
+fn follow_services(director: &Director, checks: &mut Runner, announcer: Option<&mut Announcer>) {
+    checks.sync(director.health().checks());
+    announce(announcer, director);
 }
 
 /// Route health injection: the announce table follows the VIPs that can serve.
