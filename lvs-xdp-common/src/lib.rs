@@ -38,9 +38,16 @@ pub mod map {
     /// `HashMap<PersistKey, Persist>` (not preallocated): persistence templates, a client
     /// network's real server per persistent service.
     pub const PERSIST: &str = "PERSIST";
-    /// `Array<u32>` (mmapable): Maglev lookup tables of `MAGLEV_TABLE_SIZE` real-server slots
+    /// `Array<MaglevEntry>` (mmapable): Maglev lookup tables of `MAGLEV_TABLE_SIZE` entries
     /// each; an `mh` service uses table [`crate::Service::table`].
     pub const MAGLEV: &str = "MAGLEV";
+    /// `Array<DirectService>`, [`crate::maglev::DIRECT_SLOTS`] entries: the IPv4 `mh`
+    /// services whose known flows are forwarded straight from their Maglev table (see
+    /// [`crate::maglev`]), at [`crate::maglev::direct_index`] of their VIP and port.
+    pub const DIRECT: &str = "DIRECT";
+    /// `PerCpuArray<u32>`, one entry: packets until the direct path next sends one through
+    /// the flow table (see [`crate::maglev::SAMPLE_GAP`]).
+    pub const SAMPLE: &str = "SAMPLE";
     /// `Array<Iface>`, indexed by ifindex: the interfaces the program serves and their MACs.
     pub const IFACES: &str = "IFACES";
     /// `PerCpuArray<u32>`, indexed by service id: round-robin position.
@@ -113,6 +120,19 @@ pub mod scheduler {
 }
 
 /// Maglev hashing (`mh`): what the data plane and userspace share.
+///
+/// **The direct path.** Known flows of an IPv4 `mh` service (without persistence) are forwarded
+/// straight from the service's Maglev table, without the flow table, whose lookups miss the
+/// caches once it holds many flows. This holds while a flow's entry still names the real
+/// server it was scheduled to. So each entry is *pinned* when its real server changes
+/// ([`MaglevEntry::prev`] names the one it had): packets of a pinned entry go through the flow
+/// table, where the flows scheduled before the change keep their real server, and a flow found
+/// nowhere is taken to `prev`'s real server and remembered there (it was served directly by
+/// it). Userspace unpins an entry once no live flow of the table sits on it with another real
+/// server, and at least the established timeout after it was pinned. New connections are still
+/// scheduled and remembered by the flow table; the packets of an entry that saw one in the
+/// last [`SYN_WINDOW`] seconds, and about one packet in [`SAMPLE_GAP`]` / 2`, go through it
+/// too, so that connection states and idle times are tracked.
 pub mod maglev {
     /// Entries of a lookup table unless configured otherwise: a prime, so that every skip
     /// visits every entry.
@@ -124,6 +144,52 @@ pub mod maglev {
     /// Name of the program's read-only global holding the size of every table, set by the
     /// loader.
     pub const TABLE_SIZE_GLOBAL: &str = "MAGLEV_TABLE_SIZE";
+
+    /// Packets of direct services go straight from the Maglev table, but one in about
+    /// `SAMPLE_GAP / 2` (a random gap below `SAMPLE_GAP`, per CPU) goes through the flow table,
+    /// refreshing its flow's idle time and state.
+    pub const SAMPLE_GAP: u32 = 64;
+    /// Entries of the `DIRECT` map (a power of two).
+    pub const DIRECT_SLOTS: u32 = 256;
+    /// Where [`MaglevEntry::slot`] keeps, above the slot, the clock second of its entry's last
+    /// new connection (12 bits, never 0; written by the data plane).
+    pub const SYN_SHIFT: u32 = crate::flow_table::SLOT_BITS;
+    /// Seconds after a new connection during which its entry's packets go through the flow
+    /// table (so that the ACK completing the handshake is tracked).
+    pub const SYN_WINDOW: u32 = 2;
+
+    /// The `DIRECT` entry of a service at (VIP, port), both as on the wire.
+    #[inline(always)]
+    pub fn direct_index(daddr: u32, port: u16) -> u32 {
+        (daddr ^ u32::from(port).rotate_left(16)).wrapping_mul(0x9E37_79B1) >> 24
+    }
+
+    /// A second as [`SYN_SHIFT`]'s stamp holds it: its low 12 bits (0, which means none, taken
+    /// as 4095).
+    #[inline(always)]
+    pub fn syn_stamp(now: u32) -> u32 {
+        let s = now & 0xfff;
+        if s == 0 { 0x1000 - 1 } else { s }
+    }
+
+    /// Whether an entry whose stamp is `stamp` saw a new connection within [`SYN_WINDOW`]
+    /// seconds of `now`.
+    #[inline(always)]
+    pub fn syn_recent(stamp: u32, now: u32) -> bool {
+        stamp != 0 && (now.wrapping_sub(stamp) & 0xfff) <= SYN_WINDOW
+    }
+
+    /// The entry of a flow in a table of `size` entries: by its client's address, and its
+    /// source port with `port` (`mh-port`).
+    #[inline(always)]
+    pub fn entry(port: bool, key: &crate::FlowKeyV4, size: u32) -> u32 {
+        let hash = if port {
+            client_port_hash(key.saddr, key.ports)
+        } else {
+            client_hash(key.saddr)
+        };
+        hash % size
+    }
 
     /// The hash of a client's address and source port (`mh-port`): `ports` is a flow key's
     /// ports word (the source port in its first two bytes).
@@ -218,8 +284,13 @@ pub mod reason {
     /// quoted packet truncated or invalid, not TCP/UDP, or not from a VIP:port): left to the
     /// host (verdict `PASS_OTHER_PROTO`).
     pub const EVENT_ICMP_TOO_BIG_UNMATCHED: u32 = 19;
+    /// Event: a TCP packet without SYN matched no remembered flow, on a pinned entry of an `mh`
+    /// service's Maglev table (see [`crate::maglev`]): the connection was served directly by
+    /// the entry's former real server, so it was sent there and remembered (also counted as
+    /// `EVENT_FLOW_MISS_NONSYN`).
+    pub const EVENT_FLOW_PINNED: u32 = 20;
     /// Number of `GLOBAL_STATS` entries.
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 21;
 
     /// Short names, index-aligned with the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -243,6 +314,7 @@ pub mod reason {
         "flow_moved",
         "icmp_too_big_forwarded",
         "icmp_too_big_unmatched",
+        "flow_pinned",
     ];
 }
 
@@ -306,6 +378,38 @@ pub struct RealServer {
 
 impl RealServer {
     pub const RETIRED: u32 = 1 << 31;
+}
+
+/// Value of `MAGLEV`: one entry of a Maglev table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct MaglevEntry {
+    /// The real-server slot of the clients hashed here (low `SLOT_BITS`), and above it, written
+    /// by the data plane, the stamp of the entry's last new connection
+    /// ([`maglev::SYN_SHIFT`]).
+    pub slot: u32,
+    /// 0, or the entry is pinned: the target (slot and generation, as [`Flow::target`]) of the
+    /// real server it had before it changed (see [`maglev`]).
+    pub prev: u32,
+}
+
+/// Value of `DIRECT`: an `mh` service whose known flows take the direct path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct DirectService {
+    /// The VIP, as on the wire.
+    pub daddr: u32,
+    /// The port, as on the wire.
+    pub port: u16,
+    /// `PROTO_TCP`; 0 in an empty entry.
+    pub proto: u8,
+    /// [`service_flags::MH_PORT`] or 0.
+    pub flags: u8,
+    /// The first entry of the service's Maglev table in `MAGLEV`.
+    pub base: u32,
+    pub _pad: u32,
 }
 
 /// Key of `FLOWS_V4`: the 5-tuple, each field holding its bytes as on the wire.
@@ -816,6 +920,8 @@ pub const LAYOUT: u32 = {
         core::mem::size_of::<PersistKey>(),
         core::mem::size_of::<Persist>(),
         core::mem::size_of::<Counters>(),
+        core::mem::size_of::<MaglevEntry>(),
+        core::mem::size_of::<DirectService>(),
         reason::COUNT as usize,
     ];
     // FNV-1a over the sizes.
@@ -846,6 +952,8 @@ mod user {
     unsafe impl aya::Pod for super::PersistKey {}
     unsafe impl aya::Pod for super::Persist {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::MaglevEntry {}
+    unsafe impl aya::Pod for super::DirectService {}
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use aya_ebpf::programs::XdpContext;
 use lvs_xdp_common::{FlowKeyV4, FlowKeyV6, Iface, PROTO_TCP, conn};
 
 use crate::{
+    direct,
     flows::{self, Lookup, Table, V4, V6},
     maps::{CLOCK, IFACES, REAL_STATS},
     set_macs, stats,
@@ -55,8 +56,14 @@ pub fn forward_known_flow(ctx: &XdpContext) -> Option<Verdict> {
             proto: u32::from(load::<u8>(data + L3 + ipv4::PROTO)),
         }
     };
-    // Before the checks, on purpose (see the module comment). A lookup changes nothing.
-    let found = flows::lookup::<V4>(&key);
+    // A direct service's flow (see `direct`) is looked up only if the direct path cannot
+    // take it; any other, before the checks, on purpose (see the module comment). A lookup
+    // changes nothing.
+    let direct = direct::service(&key);
+    let mut found = match direct {
+        None => flows::lookup::<V4>(&key),
+        Some(_) => Lookup::Missing,
+    };
 
     let iface = IFACES.get(ctx.ingress_ifindex() as u32)?;
     // SAFETY: MIN_FRAME bytes of frame as above; the MAC is a 6-byte field of a map value.
@@ -90,6 +97,17 @@ pub fn forward_known_flow(ctx: &XdpContext) -> Option<Verdict> {
     } else {
         0
     };
+    if let Some(d) = direct {
+        if flags & (conn::TCP_SYN | conn::TCP_FIN | conn::TCP_RST) == 0
+            && let Some((slot, real)) = direct::real(d, &key)
+        {
+            // SAFETY: a whole minimal frame on `data` checked against `end` above.
+            unsafe { set_macs(data, real, iface) };
+            stats::count(&REAL_STATS, slot, (end - data) as u64, false);
+            return Some(Verdict::FORWARDED);
+        }
+        found = flows::lookup::<V4>(&key);
+    }
     finish::<V4>(data, end, iface, found, flags)
 }
 

@@ -36,7 +36,9 @@ pub fn too_big<T: Table>(
             return None;
         }
         let clock = CLOCK.get(0)?;
-        persist::lookup::<T>(&svc, key, clock, false).or_else(|| sched::by_hash(&svc, &view))
+        persist::lookup::<T>(&svc, key, clock, false)
+            .or_else(|| sched::pinned(&svc, &view))
+            .or_else(|| sched::by_hash(&svc, &view))
     });
     let Some((slot, real)) = chosen else {
         stats::global(reason::EVENT_ICMP_TOO_BIG_UNMATCHED, 0);

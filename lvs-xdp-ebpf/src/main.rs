@@ -14,6 +14,7 @@
 #![feature(asm_experimental_arch)]
 
 mod conns;
+mod direct;
 mod fast;
 mod flows;
 mod icmp;
@@ -214,30 +215,40 @@ fn new_flow<T: Table>(
         return Ok(Verdict::pass(reason::PASS_NO_SERVICE));
     }
     let tcp = view.proto == u32::from(PROTO_TCP);
+    // A packet without SYN that matched no flow, on a pinned Maglev entry: its connection was
+    // served directly by the entry's former real server, so it stays there, remembered.
+    let mut pinned = None;
     if tcp && !conn::is_syn(flags) && again.is_none() {
-        // Not the start of a connection and not remembered: the hash decides, nothing is
-        // remembered (a flood of such packets takes no place in the table).
         stats::global(reason::EVENT_FLOW_MISS_NONSYN, 0);
-        let chosen =
-            persist::lookup::<T>(&svc, key, clock, false).or_else(|| sched::by_hash(&svc, &view));
-        let Some((slot, real)) = chosen else {
-            stats::count_drop(&SERVICE_STATS, svc.id, bytes);
-            return Err(Dropped(reason::DROP_NO_REAL_SERVER));
-        };
-        stats::count(&REAL_STATS, slot, bytes, false);
-        return Ok(forward(ctx, iface, &real));
+        pinned = sched::pinned(&svc, &view);
+        if pinned.is_none() {
+            // Not the start of a connection and not remembered: the hash decides, nothing is
+            // remembered (a flood of such packets takes no place in the table).
+            let chosen = persist::lookup::<T>(&svc, key, clock, false)
+                .or_else(|| sched::by_hash(&svc, &view));
+            let Some((slot, real)) = chosen else {
+                stats::count_drop(&SERVICE_STATS, svc.id, bytes);
+                return Err(Dropped(reason::DROP_NO_REAL_SERVER));
+            };
+            stats::count(&REAL_STATS, slot, bytes, false);
+            return Ok(forward(ctx, iface, &real));
+        }
+        stats::global(reason::EVENT_FLOW_PINNED, 0);
     }
     // A persistent service's template first; a new choice makes the client's template.
     let persistent = svc.persist_timeout != 0;
-    let chosen = match persist::lookup::<T>(&svc, key, clock, true) {
+    let chosen = match pinned {
         Some(found) => Some(found),
-        None => {
-            let picked = sched::pick_for(&svc, &view);
-            if let Some((slot, real)) = picked {
-                persist::record::<T>(&svc, key, slot, real.generation, clock);
+        None => match persist::lookup::<T>(&svc, key, clock, true) {
+            Some(found) => Some(found),
+            None => {
+                let picked = sched::pick_for(&svc, &view, clock.now);
+                if let Some((slot, real)) = picked {
+                    persist::record::<T>(&svc, key, slot, real.generation, clock);
+                }
+                picked
             }
-            picked
-        }
+        },
     };
     let Some((mut slot, mut real)) = chosen else {
         stats::count_drop(&SERVICE_STATS, svc.id, bytes);
@@ -245,13 +256,15 @@ fn new_flow<T: Table>(
     };
     let state = match again {
         _ if !tcp => conn::UDP,
+        // An established connection, as far as the director can tell.
+        _ if pinned.is_some() => conn::next_tcp(conn::ESTABLISHED, flags),
         _ if conn::is_syn(flags) => conn::SYN_RECV,
         Some((_, old, _)) => conn::next_tcp(old.state, flags),
         None => conn::SYN_RECV,
     };
     let now = clock.now as u16;
     let flow = Flow::new(slot, real.generation, view.proto as u8, state, now);
-    let mut new_conn = true;
+    let mut new_conn = pinned.is_none();
     let result = match again {
         Some((place, _, _)) => flows::replace::<T>(place, key, flow, clock),
         None => flows::insert::<T>(key, flow, clock),
@@ -304,7 +317,7 @@ fn fragment(marker: ServiceKey) -> Result<Verdict, Dropped> {
 
 /// The destination port (as on the wire) from the ports word of a flow key.
 #[inline(always)]
-fn port_of(ports: u32) -> u16 {
+pub(crate) fn port_of(ports: u32) -> u16 {
     let b = ports.to_ne_bytes();
     u16::from_ne_bytes([b[2], b[3]])
 }

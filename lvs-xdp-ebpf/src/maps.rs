@@ -7,8 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use lvs_xdp_common::{
-    Clock, ConnCount, Counters, Flow, FlowBucketV4, FlowBucketV6, FlowKeyV4, FlowKeyV6, Iface,
-    Persist, PersistKey, RealServer, Service, ServiceKey, reason,
+    Clock, ConnCount, Counters, DirectService, Flow, FlowBucketV4, FlowBucketV6, FlowKeyV4,
+    FlowKeyV6, Iface, MaglevEntry, Persist, PersistKey, RealServer, Service, ServiceKey, maglev,
+    reason,
 };
 
 /// Not preallocated, so that a value replaced by userspace is freed only after readers are done
@@ -52,7 +53,14 @@ pub static REAL_CONNS: Array<ConnCount> = Array::with_max_entries(1, BPF_F_MMAPA
 
 /// Mmapable: userspace writes a whole table as memory before a service points at it.
 #[map]
-pub static MAGLEV: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+pub static MAGLEV: Array<MaglevEntry> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// The services of the direct path (see `direct`), a fixed size.
+#[map]
+pub static DIRECT: Array<DirectService> = Array::with_max_entries(maglev::DIRECT_SLOTS, 0);
+
+#[map]
+pub static SAMPLE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static IFACES: Array<Iface> = Array::with_max_entries(1, 0);

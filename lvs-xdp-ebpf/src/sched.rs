@@ -167,11 +167,11 @@ extern "C" fn scan_step(i: u32, _ctx: *mut c_void) -> i64 {
 }
 
 /// Picks a real server for a new flow of `svc`, by its scheduler: by round robin, or for `mh`
-/// by the client's entry in the service's Maglev table.
+/// by the client's entry in the service's Maglev table (stamped with `now`).
 #[inline(always)]
-pub fn pick_for(svc: &Service, key: &FlowKeyV4) -> Option<(u32, RealServer)> {
+pub fn pick_for(svc: &Service, key: &FlowKeyV4, now: u32) -> Option<(u32, RealServer)> {
     match svc.scheduler {
-        scheduler::MH => by_maglev(svc, key),
+        scheduler::MH => by_maglev_new(svc, key, now),
         scheduler::SH | scheduler::DH => by_bucket(svc, key),
         _ => pick(svc),
     }
@@ -259,26 +259,67 @@ extern "C" fn probe_step(i: u32, _ctx: *mut c_void) -> i64 {
 #[unsafe(no_mangle)]
 static MAGLEV_TABLE_SIZE: u32 = maglev::DEFAULT_TABLE_SIZE;
 
-/// The real server of the client's entry in the service's Maglev table.
+/// Entries of every Maglev table.
 #[inline(always)]
-fn by_maglev(svc: &Service, key: &FlowKeyV4) -> Option<(u32, RealServer)> {
+pub fn maglev_table_size() -> u32 {
+    // SAFETY: a plain read of a read-only global.
+    unsafe { core::ptr::read_volatile(&MAGLEV_TABLE_SIZE) }
+}
+
+/// The client's entry in the service's Maglev table: its index in `MAGLEV`.
+#[inline(always)]
+fn maglev_index(svc: &Service, key: &FlowKeyV4) -> Option<u32> {
     if svc.sched_len == 0 {
         return None;
     }
-    let hash = if svc.flags & service_flags::MH_PORT != 0 {
-        maglev::client_port_hash(key.saddr, key.ports)
-    } else {
-        maglev::client_hash(key.saddr)
-    };
-    // SAFETY: a plain read of a read-only global.
-    let size = unsafe { core::ptr::read_volatile(&MAGLEV_TABLE_SIZE) };
+    let size = maglev_table_size();
     if size == 0 {
         return None;
     }
-    let entry = hash % size;
-    let index = svc.table.wrapping_mul(size).wrapping_add(entry);
-    let slot = *MAGLEV.get(index)?;
+    let entry = maglev::entry(svc.flags & service_flags::MH_PORT != 0, key, size);
+    Some(svc.table.wrapping_mul(size).wrapping_add(entry))
+}
+
+/// The real server of the client's entry in the service's Maglev table.
+#[inline(always)]
+fn by_maglev(svc: &Service, key: &FlowKeyV4) -> Option<(u32, RealServer)> {
+    let e = MAGLEV.get(maglev_index(svc, key)?)?;
+    live(e.slot & flow_table::SLOT_MASK)
+}
+
+/// `by_maglev` for a new connection: its entry is stamped with `now`, so that the entry's
+/// packets take the flow table for a while (the direct path does not see connection states).
+#[inline(always)]
+fn by_maglev_new(svc: &Service, key: &FlowKeyV4, now: u32) -> Option<(u32, RealServer)> {
+    let e = MAGLEV.get_ptr_mut(maglev_index(svc, key)?)?;
+    // SAFETY: an entry of a table in use, valid for this program run. Userspace never writes a
+    // table in use, and the slot bits stay as they are: a racing stamp only loses a stamp.
+    let slot = unsafe {
+        let word = core::ptr::read_volatile(&raw const (*e).slot);
+        let stamp = maglev::syn_stamp(now) << maglev::SYN_SHIFT;
+        if word & !flow_table::SLOT_MASK != stamp {
+            core::ptr::write_volatile(&raw mut (*e).slot, (word & flow_table::SLOT_MASK) | stamp);
+        }
+        word & flow_table::SLOT_MASK
+    };
     live(slot)
+}
+
+/// For a TCP packet that matched no flow: when the client's entry in an `mh` service's table
+/// is pinned and its former real server is still there (and not its real server now), that
+/// real server. The connection was forwarded to it directly before the entry changed.
+#[inline(always)]
+pub fn pinned(svc: &Service, key: &FlowKeyV4) -> Option<(u32, RealServer)> {
+    if svc.scheduler != scheduler::MH {
+        return None;
+    }
+    let e = *MAGLEV.get(maglev_index(svc, key)?)?;
+    let prev = e.prev & flow_table::SLOT_MASK;
+    if e.prev == 0 || prev == e.slot & flow_table::SLOT_MASK {
+        return None;
+    }
+    let real = *REALS.get(prev)?;
+    (real.generation == e.prev >> flow_table::SLOT_BITS).then_some((prev, real))
 }
 
 /// A real-server slot's entry, if it holds a live real server.

@@ -84,6 +84,7 @@ struct Maps {
     global_stats: PerCpuArray<MapData, Counters>,
     clock: Array<MapData, common::Clock>,
     persist: HashMap<MapData, common::PersistKey, common::Persist>,
+    direct: Array<MapData, common::DirectService>,
     /// The tail-call table (the IPv6 program).
     programs: ProgramArray<MapData>,
 }
@@ -105,7 +106,7 @@ pub type FlowTableV6<'a> = (
 );
 
 /// Every map this program shares with userspace, by name: what `keep` pins.
-pub const PINNED_MAPS: [&str; 16] = [
+pub const PINNED_MAPS: [&str; 17] = [
     map::SERVICES,
     map::REALS,
     map::SCHED,
@@ -122,6 +123,7 @@ pub const PINNED_MAPS: [&str; 16] = [
     map::MAGLEV,
     map::REAL_CONNS,
     map::PERSIST,
+    map::DIRECT,
 ];
 
 /// A second handle on each map of [`PINNED_MAPS`] (the typed handles cannot pin).
@@ -171,6 +173,7 @@ impl Maps {
             global_stats: take(ebpf, map::GLOBAL_STATS)?,
             clock: take(ebpf, map::CLOCK)?,
             persist: take(ebpf, map::PERSIST)?,
+            direct: take(ebpf, map::DIRECT)?,
             programs: take(ebpf, map::PROGRAMS)?,
         })
     }
@@ -370,15 +373,12 @@ impl Balancer {
         &self.capacity
     }
 
-    /// Writes Maglev table `index` (a table no service points at).
-    pub(crate) fn write_maglev(&mut self, index: u32, table: &[u32]) -> Result<()> {
+    /// Where Maglev table `index` is in the mapped `MAGLEV` (mapped at the first call).
+    fn maglev_table(&mut self, index: u32) -> Result<*mut common::MaglevEntry> {
         let entries = self.capacity.maglev_table_size as usize;
-        if table.len() > entries || index >= maglev_tables(&self.capacity) {
+        if index >= maglev_tables(&self.capacity) {
             bail!("Maglev table {index} out of range");
         }
-        // An array map keeps each value in 8 bytes (its values are 8-byte aligned): the slot
-        // in the first four, as the data plane reads it.
-        let wide: Vec<u64> = table.iter().map(|s| u64::from(*s)).collect();
         if self.maglev.is_none() {
             let bytes = maglev_tables(&self.capacity) as usize * entries * MAGLEV_STRIDE;
             let fd = self.map_fd(map::MAGLEV)?;
@@ -387,13 +387,54 @@ impl Balancer {
         let maglev = self.maglev.as_ref().expect("mapped above");
         let at = maglev.at(
             index as usize * entries * MAGLEV_STRIDE,
-            wide.len() * MAGLEV_STRIDE,
+            entries * MAGLEV_STRIDE,
         );
-        // SAFETY: `wide.len()` u64s inside the mapping (checked by `at`), 8-byte aligned (the
-        // mapping is page-aligned, the offset a multiple of 8); no packet reads a table no
-        // service points at.
-        unsafe { std::ptr::copy_nonoverlapping(wide.as_ptr(), at.cast::<u64>(), wide.len()) };
+        Ok(at.cast())
+    }
+
+    /// Writes Maglev table `index` (a table no service points at).
+    pub(crate) fn write_maglev(&mut self, index: u32, table: &[common::MaglevEntry]) -> Result<()> {
+        if table.len() > self.capacity.maglev_table_size as usize {
+            bail!("Maglev table of {} entries", table.len());
+        }
+        let at = self.maglev_table(index)?;
+        // SAFETY: `table.len()` entries inside the mapping (checked by `maglev_table`), 8-byte
+        // aligned (the mapping is page-aligned, the offset a multiple of 8); no packet reads a
+        // table no service points at.
+        unsafe { std::ptr::copy_nonoverlapping(table.as_ptr(), at, table.len()) };
         Ok(())
+    }
+
+    /// Reads Maglev table `index` (one in use: the data plane may be writing stamps into it).
+    pub(crate) fn read_maglev(&mut self, index: u32) -> Result<Vec<common::MaglevEntry>> {
+        let at = self.maglev_table(index)?;
+        let n = self.capacity.maglev_table_size as usize;
+        // SAFETY: `n` entries inside the mapping (checked by `maglev_table`), aligned; each
+        // word read whole (the data plane writes whole words).
+        Ok((0..n)
+            .map(|i| unsafe { std::ptr::read_volatile(at.add(i)) })
+            .collect())
+    }
+
+    /// Unpins entry `entry` of Maglev table `index`, a table in use: its `prev` word only (the
+    /// data plane writes the other word).
+    pub(crate) fn unpin_maglev(&mut self, index: u32, entry: u32) -> Result<()> {
+        if entry >= self.capacity.maglev_table_size {
+            bail!("Maglev entry {entry} out of range");
+        }
+        let at = self.maglev_table(index)?;
+        // SAFETY: an entry inside the mapping (checked above and by `maglev_table`); one
+        // aligned word, which the data plane only reads.
+        unsafe { std::ptr::write_volatile(&raw mut (*at.add(entry as usize)).prev, 0) };
+        Ok(())
+    }
+
+    /// Writes entry `index` of `DIRECT` (an empty value clears it).
+    pub(crate) fn write_direct(&mut self, index: u32, value: &common::DirectService) -> Result<()> {
+        self.maps
+            .direct
+            .set(index, value, 0)
+            .with_context(|| format!("writing DIRECT[{index}]"))
     }
 
     /// The idle clock and timeouts the data plane reads.

@@ -21,7 +21,7 @@ use crate::{
     alloc::{Pool, Ranges},
     balancer::{AttachMode, Balancer, add, maglev_tables, sched_capacity},
     config::Config,
-    flowtable,
+    direct, flowtable,
     health::{Health, HealthState},
     iface::Interface,
     listing::{RealView, ServiceView, Snapshot, Zeroed},
@@ -29,6 +29,10 @@ use crate::{
     model::{Mac, Op, Protocol, RealOpts, Refusal, Scheduler, ServiceKey, State},
     neigh,
 };
+
+/// Seconds between two passes that unpin Maglev entries (each reads the whole flow table,
+/// and only runs when some entry's grace has passed).
+const UNPIN_EVERY: u32 = 5;
 
 /// A connection in the flow table.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -208,6 +212,8 @@ struct Plan {
     /// given up once the service is switched.
     table_taken: Option<u32>,
     table_freed: Option<u32>,
+    /// `mh`: the new table's pinned entries (see [`crate::direct`]).
+    pins: BTreeMap<u32, u32>,
 }
 
 /// The director: its state, and that state in the kernel's maps.
@@ -237,6 +243,12 @@ pub struct Director {
     last_maintained: u32,
     /// Health checking; `state` holds its overlay of the checked services.
     health: HealthState,
+    /// The pinned entries of each `mh` service's table, and the clock second each was pinned
+    /// (see [`crate::direct`]); the clock second of the last unpinning pass.
+    pins: HashMap<ServiceKey, BTreeMap<u32, u32>>,
+    last_unpinned: u32,
+    /// Which service holds each entry of `DIRECT` in use.
+    direct: BTreeMap<u32, ServiceKey>,
 }
 
 /// The service an op names (none for `-C` and `--set`).
@@ -568,8 +580,12 @@ impl Director {
             sweep6: flowtable::Sweep::default(),
             last_maintained: 0,
             health: HealthState::default(),
+            pins: HashMap::new(),
+            last_unpinned: 0,
+            direct: BTreeMap::new(),
         };
         director.write_clock()?;
+        director.adopt_direct()?;
         // Slots that were waiting out their grace wait once more, from now.
         let now = Instant::now();
         for (slot, _) in &image.retiring {
@@ -599,6 +615,9 @@ impl Director {
             sweep6: flowtable::Sweep::default(),
             last_maintained: 0,
             health: HealthState::default(),
+            pins: HashMap::new(),
+            last_unpinned: 0,
+            direct: BTreeMap::new(),
         }
     }
 
@@ -944,7 +963,155 @@ impl Director {
         if self.sweep.passes != passes {
             self.sweep_templates(&clock, &live)?;
         }
+        if now.saturating_sub(self.last_unpinned) >= UNPIN_EVERY {
+            self.last_unpinned = now;
+            self.unpin(&clock, &live)?;
+        }
         Ok(())
+    }
+
+    /// Writes (or clears, with `None` or a service that does not qualify) the `DIRECT` entry
+    /// of service `key`, before its new value is published: packets that see the new entry
+    /// and the old service meanwhile are still right, since an entry whose real server
+    /// changed is pinned in the new table (they go through the flow table).
+    fn sync_direct(&mut self, key: &ServiceKey, value: Option<&common::Service>) -> Result<()> {
+        let size = self.balancer.capacity().maglev_table_size;
+        let want =
+            value.and_then(|v| direct::entry(&kernel_key(key), v, v.table.wrapping_mul(size)));
+        let had = self.direct.iter().find(|(_, k)| *k == key).map(|(i, _)| *i);
+        match want {
+            Some((i, d)) if self.direct.get(&i).is_none_or(|k| k == key) => {
+                self.balancer.write_direct(i, &d)?;
+                self.direct.insert(i, *key);
+            }
+            _ => {
+                if let Some((i, _)) = want {
+                    log::info!(
+                        "{key}: its place on the direct path is {}'s; its flows go through the flow table",
+                        self.direct[&i]
+                    );
+                }
+                if let Some(h) = had {
+                    self.balancer
+                        .write_direct(h, &common::DirectService::default())?;
+                    self.direct.remove(&h);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After a takeover: the direct path's entries and the pinned entries of each table, as
+    /// the kept maps hold them (pinned since now).
+    fn adopt_direct(&mut self) -> Result<()> {
+        let now = self.balancer.clock()?.now;
+        let mh: Vec<(ServiceKey, common::Service)> = self
+            .placed
+            .iter()
+            .filter(|(_, p)| p.value.scheduler == common::scheduler::MH)
+            .map(|(k, p)| (*k, p.value))
+            .collect();
+        for (key, value) in mh {
+            if value.sched_len > 0 {
+                let table = self.balancer.read_maglev(value.table)?;
+                self.pins.insert(key, direct::pinned_in(&table, now));
+            }
+            self.sync_direct(&key, Some(&value))?;
+        }
+        Ok(())
+    }
+
+    /// [`Director::unpin`] now, at the clock the data plane reads (tests set it by hand).
+    pub fn unpin_now(&mut self) -> Result<()> {
+        let clock = self.balancer.clock()?;
+        let live = self.live_generations();
+        self.unpin(&clock, &live)
+    }
+
+    /// Unpins the entries of `mh` tables whose grace has passed (the longest TCP timeout
+    /// since they were pinned) and on which no live flow has another real server.
+    fn unpin(&mut self, clock: &common::Clock, live: &[u32]) -> Result<()> {
+        let grace = (common::conn::SYN_RECV..=common::conn::CLOSE)
+            .map(|s| clock.timeout(s))
+            .max()
+            .unwrap_or(0);
+        let due = |since: &BTreeMap<u32, u32>| {
+            since
+                .values()
+                .any(|t| clock.now.saturating_sub(*t) >= grace)
+        };
+        let services: Vec<ServiceKey> = self
+            .pins
+            .iter()
+            .filter(|(_, s)| due(s))
+            .map(|(k, _)| *k)
+            .collect();
+        if services.is_empty() {
+            return Ok(());
+        }
+        let size = self.balancer.capacity().maglev_table_size;
+        // The live flows of those services, by service: (entry, target).
+        let mut by_slot = HashMap::new();
+        for key in &services {
+            for r in self.placed[key].reals.values() {
+                by_slot.insert(r.slot, *key);
+            }
+        }
+        let mut flows: HashMap<ServiceKey, Vec<(u32, u32)>> = HashMap::new();
+        let mut add = |saddr: [u32; 4], ports: u32, flow: common::Flow| {
+            let Some(key) = by_slot.get(&flow.slot()) else {
+                return;
+            };
+            if !matches!(
+                flowtable::judge(&flow, clock, live),
+                flowtable::Judged::Live { .. }
+            ) {
+                return;
+            }
+            let mh_port = self.placed[key].value.flags & service_flags::MH_PORT != 0;
+            let entry = direct::entry_of(mh_port, saddr, ports, size);
+            flows.entry(*key).or_default().push((entry, flow.target));
+        };
+        for (k, flow) in self.balancer.flows_v4()? {
+            add([k.saddr, 0, 0, 0], k.ports, flow);
+        }
+        for (k, flow) in self.balancer.flows_v6()? {
+            add(k.saddr, k.ports, flow);
+        }
+        for key in services {
+            let placed = &self.placed[&key];
+            let index = placed.value.table;
+            let table = self.balancer.read_maglev(index)?;
+            let owner_target = |e: u32| {
+                let slot = table.get(e as usize)?.slot & flow_table::SLOT_MASK;
+                let generation = live.get(slot as usize).copied().filter(|g| *g != 0)?;
+                Some(slot | generation << flow_table::SLOT_BITS)
+            };
+            let since = &self.pins[&key];
+            let free = direct::unpinnable(
+                since,
+                clock.now,
+                grace,
+                flows.remove(&key).unwrap_or_default(),
+                owner_target,
+            );
+            for e in &free {
+                self.balancer.unpin_maglev(index, *e)?;
+            }
+            let since = self.pins.get_mut(&key).expect("listed above");
+            for e in free {
+                since.remove(&e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The pinned entries of service `key`'s Maglev table (tests and diagnostics).
+    pub fn pinned_entries(&self, key: &ServiceKey) -> Vec<u32> {
+        self.pins
+            .get(key)
+            .map(|s| s.keys().copied().collect())
+            .unwrap_or_default()
     }
 
     /// One step of each flow table's sweep (see [`flowtable::Sweep::step`]).
@@ -1197,6 +1364,7 @@ impl Director {
             gone: Vec::new(),
             table_taken: None,
             table_freed: None,
+            pins: BTreeMap::new(),
         };
         let old_reals = placed.as_ref().map(|p| p.reals.clone()).unwrap_or_default();
         for (addr, real) in &svc.reals {
@@ -1376,7 +1544,29 @@ impl Director {
                 slot: plan.reals[addr].slot,
             })
             .collect();
-        let table = maglev::populate(self.balancer.capacity().maglev_table_size, &members);
+        let slots = maglev::populate(self.balancer.capacity().maglev_table_size, &members);
+        let now = self.balancer.clock()?.now;
+        let old_table = match placed {
+            Some(p) if p.value.scheduler == common::scheduler::MH && p.value.sched_len > 0 => {
+                Some(self.balancer.read_maglev(p.value.table)?)
+            }
+            _ => None,
+        };
+        let before = match (placed, &old_table) {
+            (None, _) => direct::Before::Nothing,
+            (Some(_), Some(t)) => direct::Before::Table(t),
+            (Some(_), None) => direct::Before::Unknown,
+        };
+        let mut pins = self.pins.get(&plan.key).cloned().unwrap_or_default();
+        let target_of = |slot: u32| {
+            placed?
+                .reals
+                .values()
+                .find(|r| r.slot == slot)
+                .map(|r| slot | r.generation << flow_table::SLOT_BITS)
+        };
+        let table = direct::build(&slots, before, target_of, &mut pins, now);
+        plan.pins = pins;
         let mut index = self.tables.alloc();
         // Tables given up a moment ago wait out their grace: wait for them.
         let deadline = Instant::now() + crate::alloc::GRACE * 2;
@@ -1456,8 +1646,15 @@ impl Director {
             }
         }
         if old.as_ref().is_none_or(|o| o.value != plan.value) {
+            // The direct path's entry first: see `sync_direct`.
+            self.sync_direct(&plan.key, Some(&plan.value))?;
             self.balancer
                 .put_service(&kernel_key(&plan.key), &plan.value)?;
+        }
+        if plan.value.scheduler == common::scheduler::MH {
+            self.pins.insert(plan.key, plan.pins.clone());
+        } else {
+            self.pins.remove(&plan.key);
         }
         let owner = Some((plan.key, plan.id));
         if let Some(old) = &old {
@@ -1518,6 +1715,8 @@ impl Director {
         let Some(placed) = self.placed.get(key).cloned() else {
             return Ok(());
         };
+        self.sync_direct(key, None)?;
+        self.pins.remove(key);
         self.balancer.remove_service(&kernel_key(key))?;
         self.zeroed.forget(key);
         for p in placed.reals.values() {

@@ -17,6 +17,7 @@ pub mod announce;
 pub mod balancer;
 pub mod config;
 pub mod control;
+pub mod direct;
 pub mod director;
 pub mod flowtable;
 pub mod hashtab;
