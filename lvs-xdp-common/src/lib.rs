@@ -131,7 +131,7 @@ pub mod scheduler {
 /// it). Userspace unpins an entry once no live flow of the table sits on it with another real
 /// server, and at least the established timeout after it was pinned. New connections are still
 /// scheduled and remembered by the flow table; the packets of an entry that saw one in the
-/// last [`SYN_WINDOW`] seconds, and about one packet in [`SAMPLE_GAP`]` / 2`, go through it
+/// last second or two ([`SYN_WINDOW`]), and about one packet in [`SAMPLE_GAP`]` / 2`, go through it
 /// too, so that connection states and idle times are tracked.
 pub mod maglev {
     /// Entries of a lookup table unless configured otherwise: a prime, so that every skip
@@ -148,15 +148,17 @@ pub mod maglev {
     /// Packets of direct services go straight from the Maglev table, but one in about
     /// `SAMPLE_GAP / 2` (a random gap below `SAMPLE_GAP`, per CPU) goes through the flow table,
     /// refreshing its flow's idle time and state.
-    pub const SAMPLE_GAP: u32 = 64;
+    pub const SAMPLE_GAP: u32 = 128;
     /// Entries of the `DIRECT` map (a power of two).
     pub const DIRECT_SLOTS: u32 = 256;
-    /// Where [`MaglevEntry::slot`] keeps, above the slot, the clock second of its entry's last
-    /// new connection (12 bits, never 0; written by the data plane).
+    /// Where [`MaglevEntry::slot`] keeps, above the slot, when its entry last saw a new
+    /// connection (12 bits of [`syn_stamp`], never 0; written by the data plane).
     pub const SYN_SHIFT: u32 = crate::flow_table::SLOT_BITS;
-    /// Seconds after a new connection during which its entry's packets go through the flow
-    /// table (so that the ACK completing the handshake is tracked).
-    pub const SYN_WINDOW: u32 = 2;
+    /// Seconds of the idle clock ([`crate::Clock::now`], advanced by userspace once a second)
+    /// after a new connection during which its entry's packets go through the flow table, so
+    /// that the ACK completing the handshake is tracked: the second of the connection and the
+    /// next one (one to two seconds).
+    pub const SYN_WINDOW: u32 = 1;
 
     /// The `DIRECT` entry of a service at (VIP, port), both as on the wire.
     #[inline(always)]
@@ -164,19 +166,17 @@ pub mod maglev {
         (daddr ^ u32::from(port).rotate_left(16)).wrapping_mul(0x9E37_79B1) >> 24
     }
 
-    /// A second as [`SYN_SHIFT`]'s stamp holds it: its low 12 bits (0, which means none, taken
-    /// as 4095).
+    /// The stamp of clock second `now`: its low 12 bits (0, which means none, taken as 4095).
     #[inline(always)]
     pub fn syn_stamp(now: u32) -> u32 {
         let s = now & 0xfff;
-        if s == 0 { 0x1000 - 1 } else { s }
+        if s == 0 { 0xfff } else { s }
     }
 
-    /// Whether an entry whose stamp is `stamp` saw a new connection within [`SYN_WINDOW`]
-    /// seconds of `now`.
+    /// Whether stamp `stamp` (0: none) is within [`SYN_WINDOW`] seconds of clock second `now`.
     #[inline(always)]
     pub fn syn_recent(stamp: u32, now: u32) -> bool {
-        stamp != 0 && (now.wrapping_sub(stamp) & 0xfff) <= SYN_WINDOW
+        stamp != 0 && now.wrapping_sub(stamp) & 0xfff <= SYN_WINDOW
     }
 
     /// The entry of a flow in a table of `size` entries: by its client's address, and its
@@ -188,7 +188,8 @@ pub mod maglev {
         } else {
             client_hash(key.saddr)
         };
-        hash % size
+        // The hash scaled to [0, size): a multiply, not a division.
+        ((u64::from(hash) * u64::from(size)) >> 32) as u32
     }
 
     /// The hash of a client's address and source port (`mh-port`): `ports` is a flow key's

@@ -1,7 +1,7 @@
 //! The direct path (see `lvs_xdp_common::maglev`): a packet of a known flow of an IPv4 `mh`
 //! service goes to the real server of its client's Maglev entry, without the flow table,
 //! unless the entry is pinned (its real server changed), saw a new connection in the last
-//! seconds, or the packet is one of the few sampled for the flow table. The fast path calls it
+//! second or two, or the packet is one of the few sampled for the flow table. The fast path calls it
 //! for frames it has checked, without SYN, FIN or RST.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lvs_xdp_common::{DirectService, FlowKeyV4, RealServer, flow_table, maglev};

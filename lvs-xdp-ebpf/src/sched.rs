@@ -167,7 +167,7 @@ extern "C" fn scan_step(i: u32, _ctx: *mut c_void) -> i64 {
 }
 
 /// Picks a real server for a new flow of `svc`, by its scheduler: by round robin, or for `mh`
-/// by the client's entry in the service's Maglev table (stamped with `now`).
+/// by the client's entry in the service's Maglev table (stamped with clock second `now`).
 #[inline(always)]
 pub fn pick_for(svc: &Service, key: &FlowKeyV4, now: u32) -> Option<(u32, RealServer)> {
     match svc.scheduler {
@@ -287,7 +287,7 @@ fn by_maglev(svc: &Service, key: &FlowKeyV4) -> Option<(u32, RealServer)> {
     live(e.slot & flow_table::SLOT_MASK)
 }
 
-/// `by_maglev` for a new connection: its entry is stamped with `now`, so that the entry's
+/// `by_maglev` for a new connection: its entry is stamped with clock second `now`, so that the entry's
 /// packets take the flow table for a while (the direct path does not see connection states).
 #[inline(always)]
 fn by_maglev_new(svc: &Service, key: &FlowKeyV4, now: u32) -> Option<(u32, RealServer)> {

@@ -6,7 +6,7 @@
 //! steps by `skip`. The real servers take turns claiming the next entry of their permutation
 //! that is still free, a server of weight `w` taking `w / max weight` turns a round, until every
 //! entry is claimed. The data plane looks a new flow up by an unseeded hash of the client's
-//! address ([`lvs_xdp_common::maglev::client_hash`]).
+//! address, scaled to the table ([`lvs_xdp_common::maglev::entry`]).
 //!
 //! What makes two directors agree: the table depends only on the real servers' addresses and
 //! weights. They are taken in address order, whatever the order of the configuration; the

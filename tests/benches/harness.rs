@@ -37,23 +37,37 @@ const PORT: u16 = 80;
 pub enum Variant {
     Bounce,
     MinimalLb,
+    /// lvs-xdp with `rr`: every known flow through the flow table.
     LvsXdp,
+    /// lvs-xdp with `mh` (`mh-port`): known flows straight from the Maglev table.
+    LvsXdpMh,
     Nftables,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 4] = [
+    pub const ALL: [Variant; 5] = [
         Variant::Bounce,
         Variant::MinimalLb,
         Variant::LvsXdp,
+        Variant::LvsXdpMh,
         Variant::Nftables,
     ];
     pub fn name(self) -> &'static str {
         match self {
             Variant::Bounce => "XDP_TX bounce",
             Variant::MinimalLb => "minimal LB",
-            Variant::LvsXdp => "lvs-xdp",
+            Variant::LvsXdp => "lvs-xdp rr",
+            Variant::LvsXdpMh => "lvs-xdp mh",
             Variant::Nftables => "nftables fwd",
+        }
+    }
+
+    /// lvs-xdp, and with which scheduler.
+    pub fn scheduler(self) -> Option<Scheduler> {
+        match self {
+            Variant::LvsXdp => Some(Scheduler::RoundRobin),
+            Variant::LvsXdpMh => Some(Scheduler::Maglev),
+            _ => None,
         }
     }
 }
@@ -238,7 +252,7 @@ impl Bench {
                 self.minimal = Some(minimal);
                 Ok(Some(link))
             }
-            Variant::LvsXdp => {
+            Variant::LvsXdp | Variant::LvsXdpMh => {
                 let balancer = &mut self.balancer;
                 in_netns(&lb, || balancer.balancer_mut().attach(AttachMode::Native))?;
                 Ok(None)
@@ -289,7 +303,7 @@ impl Bench {
                 let minimal = self.minimal.as_mut().context("minimal LB not loaded")?;
                 minimal.detach(contract::MINIMAL_LB, link.context("link")?)
             }
-            Variant::LvsXdp => self.balancer.balancer_mut().detach(),
+            Variant::LvsXdp | Variant::LvsXdpMh => self.balancer.balancer_mut().detach(),
             Variant::Nftables => {
                 self.lb_ns
                     .exec("nft", &["delete", "table", "netdev", "lvsbench"])?;
@@ -301,7 +315,7 @@ impl Bench {
     /// Opens and establishes every flow as clients would (a SYN, then an ACK), a slice of
     /// 16 384 flows at a time so that handshakes complete before the table fills (a million
     /// half-open flows at once would be a SYN flood, and make room among themselves); then
-    /// runs the established traffic for the warm-up time.
+    /// runs the established traffic for the warm-up time (two seconds at least).
     fn warm_up(&mut self, flows: u32) -> Result<()> {
         let per = lvs_xdp_common::bench::PORTS_PER_ADDR;
         for slice in 0..flows.div_ceil(per) {
@@ -321,7 +335,13 @@ impl Bench {
                 })?;
             }
         }
-        self.generate(flows, self.opts.warmup, programs::TCP_ACK)?;
+        // Established traffic for at least the window after new connections in which `mh`'s
+        // direct path leaves their entries to the flow table (the same for every variant).
+        let window =
+            Duration::from_millis(u64::from(lvs_xdp_common::maglev::SYN_WINDOW + 1) * 1_000 + 200);
+        self.generate(flows, self.opts.warmup.max(window), programs::TCP_ACK)?;
+        // What the daemon does every second: the idle clock moves on.
+        self.balancer.maintain()?;
         Ok(())
     }
 
@@ -348,19 +368,15 @@ impl Bench {
         self.opts.family = family;
     }
 
-    /// Replaces lvs-xdp with a freshly loaded one: an empty flow table, so each measurement sees
-    /// exactly its own flows, as a load balancer with that many active connections would.
-    fn reload(&mut self) -> Result<()> {
-        self.reload_with(None)
-    }
-
-    /// `reload`, with every service's scheduler set to `scheduler` when given.
-    fn reload_with(&mut self, scheduler: Option<Scheduler>) -> Result<()> {
+    /// Replaces lvs-xdp with a freshly loaded one whose services all use `scheduler` (`mh`
+    /// with `mh-port`: the generator's flows share source addresses): an empty flow table, so
+    /// each measurement sees exactly its own flows, as a load balancer with that many active
+    /// connections would.
+    fn reload_with(&mut self, scheduler: Scheduler) -> Result<()> {
         let mut config = self.config();
-        if let Some(s) = scheduler {
-            for svc in config.state.services.values_mut() {
-                svc.opts.scheduler = s;
-            }
+        for svc in config.state.services.values_mut() {
+            svc.opts.scheduler = scheduler;
+            svc.opts.flags.port = scheduler == Scheduler::Maglev;
         }
         self.load(&config)
     }
@@ -446,7 +462,7 @@ impl Bench {
     /// (the table fills, and half-open flows make room for each other). Returns (forwarded
     /// per second, scheduled per second).
     pub fn new_connections(&mut self, scheduler: Scheduler, flows: u32) -> Result<(f64, f64)> {
-        self.reload_with(Some(scheduler))?;
+        self.reload_with(scheduler)?;
         let link = self.install(Variant::LvsXdp)?;
         let result = (|| {
             let before = self.programs.sink_counts()?;
@@ -465,14 +481,14 @@ impl Bench {
             ))
         })();
         self.remove(Variant::LvsXdp, link)?;
-        self.reload_with(Some(Scheduler::RoundRobin))?;
+        self.reload_with(Scheduler::RoundRobin)?;
         result
     }
 
     /// Measures `variant` at `flows` flows: warm up, then count what comes back to the sink.
     pub fn measure(&mut self, variant: Variant, flows: u32) -> Result<Sample> {
-        if variant == Variant::LvsXdp {
-            self.reload()?;
+        if let Some(s) = variant.scheduler() {
+            self.reload_with(s)?;
         }
         let link = self.install(variant)?;
         let result = (|| {
@@ -483,7 +499,7 @@ impl Bench {
             let (sent, took) = self.generate(flows, self.opts.duration, programs::TCP_ACK)?;
             thread_settle();
             let after = self.programs.sink_counts()?;
-            let misses = if variant == Variant::LvsXdp {
+            let misses = if variant.scheduler().is_some() {
                 self.conns()? - conns0
             } else {
                 0
@@ -492,7 +508,7 @@ impl Bench {
             let per_real = [delta[RS_MACS[0][5] as usize], delta[RS_MACS[1][5] as usize]];
             let received = match variant {
                 Variant::Bounce => delta[LB_MAC[5] as usize],
-                Variant::MinimalLb | Variant::LvsXdp | Variant::Nftables => {
+                Variant::MinimalLb | Variant::LvsXdp | Variant::LvsXdpMh | Variant::Nftables => {
                     per_real[0] + per_real[1]
                 }
             };
@@ -510,16 +526,22 @@ impl Bench {
         result
     }
 
-    /// Mean cost per packet (ns) of the bounce, the minimal LB and lvs-xdp at `flows`, from the
-    /// kernel's BPF run statistics, in a pass of its own (the statistics slow every program).
-    pub fn cost(&mut self, flows: u32) -> Result<[f64; 3]> {
+    /// Mean cost per packet (ns) of the bounce, the minimal LB, lvs-xdp `rr` and `mh` at
+    /// `flows`, from the kernel's BPF run statistics, in a pass of its own (the statistics slow
+    /// every program).
+    pub fn cost(&mut self, flows: u32) -> Result<[f64; 4]> {
         let _stats =
             aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enable BPF stats")?;
-        let mut out = [0.0; 3];
-        let variants = [Variant::Bounce, Variant::MinimalLb, Variant::LvsXdp];
+        let mut out = [0.0; 4];
+        let variants = [
+            Variant::Bounce,
+            Variant::MinimalLb,
+            Variant::LvsXdp,
+            Variant::LvsXdpMh,
+        ];
         for (i, variant) in variants.into_iter().enumerate() {
-            if variant == Variant::LvsXdp {
-                self.reload()?;
+            if let Some(s) = variant.scheduler() {
+                self.reload_with(s)?;
             }
             let link = self.install(variant)?;
             let r = (|| {
@@ -658,10 +680,11 @@ impl Spread {
 pub struct Row {
     pub flows: u32,
     /// In `Variant::ALL` order.
-    pub mpps: [f64; 4],
-    /// lvs-xdp against the ceiling, the minimal LB and nftables, round by round.
-    pub ratios: [Spread; 3],
-    /// lvs-xdp's share to the first real server.
+    pub mpps: [f64; 5],
+    /// Round by round: lvs-xdp `rr` and `mh` against the ceiling, then against the minimal
+    /// LB, then `rr` against nftables.
+    pub ratios: [Spread; 5],
+    /// lvs-xdp `rr`'s share to the first real server.
     pub lvs_split: f64,
 }
 
@@ -677,12 +700,13 @@ pub fn rows(samples: &[Sample], flows: &[u32]) -> Vec<Row> {
             let mpps = Variant::ALL.map(|v| median(of(v).map(Sample::mpps).collect()));
             // The runs are interleaved: the i-th sample of each candidate is of round i.
             let rounds = |v: Variant| of(v).map(Sample::mpps).collect::<Vec<f64>>();
-            let lvs = rounds(Variant::LvsXdp);
-            let [bounce, minimal, _, nft] = Variant::ALL.map(rounds);
+            let [bounce, minimal, rr, mh, nft] = Variant::ALL.map(rounds);
             let ratios = [
-                Spread::of_ratios(&lvs, &bounce),
-                Spread::of_ratios(&lvs, &minimal),
-                Spread::of_ratios(&lvs, &nft),
+                Spread::of_ratios(&rr, &bounce),
+                Spread::of_ratios(&mh, &bounce),
+                Spread::of_ratios(&rr, &minimal),
+                Spread::of_ratios(&mh, &minimal),
+                Spread::of_ratios(&rr, &nft),
             ];
             let (a, b) = of(Variant::LvsXdp)
                 .fold((0, 0), |(a, b), s| (a + s.per_real[0], b + s.per_real[1]));
@@ -696,25 +720,31 @@ pub fn rows(samples: &[Sample], flows: &[u32]) -> Vec<Row> {
         .collect()
 }
 
-pub fn table(rows: &[Row], costs: &[(u32, [f64; 3])]) -> String {
+pub fn table(rows: &[Row], costs: &[(u32, [f64; 4])]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| flows | XDP_TX bounce (ceiling) | minimal LB | lvs-xdp | nftables fwd | lvs-xdp / ceiling | lvs-xdp / minimal LB | lvs-xdp / nftables | lvs-xdp split RS1:RS2 |"
+        "| flows | XDP_TX bounce (ceiling) | minimal LB | lvs-xdp rr | lvs-xdp mh | nftables fwd | rr / ceiling | mh / ceiling | rr / minimal LB | mh / minimal LB | rr / nftables | rr split RS1:RS2 |"
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {} | {} | {} | {:.0}:{:.0} |",
+            "| {} | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {:.2} Mpps | {} | {} | {} | {} | {} | {:.0}:{:.0} |",
             r.flows,
             r.mpps[0],
             r.mpps[1],
             r.mpps[2],
             r.mpps[3],
+            r.mpps[4],
             r.ratios[0].show(1.0, ""),
             r.ratios[1].show(1.0, ""),
             r.ratios[2].show(1.0, "x"),
+            r.ratios[3].show(1.0, "x"),
+            r.ratios[4].show(1.0, "x"),
             r.lvs_split * 100.0,
             (1.0 - r.lvs_split) * 100.0
         );
@@ -726,11 +756,15 @@ pub fn table(rows: &[Row], costs: &[(u32, [f64; 3])]) -> String {
         );
         let _ = writeln!(
             out,
-            "| flows | bounce ns/packet | minimal LB ns/packet | lvs-xdp ns/packet |"
+            "| flows | bounce ns/packet | minimal LB ns/packet | lvs-xdp rr ns/packet | lvs-xdp mh ns/packet |"
         );
-        let _ = writeln!(out, "|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---:|---:|---:|---:|---:|");
         for (f, c) in costs {
-            let _ = writeln!(out, "| {f} | {:.1} | {:.1} | {:.1} |", c[0], c[1], c[2]);
+            let _ = writeln!(
+                out,
+                "| {f} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                c[0], c[1], c[2], c[3]
+            );
         }
     }
     out
@@ -740,9 +774,9 @@ pub fn table(rows: &[Row], costs: &[(u32, [f64; 3])]) -> String {
 pub fn svg(rows: &[Row], title: &str) -> String {
     let (w, h, left, bottom, top) = (720.0, 380.0, 60.0, 50.0, 40.0);
     let max = rows.iter().flat_map(|r| r.mpps).fold(0.1f64, f64::max) * 1.15;
-    let colors = ["#9e9e9e", "#80cbc4", "#1565c0", "#ef6c00"];
+    let colors = ["#9e9e9e", "#80cbc4", "#1565c0", "#6a1b9a", "#ef6c00"];
     let group_w = (w - left - 20.0) / rows.len().max(1) as f64;
-    let bar_w = group_w / 5.0;
+    let bar_w = group_w / 6.0;
     let y = |v: f64| top + (h - top - bottom) * (1.0 - v / max);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">{title}</text>\n",
@@ -785,13 +819,13 @@ pub fn svg(rows: &[Row], title: &str) -> String {
         let _ = writeln!(
             s,
             "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{} flows</text>",
-            x0 + 2.0 * bar_w,
+            x0 + 2.5 * bar_w,
             h - bottom + 18.0,
             r.flows
         );
     }
     for (i, v) in Variant::ALL.iter().enumerate() {
-        let x = left + 10.0 + i as f64 * 150.0;
+        let x = left + 10.0 + i as f64 * 125.0;
         let _ = writeln!(
             s,
             "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text>",

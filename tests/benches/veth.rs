@@ -100,7 +100,7 @@ fn real_main() -> Result<()> {
             s.sent as f64 / s.secs / 1e6,
             s.per_real[0],
             s.per_real[1],
-            if s.variant == harness::Variant::LvsXdp {
+            if s.variant.scheduler().is_some() {
                 format!(
                     ", flow-table misses {:.2}%",
                     100.0 * s.misses as f64 / s.received.max(1) as f64
@@ -116,10 +116,11 @@ fn real_main() -> Result<()> {
         for &flows in &opts.flows {
             let c = bench.cost(flows)?;
             println!(
-                "  {flows:>8} flows  bounce {:.1} ns/packet, minimal LB {:.1}, lvs-xdp {:.1}, generator {:.1}",
+                "  {flows:>8} flows  bounce {:.1} ns/packet, minimal LB {:.1}, lvs-xdp rr {:.1}, mh {:.1}, generator {:.1}",
                 c[0],
                 c[1],
                 c[2],
+                c[3],
                 bench.generator_cost()?
             );
             costs.push((flows, c));

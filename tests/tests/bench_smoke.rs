@@ -158,7 +158,7 @@ fn the_benchmark_runs_end_to_end() {
     };
     let mut bench = Bench::new(opts.clone()).expect("set up the benchmark");
     let samples = harness::run(&mut bench, &opts, |_| {}).expect("run");
-    assert_eq!(samples.len(), 8);
+    assert_eq!(samples.len(), 10);
     for s in &samples {
         assert!(
             s.received > 0,
@@ -178,25 +178,31 @@ fn the_benchmark_runs_end_to_end() {
                 let diff = s.per_real[0].abs_diff(s.per_real[1]);
                 assert!(diff * 10 <= s.received, "{s:?}: uneven split");
             }
+            // By the clients' hash: both get a share, everything goes to one of them.
+            Variant::LvsXdpMh => {
+                assert_eq!(s.per_real[0] + s.per_real[1], s.received, "{s:?}");
+                assert!(s.per_real[0] > 0 && s.per_real[1] > 0, "{s:?}");
+            }
         }
     }
     let costs = bench.cost(100).expect("cost pass");
-    let [bounce_ns, minimal_ns, lvs_ns] = costs;
+    let [bounce_ns, minimal_ns, lvs_ns, mh_ns] = costs;
     // The pass produced a figure for each program. Their order is not asserted: this is no
     // timed test, and per-packet costs of tens of nanoseconds, measured briefly on a shared
     // CPU, can come out in any order (seen: the bounce measured above both load balancers).
     for (what, ns) in [
         ("bounce", bounce_ns),
         ("minimal LB", minimal_ns),
-        ("lvs-xdp", lvs_ns),
+        ("lvs-xdp rr", lvs_ns),
+        ("lvs-xdp mh", mh_ns),
     ] {
         assert!(
             ns.is_finite() && ns > 0.0 && ns < 1e6,
-            "{what}: {ns} ns a packet (bounce {bounce_ns}, minimal LB {minimal_ns}, lvs-xdp {lvs_ns})"
+            "{what}: {ns} ns a packet (bounce {bounce_ns}, minimal LB {minimal_ns}, rr {lvs_ns}, mh {mh_ns})"
         );
     }
     // After the warm-up every flow is in the table: no flow is scheduled again in the window.
-    for s in samples.iter().filter(|s| s.variant == Variant::LvsXdp) {
+    for s in samples.iter().filter(|s| s.variant.scheduler().is_some()) {
         assert_eq!(
             s.misses, 0,
             "{s:?}: flows rescheduled although the table holds them all"
@@ -212,7 +218,7 @@ fn the_benchmark_runs_end_to_end() {
     let table = harness::table(&rows, &[(100, costs)]);
     assert!(table.contains("| 20000 |"), "{table}");
     // One run: each ratio says it has no spread to show.
-    assert_eq!(table.matches(" (1 run) |").count(), 2 * 3, "{table}");
+    assert_eq!(table.matches(" (1 run) |").count(), 2 * 5, "{table}");
     // Several runs: the per-round ratios' median, lowest and highest.
     let spread = harness::Spread::of_ratios(&[4.0, 4.5, 3.0], &[5.0, 5.0, 5.0]);
     assert_eq!(spread.show(1.0, ""), "0.80 (0.60-0.90)");

@@ -81,7 +81,10 @@ fn known_flows_go_straight_from_the_table_and_no_connection_moves_when_it_change
     let states = d.connections().unwrap();
     assert_eq!(states.len(), N as usize);
     assert!(states.iter().all(|c| c.state == "ESTABLISHED"));
-    assert!(d.pinned_entries(&web()).is_empty(), "a new table pins nothing");
+    assert!(
+        d.pinned_entries(&web()).is_empty(),
+        "a new table pins nothing"
+    );
 
     // Ten seconds on, past the new connections' window: the packets of known flows go straight
     // from the table, to the same real servers, and refresh no idle time but the sampled few.
@@ -119,7 +122,10 @@ fn known_flows_go_straight_from_the_table_and_no_connection_moves_when_it_change
     let pinned = d.pinned_entries(&web()).len();
     let size = lvs_xdp_common::maglev::DEFAULT_TABLE_SIZE as usize;
     println!("adding 1 real server to 3 pinned {pinned} of {size} Maglev entries");
-    assert!(pinned > size / 5 && pinned < size / 3, "{pinned} entries pinned");
+    assert!(
+        pinned > size / 5 && pinned < size / 3,
+        "{pinned} entries pinned"
+    );
 
     // No connection moves: remembered ones by the flow table, forgotten ones on pinned entries
     // by the entry's former real server (then remembered), the others straight from the table.
@@ -136,7 +142,10 @@ fn known_flows_go_straight_from_the_table_and_no_connection_moves_when_it_change
     // New connections go by the new table: the new real server gets its share.
     let new: Vec<u8> = (N..N + 2_000).map(|i| send(&d, i, SYN)).collect();
     let to_new = new.iter().filter(|m| **m == 6).count();
-    assert!((300..700).contains(&to_new), "{to_new} of 2000 to the new one");
+    assert!(
+        (300..700).contains(&to_new),
+        "{to_new} of 2000 to the new one"
+    );
     for (k, i) in (N..N + 2_000).enumerate() {
         assert_eq!(send(&d, i, ACK), new[k], "new client {i}");
     }
@@ -145,14 +154,25 @@ fn known_flows_go_straight_from_the_table_and_no_connection_moves_when_it_change
     // pinned; the others are unpinned.
     advance_clock(&mut d, 1_000);
     for i in 0..N {
-        assert_eq!(send(&d, i, ACK), real[i as usize], "client {i} after the grace");
+        assert_eq!(
+            send(&d, i, ACK),
+            real[i as usize],
+            "client {i} after the grace"
+        );
     }
     d.unpin_now().unwrap();
     let still = d.pinned_entries(&web()).len();
     println!("after the grace: {still} entries still pinned by live connections");
-    assert!(still > 0 && still < pinned / 10, "{still} entries still pinned");
+    assert!(
+        still > 0 && still < pinned / 10,
+        "{still} entries still pinned"
+    );
     for i in 0..N {
-        assert_eq!(send(&d, i, ACK), real[i as usize], "client {i} after unpinning");
+        assert_eq!(
+            send(&d, i, ACK),
+            real[i as usize],
+            "client {i} after unpinning"
+        );
     }
 
     // Those connections end (RST: CLOSE, 10 s): then every entry is unpinned.

@@ -185,8 +185,13 @@ fn follows_the_table(toml: &str, size: u32) {
     let table = lvs_xdp::maglev::populate(size, &members);
     for i in 0..1000u32 {
         let c: Ipv4Addr = client(i).parse().unwrap();
-        let h = lvs_xdp_common::maglev::client_hash(u32::from_ne_bytes(c.octets()));
-        let slot = table[(h % size) as usize];
+        let key = lvs_xdp_common::FlowKeyV4 {
+            saddr: u32::from_ne_bytes(c.octets()),
+            daddr: 0,
+            ports: 0,
+            proto: 0,
+        };
+        let slot = table[lvs_xdp_common::maglev::entry(false, &key, size) as usize];
         let want = members
             .iter()
             .find(|m| m.slot == slot)
