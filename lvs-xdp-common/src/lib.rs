@@ -38,9 +38,13 @@ pub mod map {
     /// `HashMap<PersistKey, Persist>` (not preallocated): persistence templates, a client
     /// network's real server per persistent service.
     pub const PERSIST: &str = "PERSIST";
-    /// `Array<MaglevEntry>` (mmapable): Maglev lookup tables of `MAGLEV_TABLE_SIZE` entries
-    /// each; an `mh` service uses table [`crate::Service::table`].
+    /// `Array<MaglevBlock>` (mmapable): Maglev lookup tables of `MAGLEV_TABLE_SIZE` entries
+    /// each, [`crate::maglev::BLOCK`] to a value; an `mh` service uses table
+    /// [`crate::Service::table`], from value `table * blocks(MAGLEV_TABLE_SIZE)` on.
     pub const MAGLEV: &str = "MAGLEV";
+    /// `Array<MaglevBlock>` (mmapable), laid out as `MAGLEV`: the former real server of each
+    /// pinned entry. Read only by the general path.
+    pub const MAGLEV_PREV: &str = "MAGLEV_PREV";
     /// `Array<DirectService>`, [`crate::maglev::DIRECT_SLOTS`] entries: the IPv4 `mh`
     /// services whose known flows are forwarded straight from their Maglev table (see
     /// [`crate::maglev`]), at [`crate::maglev::direct_index`] of their VIP and port.
@@ -125,10 +129,10 @@ pub mod scheduler {
 /// straight from the service's Maglev table, without the flow table, whose lookups miss the
 /// caches once it holds many flows. This holds while a flow's entry still names the real
 /// server it was scheduled to. So each entry is *pinned* when its real server changes
-/// ([`MaglevEntry::prev`] names the one it had): packets of a pinned entry go through the flow
+/// (`MAGLEV_PREV` names the one it had): packets of a pinned entry go through the flow
 /// table, where the flows scheduled before the change keep their real server, and a flow found
-/// nowhere is taken to `prev`'s real server and remembered there (it was served directly by
-/// it). Userspace unpins an entry once no live flow of the table sits on it with another real
+/// nowhere is taken to its former real server and remembered there (it was served directly
+/// by it). Userspace unpins an entry once no live flow of the table sits on it with another real
 /// server, and at least the established timeout after it was pinned. New connections are still
 /// scheduled and remembered by the flow table; the packets of an entry that saw one in the
 /// last second or two ([`SYN_WINDOW`]), and about one packet in [`SAMPLE_GAP`]` / 2`, go through it
@@ -151,9 +155,18 @@ pub mod maglev {
     pub const SAMPLE_GAP: u32 = 128;
     /// Entries of the `DIRECT` map (a power of two).
     pub const DIRECT_SLOTS: u32 = 256;
-    /// Where [`MaglevEntry::slot`] keeps, above the slot, when its entry last saw a new
-    /// connection (12 bits of [`syn_stamp`], never 0; written by the data plane).
+    /// Entries of a table in a value of `MAGLEV` (a 64-byte cache line).
+    pub const BLOCK: u32 = 16;
+    /// Values of `MAGLEV` a table of `size` entries takes.
+    pub const fn blocks(size: u32) -> u32 {
+        size.div_ceil(BLOCK)
+    }
+    /// An entry's bit: pinned (see above).
+    pub const PINNED: u32 = 1 << 31;
+    /// Where an entry keeps, above the slot, when it last saw a new connection (11 bits of
+    /// [`syn_stamp`], never 0; written by the data plane).
     pub const SYN_SHIFT: u32 = crate::flow_table::SLOT_BITS;
+    pub const SYN_MASK: u32 = 0x7ff << SYN_SHIFT;
     /// Seconds of the idle clock ([`crate::Clock::now`], advanced by userspace once a second)
     /// after a new connection during which its entry's packets go through the flow table, so
     /// that the ACK completing the handshake is tracked: the second of the connection and the
@@ -166,17 +179,18 @@ pub mod maglev {
         (daddr ^ u32::from(port).rotate_left(16)).wrapping_mul(0x9E37_79B1) >> 24
     }
 
-    /// The stamp of clock second `now`: its low 12 bits (0, which means none, taken as 4095).
+    /// The stamp of clock second `now`: its low 11 bits (0, which means none, taken as 2047).
     #[inline(always)]
     pub fn syn_stamp(now: u32) -> u32 {
-        let s = now & 0xfff;
-        if s == 0 { 0xfff } else { s }
+        let s = now & 0x7ff;
+        if s == 0 { 0x7ff } else { s }
     }
 
-    /// Whether stamp `stamp` (0: none) is within [`SYN_WINDOW`] seconds of clock second `now`.
+    /// Whether entry word `word` has a stamp within [`SYN_WINDOW`] seconds of clock second `now`.
     #[inline(always)]
-    pub fn syn_recent(stamp: u32, now: u32) -> bool {
-        stamp != 0 && now.wrapping_sub(stamp) & 0xfff <= SYN_WINDOW
+    pub fn syn_recent(word: u32, now: u32) -> bool {
+        let stamp = (word & SYN_MASK) >> SYN_SHIFT;
+        stamp != 0 && now.wrapping_sub(stamp) & 0x7ff <= SYN_WINDOW
     }
 
     /// The entry of a flow in a table of `size` entries: by its client's address, and its
@@ -381,18 +395,17 @@ impl RealServer {
     pub const RETIRED: u32 = 1 << 31;
 }
 
-/// Value of `MAGLEV`: one entry of a Maglev table.
+/// Value of `MAGLEV` and `MAGLEV_PREV`: [`maglev::BLOCK`] consecutive entries of a Maglev
+/// table, one cache line. In `MAGLEV` each word is an entry: the real-server slot of the
+/// clients hashed there (low `SLOT_BITS`), the stamp of its last new connection
+/// ([`maglev::SYN_SHIFT`], written by the data plane) and [`maglev::PINNED`]. In `MAGLEV_PREV`
+/// the word of a pinned entry is the target (slot and generation, as [`Flow::target`]) of the
+/// real server it had before it changed (see [`maglev`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
-pub struct MaglevEntry {
-    /// The real-server slot of the clients hashed here (low `SLOT_BITS`), and above it, written
-    /// by the data plane, the stamp of the entry's last new connection
-    /// ([`maglev::SYN_SHIFT`]).
-    pub slot: u32,
-    /// 0, or the entry is pinned: the target (slot and generation, as [`Flow::target`]) of the
-    /// real server it had before it changed (see [`maglev`]).
-    pub prev: u32,
+pub struct MaglevBlock {
+    pub words: [u32; maglev::BLOCK as usize],
 }
 
 /// Value of `DIRECT`: an `mh` service whose known flows take the direct path.
@@ -921,7 +934,7 @@ pub const LAYOUT: u32 = {
         core::mem::size_of::<PersistKey>(),
         core::mem::size_of::<Persist>(),
         core::mem::size_of::<Counters>(),
-        core::mem::size_of::<MaglevEntry>(),
+        core::mem::size_of::<MaglevBlock>(),
         core::mem::size_of::<DirectService>(),
         reason::COUNT as usize,
     ];
@@ -953,7 +966,7 @@ mod user {
     unsafe impl aya::Pod for super::PersistKey {}
     unsafe impl aya::Pod for super::Persist {}
     unsafe impl aya::Pod for super::Counters {}
-    unsafe impl aya::Pod for super::MaglevEntry {}
+    unsafe impl aya::Pod for super::MaglevBlock {}
     unsafe impl aya::Pod for super::DirectService {}
 }
 

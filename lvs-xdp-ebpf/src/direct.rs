@@ -27,16 +27,16 @@ pub fn real(d: &DirectService, key: &FlowKeyV4) -> Option<(u32, &'static RealSer
     if size == 0 {
         return None;
     }
-    let entry = maglev::entry(d.flags != 0, key, size);
-    let e = MAGLEV.get(d.base.wrapping_add(entry))?;
-    if e.prev != 0 {
+    let (block, w) = sched::block_of(d.base, maglev::entry(d.flags != 0, key, size));
+    let word = *MAGLEV.get(block)?.words.get(w)?;
+    if word & maglev::PINNED != 0 {
         return None;
     }
     let clock = CLOCK.get(0)?;
-    if maglev::syn_recent(e.slot >> maglev::SYN_SHIFT, clock.now) || sampled() {
+    if maglev::syn_recent(word, clock.now) || sampled() {
         return None;
     }
-    let slot = e.slot & flow_table::SLOT_MASK;
+    let slot = word & flow_table::SLOT_MASK;
     let real = REALS.get(slot)?;
     if real.generation == 0 || real.generation & RealServer::RETIRED != 0 || real.vlan != 0 {
         return None;

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use lvs_xdp_common::{
     Clock, ConnCount, Counters, DirectService, Flow, FlowBucketV4, FlowBucketV6, FlowKeyV4,
-    FlowKeyV6, Iface, MaglevEntry, Persist, PersistKey, RealServer, Service, ServiceKey, maglev,
+    FlowKeyV6, Iface, MaglevBlock, Persist, PersistKey, RealServer, Service, ServiceKey, maglev,
     reason,
 };
 
@@ -53,7 +53,10 @@ pub static REAL_CONNS: Array<ConnCount> = Array::with_max_entries(1, BPF_F_MMAPA
 
 /// Mmapable: userspace writes a whole table as memory before a service points at it.
 #[map]
-pub static MAGLEV: Array<MaglevEntry> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+pub static MAGLEV: Array<MaglevBlock> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+#[map]
+pub static MAGLEV_PREV: Array<MaglevBlock> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// The services of the direct path (see `direct`), a fixed size.
 #[map]

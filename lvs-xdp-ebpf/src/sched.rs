@@ -7,7 +7,7 @@ use aya_ebpf::{cty::c_void, helpers::bpf_loop};
 
 use crate::{
     conns,
-    maps::{MAGLEV, REALS, RR, SCAN, SCHED, Scan},
+    maps::{MAGLEV, MAGLEV_PREV, REALS, RR, SCAN, SCHED, Scan},
 };
 
 /// Picks a real server by round robin for a new flow of `svc`: its slot in `REALS` and a copy
@@ -266,9 +266,10 @@ pub fn maglev_table_size() -> u32 {
     unsafe { core::ptr::read_volatile(&MAGLEV_TABLE_SIZE) }
 }
 
-/// The client's entry in the service's Maglev table: its index in `MAGLEV`.
+/// The client's entry in the service's Maglev table: its value in `MAGLEV` (and
+/// `MAGLEV_PREV`) and its word there.
 #[inline(always)]
-fn maglev_index(svc: &Service, key: &FlowKeyV4) -> Option<u32> {
+fn maglev_index(svc: &Service, key: &FlowKeyV4) -> Option<(u32, usize)> {
     if svc.sched_len == 0 {
         return None;
     }
@@ -277,28 +278,48 @@ fn maglev_index(svc: &Service, key: &FlowKeyV4) -> Option<u32> {
         return None;
     }
     let entry = maglev::entry(svc.flags & service_flags::MH_PORT != 0, key, size);
-    Some(svc.table.wrapping_mul(size).wrapping_add(entry))
+    let base = svc.table.wrapping_mul(maglev::blocks(size));
+    Some(block_of(base, entry))
+}
+
+/// Where entry `entry` of the table from value `base` is: its value and its word.
+#[inline(always)]
+pub fn block_of(base: u32, entry: u32) -> (u32, usize) {
+    (
+        base.wrapping_add(entry / maglev::BLOCK),
+        (entry % maglev::BLOCK) as usize,
+    )
 }
 
 /// The real server of the client's entry in the service's Maglev table.
 #[inline(always)]
 fn by_maglev(svc: &Service, key: &FlowKeyV4) -> Option<(u32, RealServer)> {
-    let e = MAGLEV.get(maglev_index(svc, key)?)?;
-    live(e.slot & flow_table::SLOT_MASK)
+    let (block, w) = maglev_index(svc, key)?;
+    let word = *MAGLEV.get(block)?.words.get(w)?;
+    live(word & flow_table::SLOT_MASK)
 }
 
-/// `by_maglev` for a new connection: its entry is stamped with clock second `now`, so that the entry's
-/// packets take the flow table for a while (the direct path does not see connection states).
+/// `by_maglev` for a new connection: its entry is stamped with clock second `now`, so that the
+/// entry's packets take the flow table for a while (the direct path does not see connection
+/// states).
 #[inline(always)]
 fn by_maglev_new(svc: &Service, key: &FlowKeyV4, now: u32) -> Option<(u32, RealServer)> {
-    let e = MAGLEV.get_ptr_mut(maglev_index(svc, key)?)?;
-    // SAFETY: an entry of a table in use, valid for this program run. Userspace never writes a
-    // table in use, and the slot bits stay as they are: a racing stamp only loses a stamp.
+    let (block, w) = maglev_index(svc, key)?;
+    let block = MAGLEV.get_ptr_mut(block)?;
+    // SAFETY: a value of the map, valid for this program run.
+    let e = unsafe {
+        (&raw mut (*block).words)
+            .cast::<u32>()
+            .add(w & (maglev::BLOCK as usize - 1))
+    };
+    // SAFETY: a word of that value (`w` below BLOCK). The slot and pinned bits stay as they
+    // are; userspace only ever clears the pinned bit of a table in use (with an atomic AND),
+    // and a racing store of a stamp can only set it again (userspace then clears it again).
     let slot = unsafe {
-        let word = core::ptr::read_volatile(&raw const (*e).slot);
+        let word = core::ptr::read_volatile(e);
         let stamp = maglev::syn_stamp(now) << maglev::SYN_SHIFT;
-        if word & !flow_table::SLOT_MASK != stamp {
-            core::ptr::write_volatile(&raw mut (*e).slot, (word & flow_table::SLOT_MASK) | stamp);
+        if word & maglev::SYN_MASK != stamp {
+            core::ptr::write_volatile(e, (word & !maglev::SYN_MASK) | stamp);
         }
         word & flow_table::SLOT_MASK
     };
@@ -313,13 +334,18 @@ pub fn pinned(svc: &Service, key: &FlowKeyV4) -> Option<(u32, RealServer)> {
     if svc.scheduler != scheduler::MH {
         return None;
     }
-    let e = *MAGLEV.get(maglev_index(svc, key)?)?;
-    let prev = e.prev & flow_table::SLOT_MASK;
-    if e.prev == 0 || prev == e.slot & flow_table::SLOT_MASK {
+    let (block, w) = maglev_index(svc, key)?;
+    let word = *MAGLEV.get(block)?.words.get(w)?;
+    if word & maglev::PINNED == 0 {
+        return None;
+    }
+    let prev_target = *MAGLEV_PREV.get(block)?.words.get(w)?;
+    let prev = prev_target & flow_table::SLOT_MASK;
+    if prev == word & flow_table::SLOT_MASK {
         return None;
     }
     let real = *REALS.get(prev)?;
-    (real.generation == e.prev >> flow_table::SLOT_BITS).then_some((prev, real))
+    (real.generation == prev_target >> flow_table::SLOT_BITS).then_some((prev, real))
 }
 
 /// A real-server slot's entry, if it holds a live real server.

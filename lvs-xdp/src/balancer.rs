@@ -15,6 +15,8 @@ use aya::{
 };
 use lvs_xdp_common::{self as common, Counters, flow_table, maglev, map, reason};
 
+use crate::direct::MaglevEntry;
+
 use crate::{
     config::Capacity,
     flowtable::{self, Buckets, RealConns, V4, V6},
@@ -89,10 +91,6 @@ struct Maps {
     programs: ProgramArray<MapData>,
 }
 
-/// Bytes an entry of `MAGLEV` takes in the map's memory (values of array maps are rounded up
-/// to 8 bytes).
-const MAGLEV_STRIDE: usize = 8;
-
 /// Maglev tables for `capacity`: two per `mh` service (the one in use, and the next).
 pub fn maglev_tables(capacity: &Capacity) -> u32 {
     capacity.mh_services * 2
@@ -106,7 +104,7 @@ pub type FlowTableV6<'a> = (
 );
 
 /// Every map this program shares with userspace, by name: what `keep` pins.
-pub const PINNED_MAPS: [&str; 17] = [
+pub const PINNED_MAPS: [&str; 18] = [
     map::SERVICES,
     map::REALS,
     map::SCHED,
@@ -121,6 +119,7 @@ pub const PINNED_MAPS: [&str; 17] = [
     map::GLOBAL_STATS,
     map::CLOCK,
     map::MAGLEV,
+    map::MAGLEV_PREV,
     map::REAL_CONNS,
     map::PERSIST,
     map::DIRECT,
@@ -204,9 +203,9 @@ pub struct Balancer {
     /// and more).
     buckets6: Option<Buckets<V6>>,
     buckets6_len: u32,
-    /// `MAGLEV`, mapped into this process.
-    /// Mapped when the first `mh` table is written.
-    maglev: Option<Mapping>,
+    /// `MAGLEV` and `MAGLEV_PREV`, mapped into this process when the first `mh` table is
+    /// written.
+    maglev: Option<(Mapping, Mapping)>,
     /// `REAL_CONNS`, mapped into this process.
     conns: RealConns,
     handles: Vec<(&'static str, MapData)>,
@@ -296,7 +295,11 @@ impl Balancer {
             .map_max_entries(map::FLOWS_V6, overflow6)
             .map_max_entries(
                 map::MAGLEV,
-                maglev_tables(capacity) * capacity.maglev_table_size,
+                maglev_tables(capacity) * maglev::blocks(capacity.maglev_table_size),
+            )
+            .map_max_entries(
+                map::MAGLEV_PREV,
+                maglev_tables(capacity) * maglev::blocks(capacity.maglev_table_size),
             )
             .map_max_entries(map::REAL_CONNS, capacity.real_servers)
             .map_max_entries(map::PERSIST, overflow)
@@ -373,60 +376,75 @@ impl Balancer {
         &self.capacity
     }
 
-    /// Where Maglev table `index` is in the mapped `MAGLEV` (mapped at the first call).
-    fn maglev_table(&mut self, index: u32) -> Result<*mut common::MaglevEntry> {
-        let entries = self.capacity.maglev_table_size as usize;
+    /// Where Maglev table `index` starts in the mapped `MAGLEV` and `MAGLEV_PREV` (both mapped
+    /// at the first call): one word an entry in each.
+    fn maglev_table(&mut self, index: u32) -> Result<(*mut u32, *mut u32)> {
+        let words = (maglev::blocks(self.capacity.maglev_table_size) * maglev::BLOCK) as usize;
         if index >= maglev_tables(&self.capacity) {
             bail!("Maglev table {index} out of range");
         }
         if self.maglev.is_none() {
-            let bytes = maglev_tables(&self.capacity) as usize * entries * MAGLEV_STRIDE;
-            let fd = self.map_fd(map::MAGLEV)?;
-            self.maglev = Some(Mapping::new(fd, bytes, "the Maglev tables")?);
+            let bytes = maglev_tables(&self.capacity) as usize * words * 4;
+            let slots = Mapping::new(self.map_fd(map::MAGLEV)?, bytes, "the Maglev tables")?;
+            let prev = Mapping::new(self.map_fd(map::MAGLEV_PREV)?, bytes, "the Maglev tables")?;
+            self.maglev = Some((slots, prev));
         }
-        let maglev = self.maglev.as_ref().expect("mapped above");
-        let at = maglev.at(
-            index as usize * entries * MAGLEV_STRIDE,
-            entries * MAGLEV_STRIDE,
-        );
-        Ok(at.cast())
+        let (slots, prev) = self.maglev.as_ref().expect("mapped above");
+        let (at, len) = (index as usize * words * 4, words * 4);
+        Ok((slots.at(at, len).cast(), prev.at(at, len).cast()))
     }
 
     /// Writes Maglev table `index` (a table no service points at).
-    pub(crate) fn write_maglev(&mut self, index: u32, table: &[common::MaglevEntry]) -> Result<()> {
+    pub(crate) fn write_maglev(&mut self, index: u32, table: &[MaglevEntry]) -> Result<()> {
         if table.len() > self.capacity.maglev_table_size as usize {
             bail!("Maglev table of {} entries", table.len());
         }
-        let at = self.maglev_table(index)?;
-        // SAFETY: `table.len()` entries inside the mapping (checked by `maglev_table`), 8-byte
-        // aligned (the mapping is page-aligned, the offset a multiple of 8); no packet reads a
-        // table no service points at.
-        unsafe { std::ptr::copy_nonoverlapping(table.as_ptr(), at, table.len()) };
+        let (slots, prev) = self.maglev_table(index)?;
+        for (i, e) in table.iter().enumerate() {
+            let pinned = if e.prev != 0 { maglev::PINNED } else { 0 };
+            // SAFETY: `table.len()` words inside each mapping (checked by `maglev_table`),
+            // aligned; no packet reads a table no service points at.
+            unsafe {
+                std::ptr::write_volatile(slots.add(i), e.slot | pinned);
+                std::ptr::write_volatile(prev.add(i), e.prev);
+            }
+        }
         Ok(())
     }
 
     /// Reads Maglev table `index` (one in use: the data plane may be writing stamps into it).
-    pub(crate) fn read_maglev(&mut self, index: u32) -> Result<Vec<common::MaglevEntry>> {
-        let at = self.maglev_table(index)?;
+    pub(crate) fn read_maglev(&mut self, index: u32) -> Result<Vec<MaglevEntry>> {
+        let (slots, prev) = self.maglev_table(index)?;
         let n = self.capacity.maglev_table_size as usize;
-        // SAFETY: `n` entries inside the mapping (checked by `maglev_table`), aligned; each
-        // word read whole (the data plane writes whole words).
+        // SAFETY: `n` words inside each mapping (checked by `maglev_table`), aligned; each
+        // read whole (the data plane writes whole words).
         Ok((0..n)
-            .map(|i| unsafe { std::ptr::read_volatile(at.add(i)) })
+            .map(|i| unsafe {
+                let word = std::ptr::read_volatile(slots.add(i));
+                MaglevEntry {
+                    slot: word & !maglev::PINNED,
+                    prev: if word & maglev::PINNED != 0 {
+                        std::ptr::read_volatile(prev.add(i)).max(1)
+                    } else {
+                        0
+                    },
+                }
+            })
             .collect())
     }
 
-    /// Unpins entry `entry` of Maglev table `index`, a table in use: its `prev` word only (the
-    /// data plane writes the other word).
-    pub(crate) fn unpin_maglev(&mut self, index: u32, entry: u32) -> Result<()> {
+    /// Unpins entry `entry` of Maglev table `index`, a table in use: an atomic AND on its word
+    /// (the data plane writes stamps into the same word). Returns whether it was pinned.
+    pub(crate) fn unpin_maglev(&mut self, index: u32, entry: u32) -> Result<bool> {
         if entry >= self.capacity.maglev_table_size {
             bail!("Maglev entry {entry} out of range");
         }
-        let at = self.maglev_table(index)?;
-        // SAFETY: an entry inside the mapping (checked above and by `maglev_table`); one
-        // aligned word, which the data plane only reads.
-        unsafe { std::ptr::write_volatile(&raw mut (*at.add(entry as usize)).prev, 0) };
-        Ok(())
+        let (slots, _) = self.maglev_table(index)?;
+        // SAFETY: a word inside the mapping (checked above and by `maglev_table`), aligned,
+        // shared memory that is only ever accessed whole.
+        let word = unsafe { std::sync::atomic::AtomicU32::from_ptr(slots.add(entry as usize)) };
+        let was = word.fetch_and(!maglev::PINNED, std::sync::atomic::Ordering::SeqCst);
+        Ok(was & maglev::PINNED != 0)
     }
 
     /// Writes entry `index` of `DIRECT` (an empty value clears it).

@@ -4,9 +4,18 @@
 use std::collections::{BTreeMap, HashMap};
 
 use lvs_xdp_common::{
-    self as common, DirectService, FlowKeyV4, MaglevEntry, Service, flow_table, maglev, scheduler,
-    service_flags,
+    self as common, DirectService, FlowKeyV4, Service, flow_table, maglev, scheduler, service_flags,
 };
+
+/// An entry of a Maglev table as userspace writes and reads it (in `MAGLEV` and
+/// `MAGLEV_PREV`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MaglevEntry {
+    /// The real-server slot, with the stamp of the entry's last new connection above it.
+    pub slot: u32,
+    /// 0, or the entry is pinned: the target of its former real server (or [`PINNED_ONLY`]).
+    pub prev: u32,
+}
 
 /// `MaglevEntry::prev` of an entry pinned with no former real server to name (the flows of
 /// the table are kept, but a flow found nowhere is scheduled as usual): generation 0, which
@@ -92,7 +101,7 @@ pub fn pinned_in(table: &[MaglevEntry], now: u32) -> BTreeMap<u32, u32> {
 
 /// The `DIRECT` entry of a service (its kernel key and value) and where it goes, if it takes
 /// the direct path: an IPv4 TCP `mh` service without persistence, with real servers to
-/// schedule. `base` is its table's first entry in `MAGLEV`.
+/// schedule. `base` is its table's first value in `MAGLEV`.
 pub fn entry(key: &common::ServiceKey, svc: &Service, base: u32) -> Option<(u32, DirectService)> {
     let eligible = svc.scheduler == scheduler::MH
         && svc.persist_timeout == 0

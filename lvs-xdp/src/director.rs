@@ -976,8 +976,9 @@ impl Director {
     /// changed is pinned in the new table (they go through the flow table).
     fn sync_direct(&mut self, key: &ServiceKey, value: Option<&common::Service>) -> Result<()> {
         let size = self.balancer.capacity().maglev_table_size;
+        let blocks = common::maglev::blocks(size);
         let want =
-            value.and_then(|v| direct::entry(&kernel_key(key), v, v.table.wrapping_mul(size)));
+            value.and_then(|v| direct::entry(&kernel_key(key), v, v.table.wrapping_mul(blocks)));
         let had = self.direct.iter().find(|(_, k)| *k == key).map(|(i, _)| *i);
         match want {
             Some((i, d)) if self.direct.get(&i).is_none_or(|k| k == key) => {
@@ -1095,23 +1096,37 @@ impl Director {
                 flows.remove(&key).unwrap_or_default(),
                 owner_target,
             );
-            for e in &free {
-                self.balancer.unpin_maglev(index, *e)?;
+            // An entry is forgotten once a pass finds it unpinned: a new connection's stamp,
+            // written by the data plane into the same word, may set the bit again just after
+            // it is cleared.
+            let mut done = Vec::new();
+            for e in free {
+                if !self.balancer.unpin_maglev(index, e)? {
+                    done.push(e);
+                }
             }
             let since = self.pins.get_mut(&key).expect("listed above");
-            for e in free {
+            for e in done {
                 since.remove(&e);
             }
         }
         Ok(())
     }
 
-    /// The pinned entries of service `key`'s Maglev table (tests and diagnostics).
-    pub fn pinned_entries(&self, key: &ServiceKey) -> Vec<u32> {
-        self.pins
+    /// The pinned entries of service `key`'s Maglev table, as the table in use says (tests and
+    /// diagnostics).
+    pub fn pinned_entries(&mut self, key: &ServiceKey) -> Result<Vec<u32>> {
+        let Some(p) = self
+            .placed
             .get(key)
-            .map(|s| s.keys().copied().collect())
-            .unwrap_or_default()
+            .filter(|p| p.value.scheduler == common::scheduler::MH && p.value.sched_len > 0)
+        else {
+            return Ok(Vec::new());
+        };
+        let table = self.balancer.read_maglev(p.value.table)?;
+        Ok((0..table.len() as u32)
+            .filter(|i| table[*i as usize].prev != 0)
+            .collect())
     }
 
     /// One step of each flow table's sweep (see [`flowtable::Sweep::step`]).

@@ -82,7 +82,7 @@ fn known_flows_go_straight_from_the_table_and_no_connection_moves_when_it_change
     assert_eq!(states.len(), N as usize);
     assert!(states.iter().all(|c| c.state == "ESTABLISHED"));
     assert!(
-        d.pinned_entries(&web()).is_empty(),
+        d.pinned_entries(&web()).unwrap().is_empty(),
         "a new table pins nothing"
     );
 
@@ -119,7 +119,7 @@ fn known_flows_go_straight_from_the_table_and_no_connection_moves_when_it_change
     };
     d.apply(&[Op::AddReal(web(), "10.0.0.6".parse().unwrap(), opts)])
         .unwrap();
-    let pinned = d.pinned_entries(&web()).len();
+    let pinned = d.pinned_entries(&web()).unwrap().len();
     let size = lvs_xdp_common::maglev::DEFAULT_TABLE_SIZE as usize;
     println!("adding 1 real server to 3 pinned {pinned} of {size} Maglev entries");
     assert!(
@@ -161,7 +161,7 @@ fn known_flows_go_straight_from_the_table_and_no_connection_moves_when_it_change
         );
     }
     d.unpin_now().unwrap();
-    let still = d.pinned_entries(&web()).len();
+    let still = d.pinned_entries(&web()).unwrap().len();
     println!("after the grace: {still} entries still pinned by live connections");
     assert!(
         still > 0 && still < pinned / 10,
@@ -181,5 +181,5 @@ fn known_flows_go_straight_from_the_table_and_no_connection_moves_when_it_change
     }
     advance_clock(&mut d, 11);
     d.unpin_now().unwrap();
-    assert_eq!(d.pinned_entries(&web()), Vec::<u32>::new());
+    assert_eq!(d.pinned_entries(&web()).unwrap(), Vec::<u32>::new());
 }
