@@ -485,6 +485,76 @@ impl Bench {
         result
     }
 
+    /// Known flows under a SYN flood, with `scheduler`: `known` established flows sent from
+    /// CPU 0 for the run's duration, alone and then while a second generator on CPU 1 sends
+    /// a SYN flood of distinct flows (4 million, more than the flow table holds), then alone
+    /// again.
+    pub fn under_flood(&mut self, scheduler: Scheduler, known: u32) -> Result<Flooded> {
+        self.reload_with(scheduler)?;
+        let link = self.install(Variant::LvsXdp)?;
+        let result = (|| {
+            self.warm_up(known)?;
+            let (sent, took) = self.generate(known, self.opts.duration, programs::TCP_ACK)?;
+            let alone = sent as f64 / took.as_secs_f64() / 1e6;
+            // The flood: its own generator (programs and maps), from other source addresses.
+            let mut flood = BenchPrograms::load()?;
+            let mut traffic = self.traffic(4_000_000, programs::TCP_SYN);
+            traffic.saddr = match traffic.saddr {
+                IpAddr::V4(_) => IpAddr::V4([10, 200, 0, 1].into()),
+                IpAddr::V6(a) => IpAddr::V6((u128::from(a) + (1 << 32)).into()),
+            };
+            flood.configure(&traffic)?;
+            let known_traffic = self.traffic(known, programs::TCP_ACK);
+            self.programs.configure(&known_traffic)?;
+            let conns0 = self.conns()?;
+            let (gen_ns, gen_if, duration, chunk) = (
+                self.gen_ns.name.clone(),
+                self.gen_if,
+                self.opts.duration,
+                self.opts.chunk,
+            );
+            let programs = &self.programs;
+            let (known_run, flood_run) = std::thread::scope(|s| {
+                let flooder = s.spawn(|| {
+                    in_netns(&gen_ns, || {
+                        pin_to_cpu(1)?;
+                        // A little longer than the known flows' run, so that it covers it.
+                        flood.generate(gen_if, duration + Duration::from_millis(300), 1 << 16, true)
+                    })
+                });
+                std::thread::sleep(Duration::from_millis(150));
+                let known_run = in_netns(&gen_ns, || {
+                    pin_to_cpu(0)?;
+                    programs.generate(gen_if, duration, chunk, true)
+                });
+                let flood_run = flooder
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                (known_run, flood_run)
+            });
+            let (sent, took) = known_run?;
+            let (fsent, ftook) = flood_run?;
+            let under = sent as f64 / took.as_secs_f64() / 1e6;
+            let flood_conns = self.conns()? - conns0;
+            // The known flows alone once more (the rate alone is the mean of both runs): any
+            // scheduled again was pushed out by the flood.
+            thread_settle();
+            let before = self.conns()?;
+            let (sent, took) = self.generate(known, self.opts.duration, programs::TCP_ACK)?;
+            let after = sent as f64 / took.as_secs_f64() / 1e6;
+            Ok(Flooded {
+                alone: (alone + after) / 2.0,
+                under,
+                flood_sent: fsent as f64 / ftook.as_secs_f64(),
+                flood_conns: flood_conns as f64 / ftook.as_secs_f64(),
+                rescheduled: self.conns()? - before,
+            })
+        })();
+        self.remove(Variant::LvsXdp, link)?;
+        self.reload_with(Scheduler::RoundRobin)?;
+        result
+    }
+
     /// Measures `variant` at `flows` flows: warm up, then count what comes back to the sink.
     pub fn measure(&mut self, variant: Variant, flows: u32) -> Result<Sample> {
         if let Some(s) = variant.scheduler() {
@@ -579,6 +649,19 @@ impl Bench {
     pub fn balancer(&self) -> &Director {
         &self.balancer
     }
+}
+
+/// What [`Bench::under_flood`] measured.
+#[derive(Clone, Copy, Debug)]
+pub struct Flooded {
+    /// Known flows' Mpps, alone and under the flood.
+    pub alone: f64,
+    pub under: f64,
+    /// The flood's frames a second, and the new connections a second it made.
+    pub flood_sent: f64,
+    pub flood_conns: f64,
+    /// Known flows scheduled again after the flood.
+    pub rescheduled: u64,
 }
 
 /// A dropped map of a million entries is freed by the kernel in deferred work on another

@@ -167,6 +167,43 @@ fn real_main() -> Result<()> {
             ));
         }
     }
+    if new_conns && opts.runs > 0 && opts.family != FAMILY_V6 && opts.proto != PROTO_UDP {
+        // Known flows while a SYN flood outruns the flow table, from the other CPU.
+        let known = 10_000;
+        println!("Known flows under a SYN flood ({known} established flows on CPU 0, a flood of distinct flows on CPU 1):");
+        new_conn_table.push_str(&format!(
+            "\n{known} established flows from one CPU, alone and while the other CPU sends a SYN flood of 4 000 000 distinct flows (more than the flow table's {}), median of {} run(s):\n\n| scheduler | known flows alone | under the flood | share kept | flood sent | flood new connections | known flows scheduled again |\n|---|---:|---:|---:|---:|---:|---:|\n",
+            opts.flow_table_size, opts.runs
+        ));
+        for scheduler in [
+            lvs_xdp::model::Scheduler::RoundRobin,
+            lvs_xdp::model::Scheduler::Maglev,
+        ] {
+            let mut runs = Vec::new();
+            for _ in 0..opts.runs {
+                runs.push(bench.under_flood(scheduler, known)?);
+            }
+            let alone: Vec<f64> = runs.iter().map(|r| r.alone).collect();
+            let under: Vec<f64> = runs.iter().map(|r| r.under).collect();
+            let kept = harness::Spread::of_ratios(&under, &alone).show(100.0, "%");
+            let fsent = harness::median(runs.iter().map(|r| r.flood_sent).collect());
+            let fconns = harness::median(runs.iter().map(|r| r.flood_conns).collect());
+            let resched = runs.iter().map(|r| r.rescheduled).max().unwrap_or(0);
+            let (a, u) = (harness::median(alone), harness::median(under));
+            println!(
+                "  {:<4} known {a:.2} Mpps alone, {u:.2} Mpps under the flood ({kept}); flood {:.2} Mpps, {:.2} M new connections/s; {resched} known flows scheduled again",
+                scheduler.name(),
+                fsent / 1e6,
+                fconns / 1e6
+            );
+            new_conn_table.push_str(&format!(
+                "| `{}` | {a:.2} Mpps | {u:.2} Mpps | {kept} | {:.2} Mpps | {:.2} M/s | {resched} |\n",
+                scheduler.name(),
+                fsent / 1e6,
+                fconns / 1e6
+            ));
+        }
+    }
     if opts.runs > 0 && opts.family != FAMILY_V6 {
         // IPv6 known flows beside IPv4's, interleaved on the same run.
         println!("IPv6 known flows, beside IPv4's (lvs-xdp, interleaved):");
