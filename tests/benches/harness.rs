@@ -32,6 +32,8 @@ const SRC4: [u8; 4] = [10, 1, 0, 1];
 const VIP6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
 const SRC6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
 const PORT: u16 = 80;
+/// The VIP of the flood's own service in [`Bench::under_flood`].
+const FLOOD_VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 0, 11);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
@@ -155,15 +157,25 @@ impl Bench {
     pub fn new(opts: Options) -> Result<Bench> {
         let gen_ns = Netns::new("bgen")?;
         let lb_ns = Netns::new("blb")?;
+        // Two queues each way, as a NIC with RSS has: frames sent from CPU i are received
+        // (and go through the program under test) on queue i, on CPU i.
         gen_ns.ip(&[
             "link",
             "add",
             "g0",
+            "numtxqueues",
+            "2",
+            "numrxqueues",
+            "2",
             "type",
             "veth",
             "peer",
             "name",
             "l0",
+            "numtxqueues",
+            "2",
+            "numrxqueues",
+            "2",
             "netns",
             &lb_ns.name,
         ])?;
@@ -490,23 +502,39 @@ impl Bench {
     /// a SYN flood of distinct flows (4 million, more than the flow table holds), then alone
     /// again.
     pub fn under_flood(&mut self, scheduler: Scheduler, known: u32) -> Result<Flooded> {
-        self.reload_with(scheduler)?;
+        // The flood goes to a service of its own (same scheduler, same flow table) whose real
+        // server has its own MAC, so that the sink tells its frames from the known flows'.
+        let saved = self.config();
+        let flags = if scheduler == Scheduler::Maglev {
+            "scheduler_flags = [\"mh-port\"]\n"
+        } else {
+            ""
+        };
+        let config = Config::from_toml(&format!(
+            "flow_table_size = {}\n[[service]]\nvip = \"{}\"\nport = {PORT}\nprotocol = \"tcp\"\nscheduler = \"{name}\"\n{flags}real_servers = [ {{ address = \"10.0.0.3\", mac = \"{}\" }}, {{ address = \"10.0.0.4\", mac = \"{}\" }} ]\n[[service]]\nvip = \"{FLOOD_VIP}\"\nport = {PORT}\nprotocol = \"tcp\"\nscheduler = \"{name}\"\n{flags}real_servers = [ {{ address = \"10.0.0.5\", mac = \"{}\" }} ]\n",
+            self.opts.flow_table_size,
+            std::net::Ipv4Addr::from(VIP4),
+            mac(RS_MACS[0]),
+            mac(RS_MACS[1]),
+            mac(RS3_MAC),
+            name = scheduler.name(),
+        ))?;
+        self.load(&config)?;
         let link = self.install(Variant::LvsXdp)?;
         let result = (|| {
             self.warm_up(known)?;
-            let (sent, took) = self.generate(known, self.opts.duration, programs::TCP_ACK)?;
-            let alone = sent as f64 / took.as_secs_f64() / 1e6;
-            // The flood: its own generator (programs and maps), from other source addresses.
+            let alone = self.known_rate(known)?;
+            // The flood: its own generator (programs and maps), from other source addresses,
+            // to the flood's VIP.
             let mut flood = BenchPrograms::load()?;
             let mut traffic = self.traffic(4_000_000, programs::TCP_SYN);
-            traffic.saddr = match traffic.saddr {
-                IpAddr::V4(_) => IpAddr::V4([10, 200, 0, 1].into()),
-                IpAddr::V6(a) => IpAddr::V6((u128::from(a) + (1 << 32)).into()),
-            };
+            traffic.saddr = IpAddr::V4([10, 200, 0, 1].into());
+            traffic.daddr = IpAddr::V4(FLOOD_VIP);
             flood.configure(&traffic)?;
             let known_traffic = self.traffic(known, programs::TCP_ACK);
             self.programs.configure(&known_traffic)?;
             let conns0 = self.conns()?;
+            let before = self.programs.sink_counts()?;
             let (gen_ns, gen_if, duration, chunk) = (
                 self.gen_ns.name.clone(),
                 self.gen_if,
@@ -532,27 +560,44 @@ impl Bench {
                     .unwrap_or_else(|p| std::panic::resume_unwind(p));
                 (known_run, flood_run)
             });
-            let (sent, took) = known_run?;
-            let (fsent, ftook) = flood_run?;
-            let under = sent as f64 / took.as_secs_f64() / 1e6;
+            let (_, took) = known_run?;
+            let (_, ftook) = flood_run?;
+            let after = self.programs.sink_counts()?;
+            let got = |m: [u8; 6]| after[m[5] as usize] - before[m[5] as usize];
+            // The flood ran over the whole of the known flows' run: its rate over its own.
+            let under = (got(RS_MACS[0]) + got(RS_MACS[1])) as f64 / took.as_secs_f64() / 1e6;
+            let flood_fwd = got(RS3_MAC) as f64 / ftook.as_secs_f64();
             let flood_conns = self.conns()? - conns0;
             // The known flows alone once more (the rate alone is the mean of both runs): any
             // scheduled again was pushed out by the flood.
             thread_settle();
             let before = self.conns()?;
-            let (sent, took) = self.generate(known, self.opts.duration, programs::TCP_ACK)?;
-            let after = sent as f64 / took.as_secs_f64() / 1e6;
+            let again = self.known_rate(known)?;
             Ok(Flooded {
-                alone: (alone + after) / 2.0,
+                alone: (alone + again) / 2.0,
                 under,
-                flood_sent: fsent as f64 / ftook.as_secs_f64(),
+                flood_sent: flood_fwd,
                 flood_conns: flood_conns as f64 / ftook.as_secs_f64(),
                 rescheduled: self.conns()? - before,
             })
         })();
         self.remove(Variant::LvsXdp, link)?;
-        self.reload_with(Scheduler::RoundRobin)?;
+        self.load(&saved)?;
         result
+    }
+
+    /// Known flows' Mpps as the sink receives them, sent from CPU 0 for the run's duration.
+    fn known_rate(&mut self, known: u32) -> Result<f64> {
+        thread_settle();
+        let before = self.programs.sink_counts()?;
+        let (_, took) = self.generate(known, self.opts.duration, programs::TCP_ACK)?;
+        thread_settle();
+        let after = self.programs.sink_counts()?;
+        let got: u64 = RS_MACS
+            .iter()
+            .map(|m| after[m[5] as usize] - before[m[5] as usize])
+            .sum();
+        Ok(got as f64 / took.as_secs_f64() / 1e6)
     }
 
     /// Measures `variant` at `flows` flows: warm up, then count what comes back to the sink.
@@ -657,7 +702,7 @@ pub struct Flooded {
     /// Known flows' Mpps, alone and under the flood.
     pub alone: f64,
     pub under: f64,
-    /// The flood's frames a second, and the new connections a second it made.
+    /// The flood's frames forwarded a second, and the new connections a second it made.
     pub flood_sent: f64,
     pub flood_conns: f64,
     /// Known flows scheduled again after the flood.

@@ -170,9 +170,11 @@ fn real_main() -> Result<()> {
     if new_conns && opts.runs > 0 && opts.family != FAMILY_V6 && opts.proto != PROTO_UDP {
         // Known flows while a SYN flood outruns the flow table, from the other CPU.
         let known = 10_000;
-        println!("Known flows under a SYN flood ({known} established flows on CPU 0, a flood of distinct flows on CPU 1):");
+        println!(
+            "Known flows under a SYN flood ({known} established flows on CPU 0, a flood of distinct flows on CPU 1):"
+        );
         new_conn_table.push_str(&format!(
-            "\n{known} established flows from one CPU, alone and while the other CPU sends a SYN flood of 4 000 000 distinct flows (more than the flow table's {}), median of {} run(s):\n\n| scheduler | known flows alone | under the flood | share kept | flood sent | flood new connections | known flows scheduled again |\n|---|---:|---:|---:|---:|---:|---:|\n",
+            "\n{known} established flows from one CPU, alone and while the other CPU sends a SYN flood of 4 000 000 distinct flows (more than the flow table's {}), median of {} run(s):\n\n| scheduler | known flows alone | under the flood | share kept | flood forwarded | flood new connections | known flows scheduled again |\n|---|---:|---:|---:|---:|---:|---:|\n",
             opts.flow_table_size, opts.runs
         ));
         for scheduler in [
@@ -191,7 +193,7 @@ fn real_main() -> Result<()> {
             let resched = runs.iter().map(|r| r.rescheduled).max().unwrap_or(0);
             let (a, u) = (harness::median(alone), harness::median(under));
             println!(
-                "  {:<4} known {a:.2} Mpps alone, {u:.2} Mpps under the flood ({kept}); flood {:.2} Mpps, {:.2} M new connections/s; {resched} known flows scheduled again",
+                "  {:<4} known {a:.2} Mpps alone, {u:.2} Mpps under the flood ({kept}); flood {:.2} Mpps forwarded, {:.2} M new connections/s; {resched} known flows scheduled again",
                 scheduler.name(),
                 fsent / 1e6,
                 fconns / 1e6
