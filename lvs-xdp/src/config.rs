@@ -61,6 +61,56 @@ pub struct Capacity {
     /// director kept by an earlier version, which had 65 537.
     #[serde(default = "default_maglev_table_size")]
     pub maglev_table_size: u32,
+    /// When known flows of `mh` services take the direct path (see [`DirectPath`]). Absent
+    /// from the state of a director kept by an earlier version: `auto`.
+    #[serde(default)]
+    pub direct_path: DirectPath,
+}
+
+/// When known flows of IPv4 TCP `mh` services are forwarded straight from the Maglev table,
+/// without the flow table (see [`lvs_xdp_common::maglev`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectPath {
+    /// While the flow table holds more than [`DirectPath::AUTO_ON`] connections (where its
+    /// lookups miss the caches), until it holds fewer than [`DirectPath::AUTO_OFF`].
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl DirectPath {
+    pub const AUTO_ON: u64 = 65_536;
+    pub const AUTO_OFF: u64 = 32_768;
+
+    pub fn parse(s: &str, field: &str) -> Result<DirectPath> {
+        match s {
+            "auto" => Ok(DirectPath::Auto),
+            "always" => Ok(DirectPath::Always),
+            "never" => Ok(DirectPath::Never),
+            other => bail!("{field} \"{other}\": expected auto, always or never"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DirectPath::Auto => "auto",
+            DirectPath::Always => "always",
+            DirectPath::Never => "never",
+        }
+    }
+
+    /// Whether the direct path is on, given whether it was (`on`) and the connections the
+    /// flow table holds.
+    pub fn on(self, on: bool, connections: u64) -> bool {
+        match self {
+            DirectPath::Always => true,
+            DirectPath::Never => false,
+            DirectPath::Auto if on => connections >= DirectPath::AUTO_OFF,
+            DirectPath::Auto => connections > DirectPath::AUTO_ON,
+        }
+    }
 }
 
 fn default_flow_table_size_v6() -> u32 {
@@ -107,6 +157,7 @@ impl Default for Capacity {
             real_servers: DEFAULT_MAX_REAL_SERVERS,
             mh_services: DEFAULT_MAX_MH_SERVICES,
             maglev_table_size: default_maglev_table_size(),
+            direct_path: DirectPath::Auto,
         }
     }
 }
@@ -131,6 +182,7 @@ struct RawConfig {
     max_real_servers: Option<i64>,
     max_mh_services: Option<i64>,
     maglev_table_size: Option<i64>,
+    direct_path: Option<String>,
     timeouts: Option<RawTimeouts>,
 }
 
@@ -261,6 +313,9 @@ impl Config {
             config.capacity.maglev_table_size = maglev_table_size(n, "maglev_table_size")?;
         }
         config.capacity.check_maglev()?;
+        if let Some(d) = &raw.direct_path {
+            config.capacity.direct_path = DirectPath::parse(d, "direct_path")?;
+        }
         if let Some(t) = raw.timeouts {
             let mut want = config.state.timeouts;
             for (field, value, name) in [
@@ -337,6 +392,11 @@ impl Config {
 
     pub fn set_flow_table_size_v6(&mut self, size: i64) -> Result<()> {
         self.capacity.flow_table_size_v6 = flow_table_size(size, "--flow-table-size-v6")?;
+        Ok(())
+    }
+
+    pub fn set_direct_path(&mut self, s: &str) -> Result<()> {
+        self.capacity.direct_path = DirectPath::parse(s, "--direct-path")?;
         Ok(())
     }
 

@@ -249,6 +249,9 @@ pub struct Director {
     last_unpinned: u32,
     /// Which service holds each entry of `DIRECT` in use.
     direct: BTreeMap<u32, ServiceKey>,
+    /// When the direct path is on (see [`crate::config::DirectPath`]), and whether it is now.
+    direct_mode: crate::config::DirectPath,
+    direct_on: bool,
 }
 
 /// The service an op names (none for `-C` and `--set`).
@@ -583,6 +586,8 @@ impl Director {
             pins: HashMap::new(),
             last_unpinned: 0,
             direct: BTreeMap::new(),
+            direct_mode: capacity.direct_path,
+            direct_on: capacity.direct_path == crate::config::DirectPath::Always,
         };
         director.write_clock()?;
         director.adopt_direct()?;
@@ -618,6 +623,8 @@ impl Director {
             pins: HashMap::new(),
             last_unpinned: 0,
             direct: BTreeMap::new(),
+            direct_mode: capacity.direct_path,
+            direct_on: capacity.direct_path == crate::config::DirectPath::Always,
         }
     }
 
@@ -825,7 +832,11 @@ impl Director {
     /// servers that stay are kept. All or nothing; the tables' sizes cannot change (a restart
     /// without `--keep` resizes them).
     pub fn reload(&mut self, config: &Config) -> Result<()> {
-        let now = *self.balancer.capacity();
+        let now = crate::config::Capacity {
+            // Not a size: it follows the file.
+            direct_path: config.capacity.direct_path,
+            ..*self.balancer.capacity()
+        };
         if config.capacity != now {
             bail!(
                 "the tables' sizes differ from the running ones ({:?} against {:?}): they are fixed while the program runs; restart to change them",
@@ -833,7 +844,12 @@ impl Director {
                 now
             );
         }
-        self.reconcile_with_health(config.health.clone(), config.state.clone())
+        self.reconcile_with_health(config.health.clone(), config.state.clone())?;
+        if self.direct_mode != config.capacity.direct_path {
+            self.direct_mode = config.capacity.direct_path;
+            self.follow_direct_path()?;
+        }
+        Ok(())
     }
 
     /// Takes one check's result for real server `addr` of service `key`. When it changes the
@@ -967,7 +983,45 @@ impl Director {
             self.last_unpinned = now;
             self.unpin(&clock, &live)?;
         }
+        self.follow_direct_path()
+    }
+
+    /// Turns the direct path on or off as the configuration says (`auto`: by the connections
+    /// the flow table holds, as the data plane counts them), and lists or unlists every `mh`
+    /// service accordingly. Either way is safe at any moment: an entry whose real server
+    /// changed is pinned whether the direct path is on or not.
+    fn follow_direct_path(&mut self) -> Result<()> {
+        let mode = self.direct_mode;
+        let connections: u64 = self
+            .placed
+            .values()
+            .flat_map(|p| p.reals.values())
+            .map(|r| {
+                let (a, i) = self.balancer.real_conns().get(r.slot);
+                (a.max(0) + i.max(0)) as u64
+            })
+            .sum();
+        let on = mode.on(self.direct_on, connections);
+        if on == self.direct_on {
+            return Ok(());
+        }
+        self.direct_on = on;
+        log::info!(
+            "direct path for mh services {} ({connections} connections in the flow table, direct_path = {})",
+            if on { "on" } else { "off" },
+            mode.name()
+        );
+        let services: Vec<(ServiceKey, common::Service)> =
+            self.placed.iter().map(|(k, p)| (*k, p.value)).collect();
+        for (key, value) in services {
+            self.sync_direct(&key, Some(&value))?;
+        }
         Ok(())
+    }
+
+    /// Whether the direct path is on now.
+    pub fn direct_path_on(&self) -> bool {
+        self.direct_on
     }
 
     /// Writes (or clears, with `None` or a service that does not qualify) the `DIRECT` entry
@@ -977,8 +1031,9 @@ impl Director {
     fn sync_direct(&mut self, key: &ServiceKey, value: Option<&common::Service>) -> Result<()> {
         let size = self.balancer.capacity().maglev_table_size;
         let blocks = common::maglev::blocks(size);
-        let want =
-            value.and_then(|v| direct::entry(&kernel_key(key), v, v.table.wrapping_mul(blocks)));
+        let want = value
+            .filter(|_| self.direct_on)
+            .and_then(|v| direct::entry(&kernel_key(key), v, v.table.wrapping_mul(blocks)));
         let had = self.direct.iter().find(|(_, k)| *k == key).map(|(i, _)| *i);
         match want {
             Some((i, d)) if self.direct.get(&i).is_none_or(|k| k == key) => {

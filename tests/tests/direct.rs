@@ -23,7 +23,7 @@ const RST: u8 = 0x04;
 const N: u32 = 3_000;
 const PORT: u16 = 40_000;
 
-const CONFIG: &str = "flow_table_size = 65536\n[[service]]\nvip = \"10.0.0.10\"\nport = 80\nscheduler = \"mh\"\nreal_servers = [ { address = \"10.0.0.3\", mac = \"02:00:00:00:00:03\" }, { address = \"10.0.0.4\", mac = \"02:00:00:00:00:04\" }, { address = \"10.0.0.5\", mac = \"02:00:00:00:00:05\" } ]\n";
+const CONFIG: &str = "flow_table_size = 65536\ndirect_path = \"always\"\n[[service]]\nvip = \"10.0.0.10\"\nport = 80\nscheduler = \"mh\"\nreal_servers = [ { address = \"10.0.0.3\", mac = \"02:00:00:00:00:03\" }, { address = \"10.0.0.4\", mac = \"02:00:00:00:00:04\" }, { address = \"10.0.0.5\", mac = \"02:00:00:00:00:05\" } ]\n";
 
 fn web() -> ServiceKey {
     ServiceKey::new(Protocol::Tcp, VIP.parse::<Ipv4Addr>().unwrap(), 80)
@@ -62,6 +62,17 @@ fn expires(d: &Director) -> HashMap<Ipv4Addr, u32> {
         .collect()
 }
 
+/// Opens and establishes the test's N connections; returns each one's real server.
+fn open_all(d: &Director) -> Vec<u8> {
+    (0..N)
+        .map(|i| {
+            let rs = send(d, i, SYN);
+            assert_eq!(send(d, i, ACK), rs, "client {i}: the handshake's ACK");
+            rs
+        })
+        .collect()
+}
+
 fn event(d: &Director, r: u32) -> u64 {
     d.snapshot().unwrap().global[r as usize].packets
 }
@@ -70,14 +81,9 @@ fn event(d: &Director, r: u32) -> u64 {
 fn known_flows_go_straight_from_the_table_and_no_connection_moves_when_it_changes() {
     pin_to_cpu0();
     let mut d = director_from(CONFIG);
+    assert!(d.direct_path_on());
     // N connections, handshakes completed: each remembered as ESTABLISHED.
-    let real: Vec<u8> = (0..N)
-        .map(|i| {
-            let rs = send(&d, i, SYN);
-            assert_eq!(send(&d, i, ACK), rs, "client {i}: the handshake's ACK");
-            rs
-        })
-        .collect();
+    let real = open_all(&d);
     let states = d.connections().unwrap();
     assert_eq!(states.len(), N as usize);
     assert!(states.iter().all(|c| c.state == "ESTABLISHED"));
@@ -182,4 +188,31 @@ fn known_flows_go_straight_from_the_table_and_no_connection_moves_when_it_change
     advance_clock(&mut d, 11);
     d.unpin_now().unwrap();
     assert_eq!(d.pinned_entries(&web()).unwrap(), Vec::<u32>::new());
+}
+
+/// `direct_path = "auto"` (the default) leaves a table of a few thousand connections exact:
+/// every packet goes through the flow table and refreshes its connection.
+#[test]
+fn by_default_a_small_table_keeps_every_packet_on_the_flow_table() {
+    pin_to_cpu0();
+    let mut d = director_from(&CONFIG.replace("direct_path = \"always\"\n", ""));
+    let real = open_all(&d);
+    d.maintain().unwrap();
+    assert!(
+        !d.direct_path_on(),
+        "{N} connections: the direct path stays off"
+    );
+    advance_clock(&mut d, 10);
+    for i in 0..N {
+        assert_eq!(send(&d, i, ACK), real[i as usize], "client {i}");
+    }
+    let left = expires(&d);
+    assert_eq!(left.len(), N as usize);
+    let mut seen: Vec<u32> = left.values().copied().collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert!(
+        left.values().all(|s| *s == 900),
+        "every connection's idle time refreshed: {seen:?}"
+    );
 }

@@ -529,3 +529,24 @@ fn errors_name_their_line_in_the_whole_file() {
     let err = refused(&format!("{one}{one}"));
     assert!(err.contains("duplicate service TCP 10.0.0.1:80"), "{err}");
 }
+
+#[test]
+fn direct_path_is_auto_always_or_never_and_written_back() {
+    use crate::config::DirectPath;
+    let mode = |text: &str| Config::from_toml(text).unwrap().capacity.direct_path;
+    assert_eq!(mode(""), DirectPath::Auto);
+    assert_eq!(mode("direct_path = \"never\"\n"), DirectPath::Never);
+    assert_eq!(mode("direct_path = \"always\"\n"), DirectPath::Always);
+    assert!(
+        refused("direct_path = \"sometimes\"\n")
+            .contains("direct_path \"sometimes\": expected auto, always or never")
+    );
+    let c = Config::from_toml("direct_path = \"never\"\n").unwrap();
+    assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+    // auto: on above 65 536 connections, off again below 32 768.
+    assert!(!DirectPath::Auto.on(false, 65_536));
+    assert!(DirectPath::Auto.on(false, 65_537));
+    assert!(DirectPath::Auto.on(true, 40_000));
+    assert!(!DirectPath::Auto.on(true, 32_767));
+    assert!(DirectPath::Always.on(false, 0) && !DirectPath::Never.on(true, 1 << 20));
+}

@@ -74,6 +74,9 @@ impl Config {
                 root.insert(name.into(), i64::from(value).into());
             }
         }
+        if c.direct_path != d.direct_path {
+            root.insert("direct_path".into(), c.direct_path.name().into());
+        }
         let t = self.state.timeouts;
         if t != defaults.state.timeouts {
             let mut timeouts = Table::new();

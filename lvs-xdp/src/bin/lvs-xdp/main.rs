@@ -146,6 +146,10 @@ struct ServiceArgs {
     /// Entries of each `mh` service's Maglev table: a prime (default 65537).
     #[arg(long, value_name = "PRIME", allow_negative_numbers = true)]
     maglev_table_size: Option<i64>,
+    /// When known flows of `mh` services skip the flow table: auto (above 65 536
+    /// connections), always or never.
+    #[arg(long, value_name = "WHEN")]
+    direct_path: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -371,6 +375,9 @@ fn build_config(args: &ServiceArgs, matches: &ArgMatches) -> Result<Config> {
     if let Some(n) = args.maglev_table_size {
         config.set_maglev_table_size(n)?;
     }
+    if let Some(d) = &args.direct_path {
+        config.set_direct_path(d)?;
+    }
     // No service is valid: an empty director, driven later with `lvs-xdp -A ...`.
     Ok(config)
 }
@@ -417,6 +424,10 @@ fn describe(config: &Config) -> String {
         config.capacity.mh_services,
         config.capacity.maglev_table_size,
         config.capacity.maglev_bytes() as f64 / f64::from(1 << 20)
+    );
+    out += &format!(
+        "direct path for mh services: {}\n",
+        config.capacity.direct_path.name()
     );
     for (key, h) in &config.health {
         let reals = config.state.services.get(key).map(|s| s.reals.keys());
