@@ -200,8 +200,10 @@ fn two_directors_with_mh_share_connections_and_survive_a_director_stop() {
     );
 
     // A hung director (BIRD frozen, nothing sent on its session) is noticed only when the hold
-    // time runs out: 3 s in the shipped configuration (240 s by default), then BIRD takes the
-    // route out (measured here: 3.2 to 5 s in all).
+    // time runs out: 3 s in the shipped configuration (240 s by default), counted from the
+    // last keepalive it sent (up to 1 s before the hang) and shortened by up to a quarter by
+    // BIRD's timer jitter, then BIRD takes the route out (measured here: 1.7 to 5 s in all).
+    // A session that closed at once would drop the route in milliseconds.
     let hold = lab
         .hang_bird(survivor, 0)
         .expect("the hung director's route dropped");
@@ -210,7 +212,7 @@ fn two_directors_with_mh_share_connections_and_survive_a_director_stop() {
         hold.as_secs_f64()
     );
     assert!(
-        (Duration::from_secs(2)..Duration::from_secs(10)).contains(&hold),
+        (Duration::from_secs(1)..Duration::from_secs(10)).contains(&hold),
         "the hold time of docs/bird/*.conf decides: {hold:?}"
     );
 }
