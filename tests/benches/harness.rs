@@ -481,11 +481,7 @@ impl Bench {
             let conns0 = self.conns()?;
             let (_, took) = self.generate(flows, self.opts.duration, programs::TCP_SYN)?;
             thread_settle();
-            let after = self.programs.sink_counts()?;
-            let received: u64 = RS_MACS
-                .iter()
-                .map(|m| after[m[5] as usize] - before[m[5] as usize])
-                .sum();
+            let received = sink_delta(&before, &self.programs.sink_counts()?, &RS_MACS);
             let secs = took.as_secs_f64();
             Ok((
                 received as f64 / secs,
@@ -563,10 +559,9 @@ impl Bench {
             let (_, took) = known_run?;
             let (_, ftook) = flood_run?;
             let after = self.programs.sink_counts()?;
-            let got = |m: [u8; 6]| after[m[5] as usize] - before[m[5] as usize];
             // The flood ran over the whole of the known flows' run: its rate over its own.
-            let under = (got(RS_MACS[0]) + got(RS_MACS[1])) as f64 / took.as_secs_f64() / 1e6;
-            let flood_fwd = got(RS3_MAC) as f64 / ftook.as_secs_f64();
+            let under = sink_delta(&before, &after, &RS_MACS) as f64 / took.as_secs_f64() / 1e6;
+            let flood_fwd = sink_delta(&before, &after, &[RS3_MAC]) as f64 / ftook.as_secs_f64();
             let flood_conns = self.conns()? - conns0;
             // The known flows alone once more (the rate alone is the mean of both runs): any
             // scheduled again was pushed out by the flood.
@@ -592,11 +587,7 @@ impl Bench {
         let before = self.programs.sink_counts()?;
         let (_, took) = self.generate(known, self.opts.duration, programs::TCP_ACK)?;
         thread_settle();
-        let after = self.programs.sink_counts()?;
-        let got: u64 = RS_MACS
-            .iter()
-            .map(|m| after[m[5] as usize] - before[m[5] as usize])
-            .sum();
+        let got = sink_delta(&before, &self.programs.sink_counts()?, &RS_MACS);
         Ok(got as f64 / took.as_secs_f64() / 1e6)
     }
 
@@ -707,6 +698,13 @@ pub struct Flooded {
     pub flood_conns: f64,
     /// Known flows scheduled again after the flood.
     pub rescheduled: u64,
+}
+
+/// Frames the sink counted for destination MACs `macs` between two of its readings.
+fn sink_delta(before: &[u64], after: &[u64], macs: &[[u8; 6]]) -> u64 {
+    macs.iter()
+        .map(|m| after[m[5] as usize] - before[m[5] as usize])
+        .sum()
 }
 
 /// A dropped map of a million entries is freed by the kernel in deferred work on another
