@@ -878,7 +878,7 @@ pub fn table(rows: &[Row], costs: &[(u32, [f64; 4])]) -> String {
     if !costs.is_empty() {
         let _ = writeln!(
             out,
-            "\nMean cost per packet of each program, from the kernel's BPF run statistics (which add about 15 ns to every run):\n"
+            "\nMean cost per packet of each program, from the kernel's BPF run statistics (which read the clock twice around every run: on this VM most of the bare bounce's figure is those reads):\n"
         );
         let _ = writeln!(
             out,
