@@ -727,16 +727,6 @@ pub mod conn {
         expired || state == TIME_WAIT || state == CLOSE
     }
 
-    /// Whether a SYN on a remembered connection in `state`, whose real server has `weight`,
-    /// is scheduled again: a half-open connection (SYN_RECV) on a real server that takes no new
-    /// connections (weight 0). Nothing was established there, and a real server that failed its
-    /// check refuses the handshake where the director cannot see it (DR), so the client's
-    /// retry, or a new connection on a reused port, would be refused again.
-    #[inline(always)]
-    pub fn restarts(state: u8, weight: u16) -> bool {
-        state == SYN_RECV && weight == 0
-    }
-
     /// Seconds since `stamp` (wrapping 16-bit seconds).
     #[inline(always)]
     pub fn age(now: u32, stamp: u16) -> u32 {

@@ -162,16 +162,8 @@ fn decide<T: Table>(
     match flows::lookup_settled::<T>(key) {
         Lookup::Found(flow, place) => {
             let expired = conn::age(clock.now, flow.stamp) > clock.timeout(flow.state);
-            let real = flows::real_of(&flow);
-            // A SYN starts a new connection on a closed or expired one, and on a half-open one
-            // whose real server takes no new connections (weight 0: quiesced, or inhibited by a
-            // failed check): the handshake never completed there, and in DR the director never
-            // sees the real server refuse it, so following the flow would refuse every retry.
-            let reopens = tcp
-                && conn::is_syn(flags)
-                && (conn::reopens(flow.state, expired)
-                    || real.is_some_and(|r| conn::restarts(flow.state, r.weight)));
-            match real {
+            let reopens = tcp && conn::is_syn(flags) && conn::reopens(flow.state, expired);
+            match flows::real_of(&flow) {
                 Some(real) if !reopens => {
                     if tcp && conn::may_change(flow.state, flags) {
                         let state = conn::next_tcp(flow.state, flags);

@@ -4,7 +4,7 @@ mod support;
 
 use lvs_xdp::{
     Director,
-    model::{Mac, Op, Protocol, RealOpts, ServiceKey, Timeouts},
+    model::{Op, Protocol, ServiceKey, Timeouts},
 };
 use lvs_xdp_common::{Flow, conn, flow_table, reason};
 use lvs_xdp_tests::packet::Frame;
@@ -335,77 +335,4 @@ fn flows_of_a_removed_real_server_are_forgotten_by_the_sweep() {
     d.sweep_now().unwrap();
     assert_eq!(d.sweep_totals(), (0, on_rs1));
     assert_eq!(d.balancer().flows_v4().unwrap().len() as u64, 20 - on_rs1);
-}
-
-/// A SYN on a half-open connection whose real server now takes no new connections (weight 0,
-/// as a failed check leaves an inhibited one) is scheduled again: in DR the director never sees
-/// the real server refuse the handshake, and the half-open flow would send every retry back to
-/// it. Established connections stay, and a retried SYN to a weighted real server stays too.
-#[test]
-fn a_syn_on_a_half_open_connection_of_a_quiesced_real_server_is_scheduled_again() {
-    pin_to_cpu0();
-    let mut d = director_from(CONFIG);
-    let rs1 = send(&d, 4000, SYN);
-    assert_eq!(
-        send(&d, 4000, SYN),
-        rs1,
-        "a retried SYN stays while rs1 is weighted"
-    );
-    let rs2 = establish(&d, 4001);
-    assert_ne!(rs1, rs2, "round robin");
-    let half_open = (4002..4010)
-        .filter(|&p| send(&d, p, SYN) == rs1)
-        .collect::<Vec<_>>();
-    assert_eq!(half_open.len(), 4);
-    let established = establish(&d, 4010);
-    assert_eq!(established, rs1);
-    d.sweep_now().unwrap();
-    let before = active_inactive(&d, &web());
-    assert_eq!(before, (11, 0));
-
-    let quiesce = |d: &mut Director, mac: [u8; 6]| {
-        let ip = format!("10.0.0.{}", mac[5]).parse().unwrap();
-        let opts = RealOpts {
-            weight: 0,
-            mac: Some(Mac(mac)),
-            vlan: None,
-        };
-        d.apply(&[Op::EditReal(web(), ip, opts)]).unwrap();
-    };
-    quiesce(&mut d, rs1);
-    let rescheduled = event(&d, reason::EVENT_FLOW_RESCHEDULED);
-    for &p in half_open.iter().chain([&4000]) {
-        assert_eq!(send(&d, p, SYN), rs2, "port {p}: the retry goes to rs2");
-        assert_eq!(state(&d, p), "SYN_RECV");
-        assert_eq!(send(&d, p, ACK), rs2, "port {p}: and stays there");
-    }
-    assert_eq!(
-        send(&d, 4010, SYN),
-        rs1,
-        "an established connection stays on its quiesced real server"
-    );
-    assert_eq!(send(&d, 4001, SYN), rs2);
-    // New connections, not flows of a removed real server; each half-open one left rs1's
-    // counts as it joined rs2's, so ActiveConn still adds up to the connections there are.
-    assert_eq!(event(&d, reason::EVENT_FLOW_RESCHEDULED), rescheduled);
-    assert_eq!(conns(&d), 11 + 5);
-    d.sweep_now().unwrap();
-    assert_eq!(active_inactive(&d, &web()), (11, 0));
-    let s = d.snapshot().unwrap();
-    let on = |mac: [u8; 6]| {
-        let ip: std::net::IpAddr = format!("10.0.0.{}", mac[5]).parse().unwrap();
-        s.service(&web())
-            .unwrap()
-            .reals
-            .iter()
-            .find(|r| r.addr == ip)
-            .unwrap()
-            .conns
-    };
-    assert_eq!(
-        on(rs1),
-        (1, 0),
-        "only the established connection is left on rs1"
-    );
-    assert_eq!(on(rs2), (10, 0));
 }

@@ -4,6 +4,7 @@
 //! removed, sorry server). Needs root.
 use std::{
     net::IpAddr,
+    sync::atomic::{AtomicU16, Ordering},
     time::{Duration, Instant},
 };
 
@@ -25,7 +26,12 @@ const DELAY_LOOP: f64 = 1.0;
 const RETRY: u32 = 2;
 
 /// Which real server answered `GET /` through the VIP (its index.html names it), or why none.
+/// Each call is a new connection from a source port of its own: a refused connection frees its
+/// port at once, and a new connection reusing it within the SYN_RECV timeout would follow the
+/// refused one's half-open flow (as in IPVS; see the README's "Freeing places").
 fn who(lab: &Lab) -> Result<String, String> {
+    static NEXT_PORT: AtomicU16 = AtomicU16::new(20_000);
+    let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed).to_string();
     let out = lab
         .client
         .exec_on_cpu(
@@ -34,6 +40,8 @@ fn who(lab: &Lab) -> Result<String, String> {
             &[
                 "-sS",
                 "--fail",
+                "--local-port",
+                &port,
                 "--max-time",
                 "2",
                 &format!("http://{}/", lab::VIP),
