@@ -388,11 +388,15 @@ pub struct RealServer {
     /// tag (pushed onto an untagged frame, the VID of a tagged one replaced). 0: frames leave
     /// as they came, tag or none.
     pub vlan: u16,
-    pub _pad: u16,
+    /// [`RealServer::DOWN`] or 0.
+    pub flags: u16,
 }
 
 impl RealServer {
     pub const RETIRED: u32 = 1 << 31;
+    /// In `flags`: the real server failed its health check (it has weight 0 while it does). A
+    /// SYN on a half-open connection to it is scheduled again (see [`conn::restarts`]).
+    pub const DOWN: u16 = 1;
 }
 
 /// Value of `MAGLEV` and `MAGLEV_PREV`: [`maglev::BLOCK`] consecutive entries of a Maglev
@@ -725,6 +729,18 @@ pub mod conn {
     #[inline(always)]
     pub fn reopens(state: u8, expired: bool) -> bool {
         expired || state == TIME_WAIT || state == CLOSE
+    }
+
+    /// Whether a SYN on a remembered connection in `state`, to a real server of `flags`
+    /// ([`crate::RealServer::flags`]), starts a new connection (scheduled again): a half-open
+    /// one (SYN_RECV) to a real server that failed its health check. Nothing was established
+    /// there, and in DR the director never sees that real server refuse the handshake, so the
+    /// client's retry, or a new connection from the same source port, would be refused again
+    /// for the SYN_RECV timeout. A real server set to weight 0 by the operator (quiesced) keeps
+    /// such SYNs, as in IPVS.
+    #[inline(always)]
+    pub fn restarts(state: u8, flags: u16) -> bool {
+        state == SYN_RECV && flags & crate::RealServer::DOWN != 0
     }
 
     /// Seconds since `stamp` (wrapping 16-bit seconds).

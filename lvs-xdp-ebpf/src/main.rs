@@ -162,8 +162,14 @@ fn decide<T: Table>(
     match flows::lookup_settled::<T>(key) {
         Lookup::Found(flow, place) => {
             let expired = conn::age(clock.now, flow.stamp) > clock.timeout(flow.state);
-            let reopens = tcp && conn::is_syn(flags) && conn::reopens(flow.state, expired);
-            match flows::real_of(&flow) {
+            let real = flows::real_of(&flow);
+            // A SYN starts a new connection on a closed or expired one, and on a half-open one
+            // to a real server that failed its check (`conn::restarts`).
+            let reopens = tcp
+                && conn::is_syn(flags)
+                && (conn::reopens(flow.state, expired)
+                    || real.is_some_and(|r| conn::restarts(flow.state, r.flags)));
+            match real {
                 Some(real) if !reopens => {
                     if tcp && conn::may_change(flow.state, flags) {
                         let state = conn::next_tcp(flow.state, flags);

@@ -123,6 +123,9 @@ struct PlacedReal {
     /// The VLAN frames to it are tagged with (0: none).
     #[serde(default)]
     vlan: u16,
+    /// It failed its health check (`RealServer::DOWN`).
+    #[serde(default)]
+    down: bool,
 }
 
 /// A service as placed in the maps.
@@ -1437,7 +1440,9 @@ impl Director {
             pins: BTreeMap::new(),
         };
         let old_reals = placed.as_ref().map(|p| p.reals.clone()).unwrap_or_default();
+        let failed = self.health.down(key);
         for (addr, real) in &svc.reals {
+            let down = failed.contains(addr);
             let l2 = match real.mac {
                 Some(mac) => Some((mac, real.vlan.unwrap_or(0))),
                 None => macs.get(addr).copied(),
@@ -1446,13 +1451,14 @@ impl Director {
             let weight = real.weight.min(u32::from(u16::MAX)) as u16;
             let placed_real = match old_reals.get(addr) {
                 Some(p) => {
-                    if p.mac != mac || p.weight != weight || p.vlan != vlan {
+                    if p.mac != mac || p.weight != weight || p.vlan != vlan || p.down != down {
                         plan.new_macs.push(p.slot);
                     }
                     PlacedReal {
                         mac,
                         weight,
                         vlan,
+                        down,
                         ..*p
                     }
                 }
@@ -1471,6 +1477,7 @@ impl Director {
                         generation: self.next_generation(slot),
                         weight,
                         vlan,
+                        down,
                     }
                 }
             };
@@ -2021,6 +2028,6 @@ fn real_entry(p: &PlacedReal, service: u32) -> common::RealServer {
         service,
         generation: p.generation,
         vlan: p.vlan,
-        _pad: 0,
+        flags: if p.down { common::RealServer::DOWN } else { 0 },
     }
 }

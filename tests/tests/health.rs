@@ -4,7 +4,6 @@
 //! removed, sorry server). Needs root.
 use std::{
     net::IpAddr,
-    sync::atomic::{AtomicU16, Ordering},
     time::{Duration, Instant},
 };
 
@@ -26,12 +25,7 @@ const DELAY_LOOP: f64 = 1.0;
 const RETRY: u32 = 2;
 
 /// Which real server answered `GET /` through the VIP (its index.html names it), or why none.
-/// Each call is a new connection from a source port of its own: a refused connection frees its
-/// port at once, and a new connection reusing it within the SYN_RECV timeout would follow the
-/// refused one's half-open flow (as in IPVS; see the README's "Freeing places").
 fn who(lab: &Lab) -> Result<String, String> {
-    static NEXT_PORT: AtomicU16 = AtomicU16::new(20_000);
-    let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed).to_string();
     let out = lab
         .client
         .exec_on_cpu(
@@ -40,8 +34,6 @@ fn who(lab: &Lab) -> Result<String, String> {
             &[
                 "-sS",
                 "--fail",
-                "--local-port",
-                &port,
                 "--max-time",
                 "2",
                 &format!("http://{}/", lab::VIP),
@@ -301,6 +293,74 @@ fn the_data_plane_follows_the_checks_verdicts() {
         // The same result again changes nothing.
         assert_eq!(d.health_result(&web(), rs(3), true).unwrap(), None);
     }
+}
+
+/// A SYN on a half-open connection to a real server that failed its check is scheduled
+/// again: in DR the director never sees that real server refuse the handshake, and the half-open
+/// flow would otherwise send a retry, or a new connection from the same source port, back to it.
+/// Established connections stay (`keep`), and an operator's weight 0 keeps such SYNs (as in
+/// IPVS, see fixtures.rs).
+#[test]
+fn a_half_open_connection_to_a_failed_real_server_is_scheduled_again_at_its_next_syn() {
+    pin_to_cpu0();
+    let mac = |last: u8| [2, 0, 0, 0, 0, last];
+    let mut d = director_from(CONFIG);
+    d.set_health(health(OnFailure::Keep, false)).unwrap();
+    let conns = |d: &lvs_xdp::Director| {
+        let s = d.snapshot().unwrap();
+        let svc = s.service(&web()).unwrap();
+        (
+            svc.counters.conns,
+            svc.reals
+                .iter()
+                .map(|r| (r.addr, r.conns))
+                .collect::<Vec<_>>(),
+        )
+    };
+    // Round robin from rs3: half-open 5000, 5002, 5004 and established 5006 on rs3; 5001,
+    // 5003, 5005, 5007 on rs4.
+    for p in 5000..5008 {
+        let want = if p % 2 == 0 { mac(3) } else { mac(4) };
+        assert_eq!(forward_of(&d, &syn(p)), want, "port {p}");
+    }
+    assert_eq!(forward_of(&d, &ack(5006)), mac(3));
+    assert_eq!(
+        forward_of(&d, &syn(5000)),
+        mac(3),
+        "a retried SYN while rs3 is up"
+    );
+    assert_eq!(d.health_result(&web(), rs(3), false).unwrap(), Some(false));
+    for p in [5000, 5002, 5004] {
+        assert_eq!(
+            forward_of(&d, &syn(p)),
+            mac(4),
+            "port {p}: the retry goes to rs4"
+        );
+        assert_eq!(forward_of(&d, &ack(p)), mac(4), "port {p}: and stays there");
+    }
+    assert_eq!(
+        forward_of(&d, &syn(5006)),
+        mac(3),
+        "established: stays on rs3"
+    );
+    assert_eq!(forward_of(&d, &ack(5006)), mac(3));
+    assert_eq!(forward_of(&d, &syn(5001)), mac(4));
+    // Three new connections, and the half-open ones left rs3's counts.
+    d.sweep_now().unwrap();
+    let (total, per_real) = conns(&d);
+    assert_eq!(total, 8 + 3);
+    assert!(per_real.contains(&(rs(3), (1, 0))), "{per_real:?}");
+    assert!(per_real.contains(&(rs(4), (7, 0))), "{per_real:?}");
+    // Back up: a half-open connection to it is followed again.
+    assert_eq!(d.health_result(&web(), rs(3), true).unwrap(), Some(true));
+    let back = (6000..6002)
+        .find(|&p| forward_of(&d, &syn(p)) == mac(3))
+        .unwrap();
+    assert_eq!(
+        forward_of(&d, &syn(back)),
+        mac(3),
+        "a retried SYN while rs3 is up"
+    );
 }
 
 /// Live changes keep the checks' verdicts: a weight set with `-e` on a failed, inhibited real
