@@ -902,6 +902,18 @@ impl Director {
         Ok(Some(up))
     }
 
+    /// Whether the checks' verdicts on service `key`'s real servers differ from the DOWN flags
+    /// placed in the kernel (as when a real server of weight 0 fails or passes its check: its
+    /// weight stays as it was).
+    fn down_differs(&self, key: &ServiceKey) -> bool {
+        let failed = self.health.down(key);
+        self.placed.get(key).is_some_and(|p| {
+            p.reals
+                .iter()
+                .any(|(addr, r)| r.down != failed.contains(addr))
+        })
+    }
+
     /// Makes the services of `next` (some or all of the director's) what they are there,
     /// removes those of `gone`, and takes `next`'s timeouts.
     fn change(&mut self, next: &State, gone: &[ServiceKey]) -> Result<()> {
@@ -913,7 +925,11 @@ impl Director {
         let changed: Vec<(&ServiceKey, &crate::model::Service)> = next
             .services
             .iter()
-            .filter(|(k, s)| !self.placed.contains_key(k) || self.state.services.get(k) != Some(*s))
+            .filter(|(k, s)| {
+                !self.placed.contains_key(k)
+                    || self.state.services.get(k) != Some(*s)
+                    || self.down_differs(k)
+            })
             .collect();
         self.make_room(&changed)?;
         let macs = self.macs_for(&changed)?;

@@ -361,6 +361,29 @@ fn a_half_open_connection_to_a_failed_real_server_is_scheduled_again_at_its_next
         mac(3),
         "a retried SYN while rs3 is up"
     );
+    let held = (8000..8002)
+        .find(|&p| forward_of(&d, &syn(p)) == mac(3))
+        .unwrap();
+
+    // Quiesced by the operator, its weight stays 0 whatever its check says; the verdicts still
+    // decide whether its half-open connections are scheduled again.
+    let quiesced = lvs_xdp::model::RealOpts {
+        weight: 0,
+        mac: Some(lvs_xdp::model::Mac(mac(3))),
+        vlan: None,
+    };
+    d.apply(&[lvs_xdp::model::Op::EditReal(web(), rs(3), quiesced)])
+        .unwrap();
+    assert_eq!(
+        forward_of(&d, &syn(back)),
+        mac(3),
+        "quiesced: a retried SYN stays"
+    );
+    assert_eq!(d.health_result(&web(), rs(3), false).unwrap(), Some(false));
+    assert_eq!(forward_of(&d, &syn(back)), mac(4), "quiesced and failed");
+    // Passing again while quiesced: no new connection, but not failed either.
+    assert_eq!(d.health_result(&web(), rs(3), true).unwrap(), Some(true));
+    assert_eq!(forward_of(&d, &syn(held)), mac(3), "quiesced and passing");
 }
 
 /// Live changes keep the checks' verdicts: a weight set with `-e` on a failed, inhibited real
